@@ -1,0 +1,44 @@
+"""Shared fixtures.
+
+Tests that read ../shared (conformance vectors, real photos) ask for the `shared` fixture.
+It skips when the folder is absent (a user's clone) and fails under CI=true, where its
+absence means the CI checkout is broken.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DEEP3DFACE_SHARED", REPO.parent / "shared"))
+
+
+def _require(path: Path) -> Path:
+    if not path.exists():
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{path} is missing: CI needs ../shared beside the checkout")
+        pytest.skip(f"{path} is absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    return _require(SHARED)
+
+
+@pytest.fixture(scope="session")
+def conformance(shared) -> Path:
+    return _require(shared / "conformance")
+
+
+@pytest.fixture(scope="session")
+def faces(shared) -> Path:
+    return _require(shared / "faces")
+
+
+@pytest.fixture(params=[torch.float32, torch.float64], ids=["f32", "f64"])
+def dtype(request):
+    return request.param
