@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 GROUPS = ("id", "exp", "tex", "angle", "gamma", "trans")
@@ -124,3 +125,32 @@ class FaceGeometry:
     landmarks: torch.Tensor      # (B, 68, 3) posed keypoint vertices
 
 
+
+
+@dataclass(frozen=True, eq=False)
+class Mesh:
+    """One triangle mesh ready to export (numpy arrays, no batch axis).
+
+    ``vertices`` (N, 3) float in the unit named by ``unit``; ``triangles`` (F, 3) int64, 0-based,
+    counter-clockwise seen from outside; ``colours`` (N, 3) RGB in [0, 1] or None; ``normals``
+    (N, 3) unit or None.
+    """
+
+    vertices: np.ndarray
+    triangles: np.ndarray
+    colours: np.ndarray | None = None
+    normals: np.ndarray | None = None
+    unit: str = "decimetre"
+
+    def __post_init__(self) -> None:
+        n = len(self.vertices)
+        if self.vertices.ndim != 2 or self.vertices.shape[1] != 3:
+            raise ValueError(f"mesh vertices must be (N, 3), got {self.vertices.shape}")
+        if self.triangles.ndim != 2 or self.triangles.shape[1] != 3:
+            raise ValueError(f"mesh triangles must be (F, 3), got {self.triangles.shape}")
+        if self.triangles.size and (self.triangles.min() < 0 or self.triangles.max() >= n):
+            raise ValueError(f"mesh triangles index outside [0, {n})")
+        for name in ("colours", "normals"):
+            value = getattr(self, name)
+            if value is not None and value.shape != (n, 3):
+                raise ValueError(f"mesh {name} must be ({n}, 3), got {value.shape}")

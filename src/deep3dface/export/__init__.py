@@ -1,0 +1,61 @@
+"""Exporters behind a registry: pure functions returning bytes, and one safe way to write them.
+
+``MESH_FORMATS`` maps a file suffix to ``Mesh -> bytes``.  ``write_output`` writes bytes
+atomically (a temporary file renamed into place, so a crash leaves no partial file) and refuses
+to overwrite an existing file unless asked.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from ..types import Mesh
+from .coefficients import coefficients_to_mat, read_coefficients_mat, to_reference_pixels
+from .meshes import mesh_to_glb, mesh_to_obj, mesh_to_ply
+
+MESH_FORMATS: dict[str, Callable[[Mesh], bytes]] = {
+    "obj": mesh_to_obj,
+    "ply": mesh_to_ply,
+    "glb": mesh_to_glb,
+}
+
+
+class OutputExistsError(FileExistsError):
+    """An output file exists and overwriting was not allowed."""
+
+
+def export_mesh(mesh: Mesh, fmt: str) -> bytes:
+    try:
+        exporter = MESH_FORMATS[fmt.lower().lstrip(".")]
+    except KeyError:
+        raise ValueError(f"unknown mesh format {fmt!r}; known: {', '.join(MESH_FORMATS)}") from None
+    return exporter(mesh)
+
+
+def write_output(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
+    """Write ``data`` to ``path`` atomically; an existing file is an error unless ``overwrite``."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_mesh(mesh: Mesh, path: str | Path, overwrite: bool = False) -> Path:
+    """Export by the path's suffix and write atomically."""
+    path = Path(path)
+    return write_output(path, export_mesh(mesh, path.suffix), overwrite)
+
+
+__all__ = ["MESH_FORMATS", "OutputExistsError", "coefficients_to_mat", "export_mesh", "read_coefficients_mat",
+           "to_reference_pixels", "write_mesh", "write_output"]

@@ -1,0 +1,77 @@
+"""Mesh exporters: pure functions ``Mesh -> bytes``.
+
+OBJ and PLY keep the mesh's model units (decimetres for every shipped model, as Deep3D writes
+them); GLB follows glTF, whose unit is the metre, so it is scaled on the way out.  Vertex colours are
+written as floats in OBJ (the common ``v x y z r g b`` extension) and as 8-bit in PLY and GLB.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+from ..types import Mesh
+
+UNIT_IN_METRES = {"metre": 1.0, "decimetre": 0.1, "centimetre": 0.01, "millimetre": 1e-3, "micrometre": 1e-6}
+
+
+def _colours_u8(colours: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(np.asarray(colours, np.float64) * 255), 0, 255).astype(np.uint8)
+
+
+def mesh_to_obj(mesh: Mesh) -> bytes:
+    """Wavefront OBJ, 1-based faces, optional per-vertex colours and normals."""
+    out = io.StringIO()
+    out.write("# deep3dface mesh, unit: %s\n" % mesh.unit)
+    vertices = np.asarray(mesh.vertices, np.float64)
+    if mesh.colours is not None:
+        np.savetxt(out, np.hstack([vertices, np.clip(mesh.colours, 0, 1)]), fmt="v %.6f %.6f %.6f %.4f %.4f %.4f")
+    else:
+        np.savetxt(out, vertices, fmt="v %.6f %.6f %.6f")
+    faces = np.asarray(mesh.triangles, np.int64) + 1
+    if mesh.normals is not None:
+        np.savetxt(out, mesh.normals, fmt="vn %.5f %.5f %.5f")
+        np.savetxt(out, np.repeat(faces, 2, axis=1), fmt="f %d//%d %d//%d %d//%d")
+    else:
+        np.savetxt(out, faces, fmt="f %d %d %d")
+    return out.getvalue().encode("ascii")
+
+
+def mesh_to_ply(mesh: Mesh) -> bytes:
+    """Binary little-endian PLY: float32 positions (and normals), uchar colours, int32 faces."""
+    n = len(mesh.vertices)
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+    if mesh.normals is not None:
+        fields += [("nx", "<f4"), ("ny", "<f4"), ("nz", "<f4")]
+    if mesh.colours is not None:
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+    vertex = np.empty(n, dtype=fields)
+    for axis, name in enumerate("xyz"):
+        vertex[name] = mesh.vertices[:, axis]
+    if mesh.normals is not None:
+        for axis, name in enumerate(("nx", "ny", "nz")):
+            vertex[name] = mesh.normals[:, axis]
+    if mesh.colours is not None:
+        colours = _colours_u8(mesh.colours)
+        for axis, name in enumerate(("red", "green", "blue")):
+            vertex[name] = colours[:, axis]
+    face = np.empty(len(mesh.triangles), dtype=[("count", "u1"), ("index", "<i4", (3,))])
+    face["count"] = 3
+    face["index"] = mesh.triangles
+    type_names = {"<f4": "float", "u1": "uchar"}
+    header = ["ply", "format binary_little_endian 1.0", f"comment deep3dface mesh, unit: {mesh.unit}",
+              f"element vertex {n}"]
+    header += [f"property {type_names[t]} {name}" for name, t in fields]
+    header += [f"element face {len(mesh.triangles)}", "property list uchar int vertex_indices", "end_header"]
+    return ("\n".join(header) + "\n").encode("ascii") + vertex.tobytes() + face.tobytes()
+
+
+def mesh_to_glb(mesh: Mesh) -> bytes:
+    """Binary glTF (via trimesh), in metres as glTF requires, vertex colours as COLOR_0."""
+    import trimesh
+
+    scale = UNIT_IN_METRES[mesh.unit]
+    colours = None if mesh.colours is None else _colours_u8(mesh.colours)
+    tm = trimesh.Trimesh(vertices=np.asarray(mesh.vertices, np.float64) * scale, faces=mesh.triangles,
+                         vertex_colors=colours, vertex_normals=mesh.normals, process=False)
+    return tm.export(file_type="glb")

@@ -1,0 +1,112 @@
+"""Every export format round-trips: what we write, trimesh (or scipy) reads back the same."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+import trimesh
+
+from deep3dface.export import (MESH_FORMATS, OutputExistsError, coefficients_to_mat, export_mesh,
+                               read_coefficients_mat, write_mesh, write_output)
+from deep3dface.morphable import load_model
+from deep3dface.types import DEEP3D_LAYOUT, Coefficients, Mesh
+
+
+@pytest.fixture(scope="module")
+def face_mesh(conformance):
+    """A posed, lit face of the tiny conformance model (real reference coefficients)."""
+    model = load_model(conformance / "tiny_bfm", dtype=torch.float64)
+    vectors = np.load(conformance / "bfm_vectors.npz")
+    geometry = model(Coefficients.from_vector(torch.as_tensor(vectors["coeffs_f64"][4:5])))
+    return Mesh(vertices=geometry.vertices[0].numpy(), triangles=model.triangles.numpy(),
+                colours=np.clip(geometry.colour[0].numpy(), 0, 1), normals=geometry.normals[0].numpy())
+
+
+def _load(data: bytes, fmt: str) -> trimesh.Trimesh:
+    loaded = trimesh.load(io.BytesIO(data), file_type=fmt, process=False, force="mesh")
+    assert isinstance(loaded, trimesh.Trimesh)
+    return loaded
+
+
+@pytest.mark.parametrize("fmt", sorted(MESH_FORMATS))
+def test_mesh_round_trip(face_mesh, fmt):
+    loaded = _load(export_mesh(face_mesh, fmt), fmt)
+    scale = 10.0 if fmt == "glb" else 1.0  # glTF is in metres, the model in decimetres
+    np.testing.assert_allclose(loaded.vertices * scale, face_mesh.vertices, atol=1e-5)
+    np.testing.assert_array_equal(loaded.faces, face_mesh.triangles)
+    colours = loaded.visual.vertex_colors[:, :3].astype(np.float64) / 255
+    np.testing.assert_allclose(colours, face_mesh.colours, atol=0.5 / 255 + 1e-3)
+    # winding survives: trimesh's face normals agree with ours (outward)
+    ours = np.cross(*(face_mesh.vertices[face_mesh.triangles[:, k]] - face_mesh.vertices[face_mesh.triangles[:, 0]]
+                      for k in (1, 2)))
+    assert (np.einsum("ij,ij->i", loaded.face_normals, ours) > 0).mean() > 0.999
+
+
+def test_obj_without_colours_and_normals(face_mesh):
+    bare = Mesh(vertices=face_mesh.vertices, triangles=face_mesh.triangles)
+    text = export_mesh(bare, "obj").decode()
+    assert text.count("\nv ") == len(bare.vertices) and text.count("\nf ") == len(bare.triangles)
+    np.testing.assert_allclose(_load(text.encode(), "obj").vertices, bare.vertices, atol=1e-6)
+
+
+def test_unknown_format_and_bad_mesh():
+    with pytest.raises(ValueError, match="unknown mesh format 'stl'"):
+        export_mesh(Mesh(np.zeros((3, 3)), np.array([[0, 1, 2]])), "stl")
+    with pytest.raises(ValueError, match="index outside"):
+        Mesh(np.zeros((3, 3)), np.array([[0, 1, 3]]))
+
+
+def test_coefficients_mat_round_trip(conformance):
+    vectors = np.load(conformance / "bfm_vectors.npz")
+    coeffs = Coefficients.from_vector(torch.as_tensor(vectors["coeffs_f32"][5:6]), DEEP3D_LAYOUT)
+    lm68 = np.random.default_rng(0).uniform(0, 224, (68, 2))
+    data = coefficients_to_mat(coeffs, lm68=lm68)
+    from scipy.io import loadmat
+
+    mat = loadmat(io.BytesIO(data))
+    assert mat["coeff"].shape == (1, 257) and mat["id"].shape == (1, 80) and mat["gamma"].shape == (1, 27)
+    np.testing.assert_array_equal(mat["lm68"], lm68)
+    back = read_coefficients_mat(data)
+    torch.testing.assert_close(back.to_vector(), coeffs.to_vector())
+    # a Deep3D (TensorFlow) style file with only the flat 'coeff'
+    buffer = io.BytesIO()
+    from scipy.io import savemat
+
+    savemat(buffer, {"coeff": vectors["coeffs_f32"][5:6]})
+    torch.testing.assert_close(read_coefficients_mat(buffer.getvalue()).to_vector(), coeffs.to_vector())
+
+
+def test_bad_coefficient_files(tmp_path):
+    with pytest.raises(ValueError, match="no coefficients"):
+        read_coefficients_mat(_empty_mat())
+    bad = tmp_path / "bad.mat"
+    bad.write_text("hello")
+    with pytest.raises(ValueError, match="bad.mat: not a readable .mat"):
+        read_coefficients_mat(bad)
+
+
+def _empty_mat() -> bytes:
+    from scipy.io import savemat
+
+    buffer = io.BytesIO()
+    savemat(buffer, {"something": np.zeros(3)})
+    return buffer.getvalue()
+
+
+def test_write_refuses_to_overwrite_and_leaves_no_partial_file(tmp_path, face_mesh, monkeypatch):
+    path = write_mesh(face_mesh, tmp_path / "face.ply")
+    before = path.read_bytes()
+    with pytest.raises(OutputExistsError, match="face.ply exists"):
+        write_mesh(face_mesh, path)
+    assert path.read_bytes() == before
+    write_mesh(face_mesh, path, overwrite=True)
+
+    def broken_replace(src, dst):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("deep3dface.export.os.replace", broken_replace)
+    with pytest.raises(OSError, match="disk full"):
+        write_output(tmp_path / "new.obj", b"data")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["face.ply"]
