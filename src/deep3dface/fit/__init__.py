@@ -1,0 +1,1 @@
+"""Analysis-by-synthesis fitting: losses, stages, optimiser, image sets."""
