@@ -18,7 +18,10 @@ def test_solve_pose_recovers_random_poses(conformance):
                                                                                                    dtype=torch.float64)
     trans = (torch.rand(batch, 3, generator=generator, dtype=torch.float64) - 0.5) * torch.tensor([0.2, 0.2, 1.0],
                                                                                                   dtype=torch.float64)
-    points = model.mean_shape[model.keypoints].expand(batch, -1, -1)
+    # a different face for every pose, so each face's Jacobian must use its own points
+    shapes = model.shape(torch.randn(batch, 80, generator=generator, dtype=torch.float64),
+                         torch.randn(batch, 64, generator=generator, dtype=torch.float64))
+    points = shapes[:, model.keypoints]
     camera = Camera.crop(dtype=torch.float64)
     pixels = camera.project(points @ rotation_matrix(angles).transpose(1, 2) + trans[:, None])
     got_angles, got_trans = solve_pose(points, pixels, camera)

@@ -1,0 +1,47 @@
+"""A small batched Levenberg–Marquardt solver for least-squares problems with few parameters.
+
+Pose (6 parameters) and shape-from-landmarks (6 + K_id + K_exp) have tens to a couple of hundred
+unknowns and a few hundred residuals per face: exact Jacobians by ``torch.func`` and a dense solve
+converge in a handful of iterations, where first-order optimisers need hundreds.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+def levenberg_marquardt(residuals: Callable[..., torch.Tensor], params: torch.Tensor, data: tuple = (),
+                        iterations: int = 15, damping: float = 1e-3, tolerance: float = 1e-12) -> torch.Tensor:
+    """Minimise ``Σ residuals(p, *data)²`` for each face independently.
+
+    ``residuals`` maps (B, P) parameters and per-face ``data`` tensors (each with the batch first) to
+    (B, R) residuals, treating faces independently: it is differentiated one face at a time with
+    vmap.  Returns the (B, P) parameters; a step is only taken where it lowers that face's cost, so
+    the cost never increases."""
+    def single(p, *face_data):
+        return residuals(p[None], *(d[None] for d in face_data))[0]
+
+    jacobian = torch.func.vmap(torch.func.jacrev(single))
+    data = tuple(data)
+    lam = torch.full((params.shape[0], 1), damping, dtype=params.dtype, device=params.device)
+    r = residuals(params, *data)
+    cost = (r ** 2).sum(1)
+    for _ in range(iterations):
+        J = jacobian(params, *data)
+        JtJ = J.transpose(1, 2) @ J
+        system = JtJ + torch.diag_embed(lam * JtJ.diagonal(dim1=1, dim2=2) + 1e-12)
+        step = torch.linalg.solve(system, -(J.transpose(1, 2) @ r[..., None]))[..., 0]
+        candidate = params + step
+        r_new = residuals(candidate, *data)
+        cost_new = (r_new ** 2).sum(1)
+        better = torch.isfinite(cost_new) & (cost_new < cost)
+        converged = better & (cost - cost_new <= tolerance * cost)
+        params = torch.where(better[:, None], candidate, params)
+        r = torch.where(better[:, None], r_new, r)
+        cost = torch.where(better, cost_new, cost)
+        lam = torch.where(better[:, None], lam * 0.3, lam * 10).clamp(1e-9, 1e9)
+        # stop once every face either converged or cannot make progress at any damping
+        if bool((converged | (lam[:, 0] >= 1e9)).all()):
+            break
+    return params
