@@ -41,3 +41,25 @@ def test_solve_pose_is_robust_to_noise_and_uses_weights(conformance):
     weights[0, :5] = 0.0  # ... that the weights remove
     got, _ = solve_pose(points, noisy, camera, weights)
     assert np.degrees((got - angles).abs().max().item()) < 1.0
+
+
+def test_fit_landmarks_explains_a_synthetic_face(conformance):
+    from deep3dface.fit.landmark_fit import fit_landmarks
+
+    model = load_model(conformance / "tiny_bfm", dtype=torch.float64)
+    generator = torch.Generator().manual_seed(5)
+    coeffs = model.zero_coefficients(3).replace(
+        id=torch.randn(3, 80, generator=generator, dtype=torch.float64),
+        exp=0.8 * torch.randn(3, 64, generator=generator, dtype=torch.float64),
+        angle=torch.tensor([[0.1, 0.4, 0.0], [-0.2, -0.6, 0.1], [0.0, 0.0, 0.3]], dtype=torch.float64),
+        trans=torch.tensor([[0.02, -0.03, 0.2], [0.0, 0.0, -0.3], [0.05, 0.0, 0.0]], dtype=torch.float64))
+    camera = Camera.crop(dtype=torch.float64)
+    target = camera.project(model(coeffs).landmarks)
+    fitted = fit_landmarks(model, target, camera)
+    error = (camera.project(model(fitted).landmarks) - target).norm(dim=-1).mean(1)
+    rigid_only = fitted.replace(id=torch.zeros_like(fitted.id), exp=torch.zeros_like(fitted.exp))
+    rigid_error = (camera.project(model(rigid_only).landmarks) - target).norm(dim=-1).mean(1)
+    assert (error < 1.0).all() and (error < 0.3 * rigid_error).all()
+    # pitch trades off against identity with landmarks alone; yaw and roll are well determined
+    torch.testing.assert_close(fitted.angle[:, 1:], coeffs.angle[:, 1:], atol=0.06, rtol=0)
+    torch.testing.assert_close(fitted.angle[:, 0], coeffs.angle[:, 0], atol=0.1, rtol=0)
