@@ -1,0 +1,54 @@
+"""Closed-form lighting and per-vertex albedo recover a synthetic face's appearance."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deep3dface.fit.appearance import estimate_albedo, estimate_lighting, sample_photo
+from deep3dface.morphable import load_model
+from deep3dface.morphable.shading import irradiance
+from deep3dface.morphable.topology import graph_laplacian, mirror_vertex_map
+
+
+@pytest.fixture(scope="module")
+def face(conformance):
+    model = load_model(conformance / "tiny_bfm", dtype=torch.float64)
+    vectors = np.load(conformance / "bfm_vectors.npz")
+    coeffs = model.zero_coefficients(1).replace(
+        tex=torch.as_tensor(vectors["coeffs_f64"][6:7, 144:224]),
+        gamma=torch.as_tensor(vectors["coeffs_f64"][6:7, 227:254]),
+        angle=torch.tensor([[0.0, 0.3, 0.0]], dtype=torch.float64))
+    return model, coeffs, model(coeffs)
+
+
+def test_sample_photo_reads_pixel_centres():
+    image = torch.arange(12, dtype=torch.float64).view(1, 1, 3, 4).expand(1, 3, 3, 4).contiguous()
+    pixels = torch.tensor([[[0.5, 0.5], [3.5, 2.5], [1.0, 0.5]]], dtype=torch.float64)
+    np.testing.assert_allclose(sample_photo(image, pixels)[0, :, 0].numpy(), [0.0, 11.0, 0.5])
+
+
+def test_lighting_is_recovered_from_known_albedo(face):
+    model, coeffs, geometry = face
+    facing = (geometry.normals[..., 2] > 0.1).double()
+    gamma = estimate_lighting(geometry.colour, geometry.albedo, geometry.normals, facing, ridge=1e-8)
+    torch.testing.assert_close(gamma, coeffs.gamma, atol=1e-5, rtol=0)
+
+
+def test_albedo_is_recovered_and_symmetry_fills_the_hidden_side(face):
+    model, coeffs, geometry = face
+    mirror, distance = mirror_vertex_map(model.mean_shape.numpy())
+    assert np.median(distance) < 1e-6  # the synthetic mean face is symmetric
+    albedo = (geometry.albedo + geometry.albedo[:, mirror]) / 2  # a symmetric albedo to recover
+    light = irradiance(geometry.normals, coeffs.gamma)
+    observed = albedo * light
+    visible = (model.mean_shape[:, 0] > 0.05).double()[None]  # the left half of the face is hidden
+    laplacian = graph_laplacian(model.triangles.numpy(), model.num_vertices)
+    prior = model.mean_albedo[None]
+    estimate = estimate_albedo(observed, light, visible, laplacian, mirror, prior,
+                               smoothness=0.01, symmetry=1.0, prior_weight=1e-4)
+    error = (estimate - albedo).abs()[0]
+    seen, hidden = visible[0] > 0, model.mean_shape[:, 0] < -0.05
+    assert error[seen].mean() < 0.01
+    assert error[hidden].mean() < 0.02
+    assert error[hidden].mean() < 0.3 * (prior[0] - albedo[0]).abs()[hidden].mean()
