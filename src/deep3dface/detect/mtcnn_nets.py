@@ -1,0 +1,165 @@
+"""MTCNN's three networks (Zhang et al. 2016) and their weights, taken from the ``mtcnn`` package.
+
+Parameter names follow facenet-pytorch (``conv1``, ``prelu1``, ..., ``conv4_1``/``conv4_2``,
+``dense5_1``...), so its state dicts load here too.  Inputs are (B, 3, H, W) images normalised as
+MTCNN was trained: ``(pixel_0_255 - 127.5) / 128``.
+
+Weights come from the ``mtcnn`` package's ``assets/weights/{pnet,rnet,onet}.lz4``: each is a joblib
+file holding a list of float32 arrays in Keras ``get_weights()`` order.  That package cannot be
+imported (it needs TensorFlow), so we read the files by path with joblib.  Layout conversion:
+
+* conv kernels HWIO -> OIHW with ``transpose(3, 2, 0, 1)``; no height/width swap;
+* dense kernels (in, out) -> (out, in);
+* PReLU slopes (1, 1, C) or (C,) -> (C,);
+* Keras lists the box-regression head *before* the probability head (and O-Net's landmark head
+  between them); the heads are returned here in that order: (box, [landmarks,] probability);
+* R-Net and O-Net flatten their last feature map in (W, H, C) order (Keras ``Permute((2, 1, 3))``
+  before ``Flatten``), so the torch modules permute (B, C, H, W) -> (B, W, H, C) before flattening.
+
+Mapped this way they equal facenet-pytorch's weights bit for bit; a wrong layout shows as zero
+detections or boxes shifted by several pixels (see tests/test_mtcnn.py).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from deep3dface.assets import asset_file
+
+
+def _conv_prelu(cin: int, cout: int, k: int) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, k), nn.PReLU(cout)]
+
+
+def _channels_last(x: torch.Tensor) -> torch.Tensor:
+    # The fastest layout measured for all three nets on CPU (oneDNN), 1.2-3x faster than NCHW for
+    # their thin feature maps; cuDNN handles it as well.
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+class PNet(nn.Module):
+    """Proposal net, fully convolutional: a 12x12 window every 2 pixels.
+
+    Returns (box offsets (B, 4, h, w), face probability (B, 2, h, w)) with
+    h = ceil((H - 2) / 2) - 4 and likewise w.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.prelu1 = _conv_prelu(3, 10, 3)
+        self.pool1 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv2, self.prelu2 = _conv_prelu(10, 16, 3)
+        self.conv3, self.prelu3 = _conv_prelu(16, 32, 3)
+        self.conv4_1 = nn.Conv2d(32, 4, 1)
+        self.conv4_2 = nn.Conv2d(32, 2, 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.pool1(self.prelu1(self.conv1(_channels_last(x))))
+        x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
+        return self.conv4_1(x), torch.softmax(self.conv4_2(x), dim=1)
+
+
+def _flatten_whc(x: torch.Tensor) -> torch.Tensor:
+    # Keras permuted (H, W, C) to (W, H, C) before flattening; the dense weights expect that order.
+    return x.permute(0, 3, 2, 1).reshape(x.shape[0], -1)
+
+
+class RNet(nn.Module):
+    """Refinement net on 24x24 crops: (box offsets (B, 4), face probability (B, 2))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.prelu1 = _conv_prelu(3, 28, 3)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2, self.prelu2 = _conv_prelu(28, 48, 3)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3, self.prelu3 = _conv_prelu(48, 64, 2)
+        self.dense4 = nn.Linear(576, 128)
+        self.prelu4 = nn.PReLU(128)
+        self.dense5_1 = nn.Linear(128, 4)
+        self.dense5_2 = nn.Linear(128, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.pool1(self.prelu1(self.conv1(_channels_last(x))))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.prelu4(self.dense4(_flatten_whc(self.prelu3(self.conv3(x)))))
+        return self.dense5_1(x), torch.softmax(self.dense5_2(x), dim=1)
+
+
+class ONet(nn.Module):
+    """Output net on 48x48 crops: (box offsets (B, 4), landmarks (B, 10) as x1..x5, y1..y5, probability (B, 2))."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1, self.prelu1 = _conv_prelu(3, 32, 3)
+        self.pool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv2, self.prelu2 = _conv_prelu(32, 64, 3)
+        self.pool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
+        self.conv3, self.prelu3 = _conv_prelu(64, 64, 3)
+        self.pool3 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.conv4, self.prelu4 = _conv_prelu(64, 128, 2)
+        self.dense5 = nn.Linear(1152, 256)
+        self.prelu5 = nn.PReLU(256)
+        self.dense6_1 = nn.Linear(256, 4)
+        self.dense6_2 = nn.Linear(256, 10)
+        self.dense6_3 = nn.Linear(256, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.pool1(self.prelu1(self.conv1(_channels_last(x))))
+        x = self.pool2(self.prelu2(self.conv2(x)))
+        x = self.pool3(self.prelu3(self.conv3(x)))
+        x = self.prelu5(self.dense5(_flatten_whc(self.prelu4(self.conv4(x)))))
+        return self.dense6_1(x), self.dense6_2(x), torch.softmax(self.dense6_3(x), dim=1)
+
+
+# Parameter names in Keras get_weights() order; a PReLU has one array, a conv or dense two.
+_KERAS_ORDER = {
+    "pnet": ["conv1", "prelu1", "conv2", "prelu2", "conv3", "prelu3", "conv4_1", "conv4_2"],
+    "rnet": ["conv1", "prelu1", "conv2", "prelu2", "conv3", "prelu3", "dense4", "prelu4", "dense5_1", "dense5_2"],
+    "onet": ["conv1", "prelu1", "conv2", "prelu2", "conv3", "prelu3", "conv4", "prelu4", "dense5", "prelu5",
+             "dense6_1", "dense6_2", "dense6_3"],
+}
+
+
+def keras_to_state_dict(name: str, arrays: list[np.ndarray]) -> dict[str, torch.Tensor]:
+    """Map the Keras weight list of net ``name`` ('pnet', 'rnet', 'onet') to torch parameter names."""
+    out: dict[str, torch.Tensor] = {}
+    it = iter(arrays)
+    for layer in _KERAS_ORDER[name]:
+        if layer.startswith("prelu"):
+            out[f"{layer}.weight"] = torch.from_numpy(np.ascontiguousarray(next(it).reshape(-1)))
+            continue
+        kernel, bias = next(it), next(it)
+        kernel = kernel.transpose(3, 2, 0, 1) if kernel.ndim == 4 else kernel.T  # HWIO->OIHW, (in,out)->(out,in)
+        out[f"{layer}.weight"] = torch.from_numpy(np.ascontiguousarray(kernel))
+        out[f"{layer}.bias"] = torch.from_numpy(np.ascontiguousarray(bias))
+    if next(it, None) is not None:
+        raise ValueError(f"{name}: more weight arrays than the network has parameters")
+    return out
+
+
+def weight_file(name: str) -> Path:
+    return asset_file("mtcnn", "assets", "weights", f"{name}.lz4")
+
+
+def load_keras_arrays(path: Path) -> list[np.ndarray]:
+    try:
+        import joblib  # only needed to read the packaged weights; lz4 decompresses them
+        import lz4  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f"reading the MTCNN weights needs joblib and lz4 ({err}); "
+                          "run `pip install joblib lz4`") from None
+    return [np.asarray(a, dtype=np.float32) for a in joblib.load(path)]
+
+
+def pretrained_nets() -> tuple[PNet, RNet, ONet]:
+    """The three nets with the ``mtcnn`` package's weights, in eval mode, on the CPU."""
+    nets = []
+    for name, cls in (("pnet", PNet), ("rnet", RNet), ("onet", ONet)):
+        net = cls()
+        net.load_state_dict(keras_to_state_dict(name, load_keras_arrays(weight_file(name))))
+        nets.append(net.eval().requires_grad_(False))
+    return tuple(nets)

