@@ -1,0 +1,250 @@
+"""R-Net: both published checkpoint formats load into one network and match the reference networks.
+
+Conformance data (../shared/conformance/rnet, see its README section 4): deterministic weights rebuilt
+from each format's names and shapes, reference outputs of both reference networks on the 25 aligned
+crops, in float32 and float64.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from deep3dface.nets import CheckpointError, ResNet50, RNet, load_rnet
+from deep3dface.nets.rnet import FORMATS, prepare_for_inference
+from deep3dface.types import DEEP3D_LAYOUT, Coefficients
+
+FORMAT_NAMES = [f.name for f in FORMATS]
+HEADS = {f.name: f.heads for f in FORMATS}
+#: README limits: float32 per format, float64 for both.
+ATOL = {("seed", torch.float32): 5e-4, ("recon", torch.float32): 1e-5,
+        ("seed", torch.float64): 1e-9, ("recon", torch.float64): 1e-9}
+DTYPE_NAME = {torch.float32: "f32", torch.float64: "f64"}
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def rnet_dir(conformance):
+    return conformance / "rnet"
+
+
+@pytest.fixture(scope="module")
+def reference(rnet_dir):
+    with np.load(rnet_dir / "rnet_vectors.npz") as data:
+        return {k: data[k] for k in data.files}
+
+
+@pytest.fixture(scope="module")
+def crops(conformance, reference) -> torch.Tensor:
+    """The 25 crops in the reference's row order: float32 RGB in [0, 1], (25, 3, 224, 224)."""
+    pixels = [np.asarray(Image.open(conformance / "align_crops" / f"{name}.png").convert("RGB"))
+              for name in reference["crop_names"]]
+    return torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2).float() / 255.0
+
+
+@pytest.fixture(scope="module")
+def state_dicts(rnet_dir) -> dict[str, dict]:
+    """The reference state dict of each format, rebuilt with the conformance folder's own generator."""
+    spec = importlib.util.spec_from_file_location("rnet_weights", rnet_dir / "rnet_weights.py")
+    weights = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(weights)
+    return {name: weights.make_state_dict(json.loads((rnet_dir / f"{name}_names_shapes.json").read_text()))
+            for name in FORMAT_NAMES}
+
+
+def _container(name: str, state: dict):
+    """What each project saves: the training dict with 'net_recon', or the bare state dict."""
+    return {"net_recon": state} if name == "recon" else state
+
+
+@pytest.fixture(scope="module")
+def checkpoints(state_dicts, tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("rnet")
+    paths = {}
+    for name, state in state_dicts.items():
+        paths[name] = folder / f"{name}.pth"
+        torch.save(_container(name, state), paths[name])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def models(checkpoints) -> dict[str, RNet]:
+    return {name: load_rnet(path) for name, path in checkpoints.items()}
+
+
+def _max_error(out: torch.Tensor, expected: np.ndarray) -> float:
+    return float(np.abs(out.double().numpy() - expected).max())
+
+
+# ---------------------------------------------------------------- conformance
+
+
+@pytest.mark.parametrize("name", FORMAT_NAMES)
+def test_matches_reference(name, dtype, checkpoints, crops, reference):
+    model = load_rnet(checkpoints[name], dtype=dtype)
+    assert model.variant == name and model.layout == DEEP3D_LAYOUT
+    with torch.inference_mode():
+        out = model.vector(crops)  # float32 images: the project's convention, cast by the network
+    assert out.dtype == dtype and out.shape == (25, 257)
+    error = _max_error(out, reference[f"{name}_out_{DTYPE_NAME[dtype]}"])
+    assert error <= ATOL[name, dtype], f"{name} {dtype}: max error {error:.3g}"
+
+
+@pytest.mark.parametrize("name", FORMAT_NAMES)
+def test_prepared_network_matches_reference(name, models, crops, reference):
+    """BatchNorm folding and channels_last keep the float32 conformance limits."""
+    fast = prepare_for_inference(models[name])
+    with torch.inference_mode():
+        out = fast.vector(crops)
+    error = _max_error(out, reference[f"{name}_out_f32"])
+    assert error <= ATOL[name, torch.float32], f"{name}: max error {error:.3g}"
+    assert all(not p.requires_grad for p in fast.parameters())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in models[name].modules()), "input model modified"
+
+
+@pytest.mark.parametrize("name", FORMAT_NAMES)
+def test_forward_returns_named_coefficients(name, models, crops):
+    with torch.inference_mode():
+        coefficients = models[name](crops[:2])
+        vector = models[name].vector(crops[:2])
+    assert isinstance(coefficients, Coefficients) and coefficients.layout == DEEP3D_LAYOUT
+    torch.testing.assert_close(coefficients.to_vector(), vector, rtol=0, atol=0)
+    torch.testing.assert_close(coefficients.trans, vector[:, 254:257], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", FORMAT_NAMES)
+def test_seven_heads_equal_one_linear_layer(name, state_dicts, checkpoints, crops):
+    """The original heads, run as 1×1 convolutions on the pooled (B, 2048, 1, 1) map, equal our head."""
+    model = load_rnet(checkpoints[name], dtype=torch.float64)
+    with torch.inference_mode():
+        pooled = model.features(crops[:3])
+        ours = model.head(pooled)
+        state = state_dicts[name]
+        heads = [F.conv2d(pooled[:, :, None, None], state[f"{h}.weight"].double(), state[f"{h}.bias"].double())
+                 for h in HEADS[name]]
+    original = torch.cat([h.flatten(1) for h in heads], dim=1)  # id, exp, tex, angle, gamma, xy, z
+    assert [h.shape[1] for h in heads] == [80, 64, 80, 3, 27, 2, 1]
+    torch.testing.assert_close(ours, original, rtol=0, atol=1e-12)
+
+
+# ---------------------------------------------------------------- the variants' differences matter
+
+
+@pytest.fixture(scope="module")
+def models64(checkpoints) -> dict[str, RNet]:
+    return {name: load_rnet(path, dtype=torch.float64) for name, path in checkpoints.items()}
+
+
+@pytest.mark.parametrize("name", FORMAT_NAMES)
+@pytest.mark.parametrize("change", ["stride_on_1x1", "pool_padding", "pool_ceil_mode", "input_channels"])
+def test_each_architectural_choice_is_checked(name, change, models64, crops, reference):
+    """Flipping any one choice of a variant moves the float64 outputs far past the float64 limit.
+
+    (In float32 some are subtler than the limits: ceil mode alone only changes the seed's border
+    column by ~7e-5, below its 5e-4; which is why the float64 comparison matters.)
+    """
+    model, images = models64[name], crops[:1]
+    if change == "input_channels":
+        other = model
+        images = images.flip(1)  # what feeding BGR to recon, or RGB to seed, amounts to
+    else:
+        variant = model.backbone.variant
+        value = getattr(variant, change)
+        flipped = replace(variant, **{change: (1 - value) if change == "pool_padding" else not value})
+        other = RNet(name)
+        other.backbone = ResNet50(flipped)
+        other = other.to(torch.float64)
+        other.load_state_dict(model.state_dict())
+        other.eval()
+    with torch.inference_mode():
+        error = _max_error(other.vector(images), reference[f"{name}_out_f64"][:1])
+    assert error > 1000 * ATOL[name, torch.float64], f"{change} leaves {name} within {error:.3g}"
+
+
+# ---------------------------------------------------------------- container variants and errors
+
+
+def _params_equal(a: RNet, b: RNet) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+@pytest.mark.parametrize("name", FORMAT_NAMES)
+def test_dataparallel_prefix_and_bare_state_dict(name, state_dicts, models, tmp_path):
+    prefixed = {f"module.{k}": v for k, v in state_dicts[name].items()}
+    torch.save(_container(name, prefixed), tmp_path / "dp.pth")
+    assert _params_equal(load_rnet(tmp_path / "dp.pth"), models[name])
+    torch.save(state_dicts[name], tmp_path / "bare.pth")  # a bare net_recon state dict loads too
+    assert _params_equal(load_rnet(tmp_path / "bare.pth"), models[name])
+
+
+def test_batchnorm_counters_are_optional(state_dicts, models, tmp_path):
+    state = {k: v for k, v in state_dicts["seed"].items() if not k.endswith("num_batches_tracked")}
+    torch.save(state, tmp_path / "old.pt")
+    model = load_rnet(tmp_path / "old.pt")
+    assert torch.equal(model.head.weight, models["seed"].head.weight)
+
+
+def test_weights_land_on_cpu_in_the_requested_dtype(checkpoints):
+    model = load_rnet(checkpoints["recon"], device="cpu", dtype=torch.float64)
+    assert not model.training
+    assert {(p.device.type, p.dtype) for p in model.parameters()} == {("cpu", torch.float64)}
+
+
+def test_unknown_layout_names_file_expected_and_found_keys(tmp_path):
+    path = tmp_path / "classifier.pth"
+    torch.save({"features.0.weight": torch.zeros(2, 3), "classifier.bias": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError) as info:
+        load_rnet(path)
+    message = str(info.value)
+    for text in ("classifier.pth", "net_recon", "fcid", "final_layers.0", "features.0.weight"):
+        assert text in message
+
+
+def test_missing_unexpected_and_misshaped_keys_are_listed(state_dicts, tmp_path):
+    state = dict(state_dicts["recon"])
+    del state["backbone.layer3.2.bn2.running_mean"]
+    state["backbone.fc.weight"] = torch.zeros(1000, 2048)
+    state["backbone.layer1.0.conv2.weight"] = torch.zeros(64, 64, 1, 1)
+    torch.save({"net_recon": state}, tmp_path / "broken.pth")
+    with pytest.raises(CheckpointError) as info:
+        load_rnet(tmp_path / "broken.pth")
+    message = str(info.value)
+    for text in ("broken.pth", "missing", "backbone.layer3.2.bn2.running_mean", "unexpected",
+                 "backbone.fc.weight", "backbone.layer1.0.conv2.weight"):
+        assert text in message
+
+
+def test_missing_head_is_listed(state_dicts, tmp_path):
+    state = {k: v for k, v in state_dicts["seed"].items() if not k.startswith("fcgamma.")}
+    torch.save(state, tmp_path / "headless.pt")
+    with pytest.raises(CheckpointError, match="fcgamma.weight"):
+        load_rnet(tmp_path / "headless.pt")
+
+
+class _NotATensor:
+    """Any custom class: unpickling it would run code chosen by the file's author."""
+
+    def __init__(self) -> None:
+        self.payload = 1
+
+
+def test_pickled_objects_are_refused(state_dicts, tmp_path):
+    path = tmp_path / "unsafe.pth"
+    torch.save({"net_recon": state_dicts["recon"], "extra": _NotATensor()}, path)
+    assert isinstance(torch.load(path, weights_only=False)["extra"], _NotATensor)  # the file itself is fine
+    with pytest.raises(CheckpointError, match="weights_only"):
+        load_rnet(path)
+
+
+def test_rejects_images_of_the_wrong_shape(models):
+    with pytest.raises(ValueError, match="224"):
+        models["recon"](torch.zeros(1, 3, 112, 112))
