@@ -1,0 +1,169 @@
+"""Numba backend (CPU): a z-buffer kernel over triangle chunks, one chunk per thread.
+
+Each task rasterises a contiguous, ascending range of triangles into its own depth and id buffers
+(no locks, no atomics); a second parallel pass merges the buffers row by row, an earlier chunk
+winning ties, so the result equals a serial loop over triangles in id order.  The arithmetic is
+the float64 expressions of ``raster.py``'s docstring, written in the same order as the torch and
+reference backends (no fastmath: no FMA contraction or reassociation), hence identical ids.
+The kernels are compiled on first use and cached on disk (``cache=True``).
+"""
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+import torch
+from numba import prange
+
+
+@numba.njit(cache=True, inline="always")
+def _edge(xa, ya, xb, yb, orient):  # pragma: no cover - compiled
+    """Canonical edge a -> b: (origin x, origin y, dx, dy, sign of the value, is top-left)."""
+    ox, oy = (xb - xa) * orient, (yb - ya) * orient
+    top_left = oy < 0 or (oy == 0 and ox > 0)
+    if xa > xb or (xa == xb and ya > yb):
+        return xb, yb, xa - xb, ya - yb, -orient, top_left
+    return xa, ya, xb - xa, yb - ya, orient, top_left
+
+
+@numba.njit(cache=True, inline="always")
+def _prepare_vertex(xyz, k, near, height, width, vbox, vok):  # pragma: no cover - compiled
+    """Whether vertex k may be drawn, and the pixel centres it spans: ceil / floor of (x, y) - 0.5.
+
+    A triangle's box of pixel centres is then [min of the ceils, max of the floors]: ceil and floor
+    are monotone, so this is the box of its bounding box, found with integer min / max only."""
+    x, y, z = xyz[k, 0], xyz[k, 1], xyz[k, 2]
+    vok[k] = z >= near and z < np.inf and math.isfinite(x) and math.isfinite(y)
+    if vok[k]:
+        # clamped first so that huge coordinates convert to int safely
+        cx, cy = min(max(x - 0.5, -1.0), width), min(max(y - 0.5, -1.0), height)
+        vbox[k, 0], vbox[k, 1] = math.ceil(cx), math.floor(cx)
+        vbox[k, 2], vbox[k, 3] = math.ceil(cy), math.floor(cy)
+
+
+@numba.njit(cache=True)
+def _raster_range(xyz, vbox, vok, tris, f_start, f_stop, cull, zbuf, ibuf):  # pragma: no cover - compiled
+    """Rasterise triangles [f_start, f_stop) of one face (xyz (N, 3) f64) into zbuf / ibuf (H, W)."""
+    height, width = zbuf.shape
+    for f in range(f_start, f_stop):
+        a, b, c = tris[f, 0], tris[f, 1], tris[f, 2]
+        if not (vok[a] and vok[b] and vok[c]):
+            continue
+        # bounding box first: about half the triangles of a dense mesh hold no pixel centre at all
+        i0 = max(min(vbox[a, 2], vbox[b, 2], vbox[c, 2]), 0)
+        i1 = min(max(vbox[a, 3], vbox[b, 3], vbox[c, 3]), height - 1)
+        if i0 > i1:
+            continue
+        j0 = max(min(vbox[a, 0], vbox[b, 0], vbox[c, 0]), 0)
+        j1 = min(max(vbox[a, 1], vbox[b, 1], vbox[c, 1]), width - 1)
+        if j0 > j1:
+            continue
+        x0, y0, z0, x1, y1, z1 = xyz[a, 0], xyz[a, 1], xyz[a, 2], xyz[b, 0], xyz[b, 1], xyz[b, 2]
+        x2, y2, z2 = xyz[c, 0], xyz[c, 1], xyz[c, 2]
+        area2 = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+        if area2 == 0 or (cull and area2 > 0):
+            continue
+        orient = 1.0 if area2 > 0 else -1.0
+        ax0, ay0, dx0, dy0, s0, tl0 = _edge(x1, y1, x2, y2, orient)
+        ax1, ay1, dx1, dy1, s1, tl1 = _edge(x2, y2, x0, y0, orient)
+        ax2, ay2, dx2, dy2, s2, tl2 = _edge(x0, y0, x1, y1, orient)
+        for i in range(i0, i1 + 1):
+            py = i + 0.5
+            for j in range(j0, j1 + 1):
+                px = j + 0.5
+                w0 = s0 * (dx0 * (py - ay0) - dy0 * (px - ax0))
+                if not (w0 > 0 or (w0 == 0 and tl0)):
+                    continue
+                w1 = s1 * (dx1 * (py - ay1) - dy1 * (px - ax1))
+                if not (w1 > 0 or (w1 == 0 and tl1)):
+                    continue
+                w2 = s2 * (dx2 * (py - ay2) - dy2 * (px - ax2))
+                if not (w2 > 0 or (w2 == 0 and tl2)):
+                    continue
+                total = (w0 + w1) + w2
+                if not total > 0:
+                    continue
+                depth = total / ((w0 / z0 + w1 / z1) + w2 / z2)
+                if depth < zbuf[i, j]:  # strict: within a chunk the lower id keeps ties
+                    zbuf[i, j] = depth
+                    ibuf[i, j] = f
+
+
+@numba.njit(cache=True, inline="always")
+def _shade(xyz, tris, f, px, py):  # pragma: no cover - compiled
+    """Perspective-correct barycentrics and depth of triangle f at (px, py): raster.py's formula."""
+    a, b, c = tris[f, 0], tris[f, 1], tris[f, 2]
+    x0, y0, z0, x1, y1, z1 = xyz[a, 0], xyz[a, 1], xyz[a, 2], xyz[b, 0], xyz[b, 1], xyz[b, 2]
+    x2, y2, z2 = xyz[c, 0], xyz[c, 1], xyz[c, 2]
+    e0 = (x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)
+    e1 = (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)
+    e2 = (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)
+    total = (e0 + e1) + e2
+    q0, q1, q2 = (e0 / total) / z0, (e1 / total) / z1, (e2 / total) / z2
+    inverse = (q0 + q1) + q2
+    return q0 / inverse, q1 / inverse, q2 / inverse, 1.0 / inverse
+
+
+@numba.njit(cache=True, parallel=True)
+def _raster(xyz, tris, near, cull, zbuf, ibuf, ids, bary, depth, shade):  # pragma: no cover - compiled
+    """xyz (B, N, 3) f64, tris (F, 3) int64; scratch zbuf / ibuf (B, T, H, W); out ids (B, H, W)
+    and, when ``shade``, bary (B, H, W, 3) and depth (B, H, W) in their own dtype."""
+    batch, chunks, height, width = zbuf.shape
+    faces, vertices = tris.shape[0], xyz.shape[1]
+    vbox = np.empty((batch, vertices, 4), np.int32)
+    vok = np.empty((batch, vertices), np.bool_)
+    for k in prange(batch * vertices):
+        _prepare_vertex(xyz[k // vertices], k % vertices, near, height, width, vbox[k // vertices], vok[k // vertices])
+    for task in prange(batch * chunks):
+        b, t = task // chunks, task % chunks
+        zbuf[b, t] = np.inf
+        ibuf[b, t] = -1
+        _raster_range(xyz[b], vbox[b], vok[b], tris, faces * t // chunks, faces * (t + 1) // chunks, cull,
+                      zbuf[b, t], ibuf[b, t])
+    for row in prange(batch * height):
+        b, i = row // height, row % height
+        for j in range(width):
+            best, nearest = ibuf[b, 0, i, j], zbuf[b, 0, i, j]
+            for t in range(1, chunks):
+                if zbuf[b, t, i, j] < nearest:  # strict: the earlier chunk (lower ids) keeps ties
+                    best, nearest = ibuf[b, t, i, j], zbuf[b, t, i, j]
+            ids[b, i, j] = best
+            if not shade:
+                continue
+            if best < 0:
+                bary[b, i, j, 0] = bary[b, i, j, 1] = bary[b, i, j, 2] = 0.0
+                depth[b, i, j] = np.inf
+            else:
+                w0, w1, w2, d = _shade(xyz[b], tris, best, j + 0.5, i + 0.5)
+                bary[b, i, j, 0], bary[b, i, j, 1], bary[b, i, j, 2], depth[b, i, j] = w0, w1, w2, d
+
+
+def _run(screen, triangles, height, width, near, cull, dtype):
+    xyz = np.ascontiguousarray(screen.numpy())
+    tris = np.ascontiguousarray(triangles.numpy())
+    batch = xyz.shape[0]
+    # one chunk of triangles per thread; with a batch at least as large as the thread count,
+    # parallelism over faces suffices and a single chunk avoids the merge work
+    chunks = max(1, numba.get_num_threads() // batch)
+    zbuf = np.empty((batch, chunks, height, width), np.float64)
+    ibuf = np.empty((batch, chunks, height, width), np.int64)
+    ids = np.empty((batch, height, width), np.int64)
+    np_dtype = np.float64 if dtype is None else torch.empty((), dtype=dtype).numpy().dtype
+    shape = (batch, height, width) if dtype is not None else (0, 0, 0)
+    bary, depth = np.empty(shape + (3,), np_dtype), np.empty(shape, np_dtype)
+    _raster(xyz, tris, near, cull, zbuf, ibuf, ids, bary, depth, dtype is not None)
+    return torch.from_numpy(ids), torch.from_numpy(bary), torch.from_numpy(depth)
+
+
+def triangle_ids(screen: torch.Tensor, triangles: torch.Tensor, height: int, width: int, near: float,
+                 cull: bool) -> torch.Tensor:
+    """(B, H, W) int64 covering triangle per pixel (-1 empty) from CPU screen (B, N, 3) float64."""
+    return _run(screen, triangles, height, width, near, cull, None)[0]
+
+
+def rasterize_shaded(screen: torch.Tensor, triangles: torch.Tensor, height: int, width: int, near: float,
+                     cull: bool, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Ids and, without autograd, barycentrics (B, H, W, 3) and depth (B, H, W) in ``dtype``
+    (0 and +inf where empty), equal to ``raster.pixel_barycentrics``'s values."""
+    return _run(screen, triangles, height, width, near, cull, dtype)

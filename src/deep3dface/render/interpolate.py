@@ -1,0 +1,43 @@
+"""Interpolation of per-vertex attributes over a raster (differentiable)."""
+from __future__ import annotations
+
+import torch
+
+from .raster import Raster, _numba_available
+
+
+def interpolate(attributes: torch.Tensor, raster: Raster, triangles: torch.Tensor, *,
+                backend: str = "auto") -> torch.Tensor:
+    """Per-pixel attributes: Σ_k barycentric_k · attribute of the covering triangle's vertex k.
+
+    attributes: (B, N, C) or (N, C) float (the latter shared by the batch); raster from
+    ``rasterize`` with the same ``triangles`` (F, 3) int64.  Returns (B, H, W, C) in the attributes'
+    dtype, 0 on empty pixels.  Differentiable w.r.t. attributes and, through
+    ``raster.barycentrics``, w.r.t. the screen positions that made the raster.
+    backend: "auto" (numba kernels for CPU tensors when numba imports), "numba" or "torch".
+    """
+    if attributes.ndim not in (2, 3) or (attributes.ndim == 3 and attributes.shape[0] not in (1, len(raster.triangle_id))):
+        raise ValueError(f"attributes must be (B, N, C) or (N, C), got {tuple(attributes.shape)}")
+    if backend not in ("auto", "numba", "torch"):
+        raise ValueError(f"unknown backend {backend!r}; choose auto, numba or torch")
+    attributes = attributes if attributes.ndim == 3 else attributes.unsqueeze(0)
+    ids, triangles = raster.triangle_id, triangles.to(raster.triangle_id.device)
+    weights = raster.barycentrics.to(attributes.dtype)
+    on_cpu = attributes.device.type == "cpu" and ids.device.type == "cpu"
+    if backend == "numba" or (backend == "auto" and on_cpu and _numba_available()):
+        from ._numba_interpolate import InterpolateCPU
+
+        return InterpolateCPU.apply(attributes, weights, ids, triangles)
+    return _interpolate_torch(attributes, weights, ids, triangles)
+
+
+def _interpolate_torch(attributes, weights, ids, triangles) -> torch.Tensor:
+    """Gather path (any device): attributes (1 or B, N, C), weights (B, H, W, 3), ids (B, H, W)."""
+    batch, height, width = ids.shape
+    b, i, j = torch.nonzero(ids >= 0, as_tuple=True)
+    corners = triangles[ids[b, i, j]]                               # (P, 3)
+    rows = b if attributes.shape[0] > 1 else torch.zeros_like(b)
+    values = attributes[rows[:, None], corners]                     # (P, 3, C)
+    pixels = torch.einsum("pk,pkc->pc", weights[b, i, j], values)
+    out = attributes.new_zeros((batch, height, width, attributes.shape[-1]))
+    return out.index_put((b, i, j), pixels)
