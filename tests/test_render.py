@@ -170,6 +170,22 @@ def test_without_autograd_numba_shades_exactly_like_pixel_barycentrics(dtype):
     assert with_grad.barycentrics.grad_fn is not None
 
 
+def test_numba_analytic_gradient_equals_torch_autograd(dtype):
+    screen, triangles = random_scene(0, dtype=dtype)
+    g = torch.Generator().manual_seed(1)
+    grad_bary = torch.randn(2, 20, 28, 3, generator=g, dtype=dtype)
+    grad_depth = torch.randn(2, 20, 28, generator=g, dtype=dtype)
+    grads = []
+    for backend in FAST:
+        s = screen.clone().requires_grad_()
+        raster = rasterize(s, triangles, (20, 28), backend=backend)
+        depth = torch.where(raster.mask, raster.depth, 0)
+        ((raster.barycentrics * grad_bary).sum() + (depth * grad_depth).sum()).backward()
+        grads.append(s.grad)
+    assert grads[0].abs().sum() > 0 and grads[0].dtype == dtype
+    torch.testing.assert_close(grads[0], grads[1], atol=TOL[dtype], rtol=TOL[dtype])
+
+
 @pytest.mark.parametrize("batch", [(), (2,), (1,)], ids=["shared", "batched", "one"])
 def test_interpolate_backends_agree_and_are_zero_when_empty(batch, dtype):
     screen, triangles = random_scene(2, faces=30, dtype=dtype)

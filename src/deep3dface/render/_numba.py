@@ -140,30 +140,25 @@ def _raster(xyz, tris, near, cull, zbuf, ibuf, ids, bary, depth, shade):  # prag
 
 
 def _run(screen, triangles, height, width, near, cull, dtype):
-    xyz = np.ascontiguousarray(screen.numpy())
-    tris = np.ascontiguousarray(triangles.numpy())
-    batch = xyz.shape[0]
+    batch = screen.shape[0]
     # one chunk of triangles per thread; with a batch at least as large as the thread count,
     # parallelism over faces suffices and a single chunk avoids the merge work
     chunks = max(1, numba.get_num_threads() // batch)
-    zbuf = np.empty((batch, chunks, height, width), np.float64)
-    ibuf = np.empty((batch, chunks, height, width), np.int64)
-    ids = np.empty((batch, height, width), np.int64)
-    np_dtype = np.float64 if dtype is None else torch.empty((), dtype=dtype).numpy().dtype
+    # torch allocates: numpy's large arrays (hugepage advice) fault in several times slower here
+    zbuf = torch.empty((batch, chunks, height, width), dtype=torch.float64)
+    ibuf = torch.empty((batch, chunks, height, width), dtype=torch.int64)
+    ids = torch.empty((batch, height, width), dtype=torch.int64)
     shape = (batch, height, width) if dtype is not None else (0, 0, 0)
-    bary, depth = np.empty(shape + (3,), np_dtype), np.empty(shape, np_dtype)
-    _raster(xyz, tris, near, cull, zbuf, ibuf, ids, bary, depth, dtype is not None)
-    return torch.from_numpy(ids), torch.from_numpy(bary), torch.from_numpy(depth)
-
-
-def triangle_ids(screen: torch.Tensor, triangles: torch.Tensor, height: int, width: int, near: float,
-                 cull: bool) -> torch.Tensor:
-    """(B, H, W) int64 covering triangle per pixel (-1 empty) from CPU screen (B, N, 3) float64."""
-    return _run(screen, triangles, height, width, near, cull, None)[0]
+    bary = torch.empty(shape + (3,), dtype=dtype or torch.float64)
+    depth = torch.empty(shape, dtype=dtype or torch.float64)
+    _raster(screen.contiguous().numpy(), triangles.contiguous().numpy(), near, cull, zbuf.numpy(), ibuf.numpy(),
+            ids.numpy(), bary.numpy(), depth.numpy(), dtype is not None)
+    return ids, bary, depth
 
 
 def rasterize_shaded(screen: torch.Tensor, triangles: torch.Tensor, height: int, width: int, near: float,
                      cull: bool, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Ids and, without autograd, barycentrics (B, H, W, 3) and depth (B, H, W) in ``dtype``
-    (0 and +inf where empty), equal to ``raster.pixel_barycentrics``'s values."""
+    """From CPU screen (B, N, 3) float64: ids (B, H, W) int64 (-1 empty), barycentrics (B, H, W, 3)
+    and depth (B, H, W) in ``dtype`` (0 and +inf where empty), bit for bit the values of
+    ``raster.pixel_barycentrics`` (no autograd here: see ``_numba_grad``)."""
     return _run(screen, triangles, height, width, near, cull, dtype)

@@ -6,7 +6,6 @@ the three-term sum); gradients w.r.t. attributes and barycentrics, not twice dif
 from __future__ import annotations
 
 import numba
-import numpy as np
 import torch
 from numba import prange
 
@@ -74,11 +73,10 @@ class InterpolateCPU(torch.autograd.Function):
     def backward(ctx, grad):
         attributes, barycentrics, ids, triangles = ctx.saved_tensors
         batch = ids.shape[0]
-        grad_attr = np.zeros((batch,) + tuple(attributes.shape[1:]), attributes.numpy().dtype)
+        grad_attr = attributes.new_zeros((batch,) + tuple(attributes.shape[1:]))
         grad_bary = torch.empty_like(barycentrics)
         _backward(grad.contiguous().numpy(), attributes.numpy(), triangles.numpy(), ids.numpy(),
-                  barycentrics.numpy(), grad_attr, grad_bary.numpy())
-        grad_attr = torch.from_numpy(grad_attr)
+                  barycentrics.numpy(), grad_attr.numpy(), grad_bary.numpy())
         if attributes.shape[0] == 1:
             grad_attr = grad_attr.sum(0, keepdim=True)
         return grad_attr, grad_bary, None, None

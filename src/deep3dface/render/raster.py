@@ -24,8 +24,10 @@ Conventions (the renderer's, fixed here once):
 
 Backends: ``"numba"`` (CPU z-buffer kernel), ``"torch"`` (vectorised, any device), ``"reference"``
 (plain Python loops, the tests' oracle).  ``"auto"`` takes numba for CPU tensors when numba imports,
-torch otherwise.  Backends only find triangle ids; barycentrics and depth are then recomputed here
-with autograd from ``screen`` at the pixel centres, so they are differentiable w.r.t. ``screen``.
+torch otherwise.  The torch and reference backends only find triangle ids; barycentrics and depth
+are then recomputed with autograd from ``screen`` at the pixel centres (``pixel_barycentrics``),
+so they are differentiable w.r.t. ``screen``.  The numba backend computes the same values in its
+kernel and supplies the analytic gradient (``_numba_grad``); tests hold the two paths together.
 """
 from __future__ import annotations
 
@@ -68,15 +70,14 @@ def rasterize(screen: torch.Tensor, triangles: torch.Tensor, size: tuple[int, in
     triangles = _check_triangles(triangles, screen.shape[1], screen.device)
     height, width = _check_size(size)
     name = _resolve(backend, screen.device)
-    flat = screen.detach().to(torch.float64)
-    if name == "numba" and not (torch.is_grad_enabled() and screen.requires_grad):
-        # no autograd needed: the kernel's own barycentrics equal pixel_barycentrics' bit for bit
-        from ._numba import rasterize_shaded
+    if name == "numba":
+        # same values as the generic path below, with an analytic backward: no temporaries
+        from ._numba_grad import NumbaRaster
 
-        return Raster(*rasterize_shaded(flat, triangles, height, width, float(near), bool(cull_backfaces),
-                                        screen.dtype))
+        return Raster(*NumbaRaster.apply(screen, triangles, height, width, float(near), bool(cull_backfaces)))
     with torch.no_grad():
-        ids = _KERNELS[name]()(flat, triangles, height, width, float(near), bool(cull_backfaces))
+        ids = _KERNELS[name]()(screen.detach().to(torch.float64), triangles, height, width, float(near),
+                               bool(cull_backfaces))
     barycentrics, depth = pixel_barycentrics(screen, triangles, ids)
     return Raster(ids, barycentrics, depth)
 
@@ -160,12 +161,6 @@ def _resolve(name: str, device: torch.device) -> str:
     return name
 
 
-def _numba_ids():
-    from ._numba import triangle_ids
-
-    return triangle_ids
-
-
 def _torch_ids():
     from ._torch import triangle_ids
 
@@ -180,4 +175,4 @@ def _reference_ids():
 
 #: backend name -> loader of ``ids(screen f64 (B, N, 3), triangles, H, W, near, cull) -> (B, H, W)``;
 #: imported lazily so that importing the renderer does not import numba
-_KERNELS = {"numba": _numba_ids, "torch": _torch_ids, "reference": _reference_ids}
+_KERNELS = {"torch": _torch_ids, "reference": _reference_ids}
