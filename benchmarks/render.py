@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,7 +88,7 @@ def main() -> None:
             results[f"{backend}_{size}_fwd_bwd_ms"] = median_ms(train, runs=max(5, args.runs // 5))
         raster = rasterize(screen, triangles, (size, size), cull_backfaces=True)
         results[f"covered_pixels_{size}"] = int(raster.mask.sum())
-    emit("render", mesh=name, vertices=len(vertices), triangles=len(triangles),
+    emit("render", load_average_1min=round(os.getloadavg()[0], 2), mesh=name, vertices=len(vertices), triangles=len(triangles),
          numba_first_call_ms=first, numba_threads=_numba_threads(), **results)
 
 

@@ -59,6 +59,26 @@ def test_fast_backends_equal_reference(seed, cull, dtype):
         torch.testing.assert_close(raster.depth, depth.to(dtype), atol=TOL[dtype], rtol=TOL[dtype])
 
 
+def test_torch_backend_in_many_small_chunks(monkeypatch):
+    """Chunks of whole triangles: the depth test across chunks must keep the lower id on ties."""
+    from deep3dface.render import _torch
+
+    monkeypatch.setattr(_torch, "CHUNK", 16)
+    screen, triangles = random_scene(1)
+    ids = rasterize_reference(screen, triangles, 20, 28)[0]
+    assert torch.equal(rasterize(screen, triangles, (20, 28), backend="torch").triangle_id, ids)
+
+
+@pytest.mark.parametrize("chunks", [1, 3, 7])
+def test_numba_backend_in_parallel_chunks(chunks):
+    """Per-chunk z-buffers merged afterwards: the merge must keep the lower id on ties."""
+    from deep3dface.render._numba import rasterize_shaded
+
+    screen, triangles = random_scene(1)
+    ids = rasterize_reference(screen, triangles, 20, 28)[0]
+    assert torch.equal(rasterize_shaded(screen, triangles, 20, 28, 1e-3, False, torch.float64, chunks)[0], ids)
+
+
 def test_random_scene_exercises_the_special_cases():
     screen, triangles = random_scene(0)
     ids = rasterize(screen, triangles, (20, 28), backend="torch").triangle_id
@@ -253,6 +273,13 @@ def test_invalid_input_is_rejected():
         rasterize(screen, triangles, (8, 8), backend="opengl")
     with pytest.raises(ValueError):
         rasterize(screen, triangles, (0, 8))
+    raster = rasterize(screen, triangles, (8, 8))
+    with pytest.raises(ValueError):
+        interpolate(torch.rand(3, 2), raster, triangles)                   # 3 attributes, 4 vertices
+    with pytest.raises(ValueError):
+        interpolate(torch.rand(4, 2), raster, triangles[:1])               # not the raster's mesh
+    with pytest.raises(ValueError):
+        interpolate(torch.rand(3, 4, 2), raster, triangles)                # batch 3 for a raster of 1
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -61,3 +61,13 @@ def test_visible_vertices_render_where_the_reference_projects_them(conformance):
     # a vertex whose surface is clearly nearer is hidden, e.g. behind the nose of turned faces
     hidden = interior & (surface < screen[..., 2] - 0.05)
     assert hidden[1:].any() and not hidden[0].any()
+
+
+def test_backends_agree_on_the_reference_faces(conformance):
+    screen, triangles = reference_screen(conformance)
+    fast = rasterize(screen, triangles, (SIZE, SIZE), backend="numba")
+    vectorised = rasterize(screen, triangles, (SIZE, SIZE), backend="torch")
+    assert torch.equal(fast.triangle_id, vectorised.triangle_id)
+    torch.testing.assert_close(fast.barycentrics, vectorised.barycentrics, atol=1e-12, rtol=0)
+    naive = rasterize(screen[3:4], triangles, (SIZE, SIZE), backend="reference")
+    assert torch.equal(naive.triangle_id, fast.triangle_id[3:4])

@@ -139,11 +139,11 @@ def _raster(xyz, tris, near, cull, zbuf, ibuf, ids, bary, depth, shade):  # prag
                 bary[b, i, j, 0], bary[b, i, j, 1], bary[b, i, j, 2], depth[b, i, j] = w0, w1, w2, d
 
 
-def _run(screen, triangles, height, width, near, cull, dtype):
+def _run(screen, triangles, height, width, near, cull, dtype, chunks=None):
     batch = screen.shape[0]
     # one chunk of triangles per thread; with a batch at least as large as the thread count,
     # parallelism over faces suffices and a single chunk avoids the merge work
-    chunks = max(1, numba.get_num_threads() // batch)
+    chunks = chunks or max(1, numba.get_num_threads() // batch)
     # torch allocates: numpy's large arrays (hugepage advice) fault in several times slower here
     zbuf = torch.empty((batch, chunks, height, width), dtype=torch.float64)
     ibuf = torch.empty((batch, chunks, height, width), dtype=torch.int64)
@@ -157,8 +157,10 @@ def _run(screen, triangles, height, width, near, cull, dtype):
 
 
 def rasterize_shaded(screen: torch.Tensor, triangles: torch.Tensor, height: int, width: int, near: float,
-                     cull: bool, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                     cull: bool, dtype: torch.dtype, chunks: int | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """From CPU screen (B, N, 3) float64: ids (B, H, W) int64 (-1 empty), barycentrics (B, H, W, 3)
     and depth (B, H, W) in ``dtype`` (0 and +inf where empty), bit for bit the values of
-    ``raster.pixel_barycentrics`` (no autograd here: see ``_numba_grad``)."""
-    return _run(screen, triangles, height, width, near, cull, dtype)
+    ``raster.pixel_barycentrics`` (no autograd here: see ``_numba_grad``).  ``chunks``: triangle
+    ranges per face rasterised in parallel, by default enough to give every thread one."""
+    return _run(screen, triangles, height, width, near, cull, dtype, chunks)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-#: candidates (pixel, triangle pairs) per chunk: ~40 float64/int64 temporaries each
-CHUNK = 1 << 21
+#: candidates (pixel, triangle pairs) per chunk: ~400 bytes of temporaries each, ~200 MB at most
+CHUNK = 1 << 19
 
 
 def triangle_setup(screen: torch.Tensor, triangles: torch.Tensor, height: int, width: int, near: float,

@@ -131,7 +131,8 @@ def _check_triangles(triangles: torch.Tensor, num_vertices: int, device: torch.d
     if triangles.ndim != 2 or triangles.shape[1] != 3:
         raise ValueError(f"triangles must be (F, 3), got {tuple(triangles.shape)}")
     triangles = triangles.to(device=device, dtype=torch.int64)
-    if triangles.numel() and (int(triangles.min()) < 0 or int(triangles.max()) >= num_vertices):
+    # the numba kernels do not check bounds: a bad index would read or write out of memory
+    if triangles.numel() and not 0 <= int(triangles.min()) <= int(triangles.max()) < num_vertices:
         raise ValueError(f"triangle vertex ids must lie in [0, {num_vertices})")
     return triangles
 
