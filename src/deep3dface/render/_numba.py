@@ -10,6 +10,7 @@ The kernels are compiled on first use and cached on disk (``cache=True``).
 from __future__ import annotations
 
 import math
+import threading
 
 import numba
 import numpy as np
@@ -28,18 +29,18 @@ def _edge(xa, ya, xb, yb, orient):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, inline="always")
-def _prepare_vertex(xyz, k, near, height, width, vbox, vok):  # pragma: no cover - compiled
-    """Whether vertex k may be drawn, and the pixel centres it spans: ceil / floor of (x, y) - 0.5.
-
-    A triangle's box of pixel centres is then [min of the ceils, max of the floors]: ceil and floor
-    are monotone, so this is the box of its bounding box, found with integer min / max only."""
-    x, y, z = xyz[k, 0], xyz[k, 1], xyz[k, 2]
-    vok[k] = z >= near and z < np.inf and math.isfinite(x) and math.isfinite(y)
-    if vok[k]:
+def _prepare_vertex(screen, b, k, near, height, width, xyz, vbox, vok):  # pragma: no cover - compiled
+    """Vertex k of face b: its float64 copy, whether it may be drawn, and the pixel centres it spans,
+    ceil and floor of (x, y) - 0.5.  A triangle's box of pixel centres is then [min of the ceils,
+    max of the floors] (ceil and floor are monotone), found with integer min / max only."""
+    x, y, z = np.float64(screen[b, k, 0]), np.float64(screen[b, k, 1]), np.float64(screen[b, k, 2])
+    xyz[b, k, 0], xyz[b, k, 1], xyz[b, k, 2] = x, y, z
+    vok[b, k] = z >= near and z < np.inf and math.isfinite(x) and math.isfinite(y)
+    if vok[b, k]:
         # clamped first so that huge coordinates convert to int safely
         cx, cy = min(max(x - 0.5, -1.0), width), min(max(y - 0.5, -1.0), height)
-        vbox[k, 0], vbox[k, 1] = math.ceil(cx), math.floor(cx)
-        vbox[k, 2], vbox[k, 3] = math.ceil(cy), math.floor(cy)
+        vbox[b, k, 0], vbox[b, k, 1] = math.ceil(cx), math.floor(cx)
+        vbox[b, k, 2], vbox[b, k, 3] = math.ceil(cy), math.floor(cy)
 
 
 @numba.njit(cache=True)
@@ -91,11 +92,12 @@ def _raster_range(xyz, vbox, vok, tris, f_start, f_stop, cull, zbuf, ibuf):  # p
 
 
 @numba.njit(cache=True, inline="always")
-def _shade(xyz, tris, f, px, py):  # pragma: no cover - compiled
-    """Perspective-correct barycentrics and depth of triangle f at (px, py): raster.py's formula."""
+def _shade(xyz, n, tris, f, px, py):  # pragma: no cover - compiled
+    """Perspective-correct barycentrics and depth of triangle f of face n at (px, py), float64:
+    raster.py's ``pixel_barycentrics`` formula, operation for operation."""
     a, b, c = tris[f, 0], tris[f, 1], tris[f, 2]
-    x0, y0, z0, x1, y1, z1 = xyz[a, 0], xyz[a, 1], xyz[a, 2], xyz[b, 0], xyz[b, 1], xyz[b, 2]
-    x2, y2, z2 = xyz[c, 0], xyz[c, 1], xyz[c, 2]
+    x0, y0, z0, x1, y1, z1 = xyz[n, a, 0], xyz[n, a, 1], xyz[n, a, 2], xyz[n, b, 0], xyz[n, b, 1], xyz[n, b, 2]
+    x2, y2, z2 = xyz[n, c, 0], xyz[n, c, 1], xyz[n, c, 2]
     e0 = (x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)
     e1 = (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)
     e2 = (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)
@@ -106,15 +108,25 @@ def _shade(xyz, tris, f, px, py):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, parallel=True)
-def _raster(xyz, tris, near, cull, zbuf, ibuf, ids, bary, depth, shade):  # pragma: no cover - compiled
-    """xyz (B, N, 3) f64, tris (F, 3) int64; scratch zbuf / ibuf (B, T, H, W); out ids (B, H, W)
-    and, when ``shade``, bary (B, H, W, 3) and depth (B, H, W) in their own dtype."""
+def _raster(screen, tris, near, cull, zbuf, ibuf, ids, bary, depth):  # pragma: no cover - compiled
+    """screen (B, N, 3) float32/64, tris (F, 3) int64; scratch zbuf / ibuf (B, T, H, W); out ids
+    (B, H, W), bary (B, H, W, 3) and depth (B, H, W).  False, and nothing drawn, when a triangle
+    refers to a vertex outside [0, N).  Checks and the float64 copy are done here rather than with
+    torch: a torch op just before would leave torch's OpenMP workers spinning on the cores that
+    this kernel's threads need."""
     batch, chunks, height, width = zbuf.shape
-    faces, vertices = tris.shape[0], xyz.shape[1]
+    faces, vertices = tris.shape[0], screen.shape[1]
+    flat = tris.reshape(-1)
+    low, high = 0, 0
+    for k in range(flat.size):
+        low, high = min(low, flat[k]), max(high, flat[k])
+    if low < 0 or high >= vertices:
+        return False
+    xyz = np.empty((batch, vertices, 3), np.float64)
     vbox = np.empty((batch, vertices, 4), np.int32)
     vok = np.empty((batch, vertices), np.bool_)
-    for k in prange(batch * vertices):
-        _prepare_vertex(xyz[k // vertices], k % vertices, near, height, width, vbox[k // vertices], vok[k // vertices])
+    for k in prange(batch * vertices):  # (indexed, not sliced: a view per vertex costs ~30%)
+        _prepare_vertex(screen, k // vertices, k % vertices, near, height, width, xyz, vbox, vok)
     for task in prange(batch * chunks):
         b, t = task // chunks, task % chunks
         zbuf[b, t] = np.inf
@@ -129,38 +141,48 @@ def _raster(xyz, tris, near, cull, zbuf, ibuf, ids, bary, depth, shade):  # prag
                 if zbuf[b, t, i, j] < nearest:  # strict: the earlier chunk (lower ids) keeps ties
                     best, nearest = ibuf[b, t, i, j], zbuf[b, t, i, j]
             ids[b, i, j] = best
-            if not shade:
-                continue
             if best < 0:
                 bary[b, i, j, 0] = bary[b, i, j, 1] = bary[b, i, j, 2] = 0.0
                 depth[b, i, j] = np.inf
             else:
-                w0, w1, w2, d = _shade(xyz[b], tris, best, j + 0.5, i + 0.5)
+                w0, w1, w2, d = _shade(xyz, b, tris, best, j + 0.5, i + 0.5)
                 bary[b, i, j, 0], bary[b, i, j, 1], bary[b, i, j, 2], depth[b, i, j] = w0, w1, w2, d
+    return True
 
 
-def _run(screen, triangles, height, width, near, cull, dtype, chunks=None):
-    batch = screen.shape[0]
-    # one chunk of triangles per thread; with a batch at least as large as the thread count,
-    # parallelism over faces suffices and a single chunk avoids the merge work
-    chunks = chunks or max(1, numba.get_num_threads() // batch)
-    # torch allocates: numpy's large arrays (hugepage advice) fault in several times slower here
-    zbuf = torch.empty((batch, chunks, height, width), dtype=torch.float64)
-    ibuf = torch.empty((batch, chunks, height, width), dtype=torch.int64)
-    ids = torch.empty((batch, height, width), dtype=torch.int64)
-    shape = (batch, height, width) if dtype is not None else (0, 0, 0)
-    bary = torch.empty(shape + (3,), dtype=dtype or torch.float64)
-    depth = torch.empty(shape, dtype=dtype or torch.float64)
-    _raster(screen.contiguous().numpy(), triangles.contiguous().numpy(), near, cull, zbuf.numpy(), ibuf.numpy(),
-            ids.numpy(), bary.numpy(), depth.numpy(), dtype is not None)
-    return ids, bary, depth
+_SCRATCH = threading.local()
+
+
+def _scratch(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-thread depth and id buffers (float64, int64) of ``shape``, kept between calls.
+
+    Freeing and re-allocating megabytes on every call lets glibc hand the pages back to the system
+    and fault them in again: ~500 page faults, about 1 ms, per 224² call on a VM.  The buffers hold
+    the largest image x batch seen so far (16 bytes per pixel and chunk)."""
+    size = math.prod(shape)
+    held = getattr(_SCRATCH, "buffers", None)
+    if held is None or held[0].numel() < size:
+        held = (torch.empty(size, dtype=torch.float64), torch.empty(size, dtype=torch.int64))
+        _SCRATCH.buffers = held
+    return held[0][:size].view(shape), held[1][:size].view(shape)
 
 
 def rasterize_shaded(screen: torch.Tensor, triangles: torch.Tensor, height: int, width: int, near: float,
-                     cull: bool, dtype: torch.dtype, chunks: int | None = None,
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """From CPU screen (B, N, 3) float64: ids (B, H, W) int64 (-1 empty), barycentrics (B, H, W, 3)
-    and depth (B, H, W) in ``dtype`` (0 and +inf where empty), bit for bit the values of
-    ``raster.pixel_barycentrics`` (no autograd here: see ``_numba_grad``).  ``chunks``: triangle
-    ranges per face rasterised in parallel, by default enough to give every thread one."""
-    return _run(screen, triangles, height, width, near, cull, dtype, chunks)
+                     cull: bool, chunks: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """From CPU screen (B, N, 3) float32/64 and triangles (F, 3) int64: ids (B, H, W) int64 (-1
+    empty), barycentrics (B, H, W, 3) and depth (B, H, W) in screen's dtype (0 and +inf where empty),
+    bit for bit the values of ``raster.pixel_barycentrics`` (no autograd here: see ``_numba_grad``).
+    ``chunks``: triangle ranges per face rasterised in parallel, by default one per thread."""
+    batch, dtype = screen.shape[0], screen.dtype
+    # with a batch at least as large as the thread count, parallelism over faces suffices and a
+    # single chunk avoids the merge work
+    chunks = chunks or max(1, numba.get_num_threads() // batch)
+    zbuf, ibuf = _scratch((batch, chunks, height, width))
+    # torch allocates: numpy's large arrays (hugepage advice) fault in several times slower here
+    ids = torch.empty((batch, height, width), dtype=torch.int64)
+    bary = torch.empty((batch, height, width, 3), dtype=dtype)
+    depth = torch.empty((batch, height, width), dtype=dtype)
+    if not _raster(screen.contiguous().numpy(), triangles.contiguous().numpy(), near, cull, zbuf.numpy(),
+                   ibuf.numpy(), ids.numpy(), bary.numpy(), depth.numpy()):
+        raise ValueError(f"triangle vertex ids must lie in [0, {screen.shape[1]})")
+    return ids, bary, depth

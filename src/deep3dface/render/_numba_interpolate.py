@@ -12,9 +12,14 @@ from numba import prange
 
 @numba.njit(cache=True, parallel=True)
 def _forward(attr, tris, ids, bary, out):  # pragma: no cover - compiled
-    """attr (1 or B, N, C), tris (F, 3), ids (B, H, W), bary (B, H, W, 3) -> out (B, H, W, C)."""
+    """attr (1 or B, N, C), tris (F, 3), ids (B, H, W), bary (B, H, W, 3) -> out (B, H, W, C).
+
+    Returns the number of pixels whose triangle or vertex id is out of range (left unwritten):
+    checked here, not with torch, to keep torch's spinning OpenMP workers off this kernel's cores."""
     batch, height, width, channels = out.shape
+    faces, vertices = tris.shape[0], attr.shape[1]
     shared = attr.shape[0] == 1
+    bad = 0
     for row in prange(batch * height):
         b, i = row // height, row % height
         a = attr[0] if shared else attr[b]
@@ -23,10 +28,17 @@ def _forward(attr, tris, ids, bary, out):  # pragma: no cover - compiled
             if f < 0:
                 out[b, i, j, :] = 0
                 continue
+            if f >= faces:
+                bad += 1
+                continue
             v0, v1, v2 = tris[f, 0], tris[f, 1], tris[f, 2]
+            if not (0 <= v0 < vertices and 0 <= v1 < vertices and 0 <= v2 < vertices):
+                bad += 1
+                continue
             w0, w1, w2 = bary[b, i, j, 0], bary[b, i, j, 1], bary[b, i, j, 2]
             for c in range(channels):
                 out[b, i, j, c] = (w0 * a[v0, c] + w1 * a[v1, c]) + w2 * a[v2, c]
+    return bad
 
 
 @numba.njit(cache=True, parallel=True)
@@ -64,7 +76,9 @@ class InterpolateCPU(torch.autograd.Function):
         attributes, barycentrics = attributes.contiguous(), barycentrics.contiguous()
         ids, triangles = ids.contiguous(), triangles.contiguous()
         out = torch.empty(ids.shape + attributes.shape[-1:], dtype=attributes.dtype)
-        _forward(attributes.numpy(), triangles.numpy(), ids.numpy(), barycentrics.numpy(), out.numpy())
+        if _forward(attributes.numpy(), triangles.numpy(), ids.numpy(), barycentrics.numpy(), out.numpy()):
+            raise ValueError("triangle or vertex ids out of range: not the mesh the raster was made from, "
+                             "or fewer attributes than vertices")
         ctx.save_for_backward(attributes, barycentrics, ids, triangles)
         return out
 

@@ -22,17 +22,16 @@ def interpolate(attributes: torch.Tensor, raster: Raster, triangles: torch.Tenso
         raise ValueError(f"unknown backend {backend!r}; choose auto, numba or torch")
     attributes = attributes if attributes.ndim == 3 else attributes.unsqueeze(0)
     ids, triangles = raster.triangle_id, triangles.to(raster.triangle_id.device)
-    # the numba kernels do not check bounds: a mismatched mesh would read out of memory
-    if ids.numel() and int(ids.max()) >= len(triangles):
-        raise ValueError("raster.triangle_id refers to rows beyond triangles: not the mesh it was made from")
-    if triangles.numel() and int(triangles.max()) >= attributes.shape[-2]:
-        raise ValueError(f"triangles refer to vertex ids beyond the {attributes.shape[-2]} attributes")
     weights = raster.barycentrics.to(attributes.dtype)
     on_cpu = attributes.device.type == "cpu" and ids.device.type == "cpu"
     if backend == "numba" or (backend == "auto" and on_cpu and _numba_available()):
         from ._numba_interpolate import InterpolateCPU
 
-        return InterpolateCPU.apply(attributes, weights, ids, triangles)
+        return InterpolateCPU.apply(attributes, weights, ids, triangles)  # checks the ids itself
+    if ids.numel() and int(ids.max()) >= len(triangles):
+        raise ValueError("raster.triangle_id refers to rows beyond triangles: not the mesh it was made from")
+    if triangles.numel() and int(triangles.max()) >= attributes.shape[-2]:
+        raise ValueError(f"triangles refer to vertex ids beyond the {attributes.shape[-2]} attributes")
     return _interpolate_torch(attributes, weights, ids, triangles)
 
 

@@ -67,9 +67,10 @@ def rasterize(screen: torch.Tensor, triangles: torch.Tensor, size: tuple[int, in
     so are triangles of positive signed area in pixels (facing away).  Returns a ``Raster``.
     """
     screen = _check_screen(screen)
-    triangles = _check_triangles(triangles, screen.shape[1], screen.device)
     height, width = _check_size(size)
     name = _resolve(backend, screen.device)
+    # the numba kernel checks the vertex ids itself (see _numba._raster on why)
+    triangles = _check_triangles(triangles, screen.shape[1], screen.device, check_range=name != "numba")
     if name == "numba":
         # same values as the generic path below, with an analytic backward: no temporaries
         from ._numba_grad import NumbaRaster
@@ -125,14 +126,15 @@ def _check_screen(screen: torch.Tensor) -> torch.Tensor:
     return screen
 
 
-def _check_triangles(triangles: torch.Tensor, num_vertices: int, device: torch.device) -> torch.Tensor:
+def _check_triangles(triangles: torch.Tensor, num_vertices: int, device: torch.device,
+                     check_range: bool = True) -> torch.Tensor:
     if not isinstance(triangles, torch.Tensor) or triangles.dtype not in (torch.int64, torch.int32):
         raise TypeError("triangles must be an int64 tensor")
     if triangles.ndim != 2 or triangles.shape[1] != 3:
         raise ValueError(f"triangles must be (F, 3), got {tuple(triangles.shape)}")
     triangles = triangles.to(device=device, dtype=torch.int64)
-    # the numba kernels do not check bounds: a bad index would read or write out of memory
-    if triangles.numel() and not 0 <= int(triangles.min()) <= int(triangles.max()) < num_vertices:
+    # out-of-range ids would make the numba kernel read out of memory: it checks them itself
+    if check_range and triangles.numel() and not 0 <= int(triangles.min()) <= int(triangles.max()) < num_vertices:
         raise ValueError(f"triangle vertex ids must lie in [0, {num_vertices})")
     return triangles
 
