@@ -15,6 +15,7 @@ running from vertex a = k+1 to b = k+2 and p the pixel centre:
 from __future__ import annotations
 
 import numba
+import numpy as np
 import torch
 from numba import prange
 
@@ -22,49 +23,65 @@ from ._numba import rasterize_shaded
 
 
 @numba.njit(cache=True, inline="always")
-def _edge_grad(g, xa, ya, xb, yb, px, py, grad, n, a, b):  # pragma: no cover - compiled
-    """Accumulate g · ∂e/∂(vertex a, vertex b) of the edge function into grad[n, a], grad[n, b]."""
-    grad[n, a, 0] += g * (yb - py)
-    grad[n, a, 1] += g * (px - xb)
-    grad[n, b, 0] += g * (py - ya)
-    grad[n, b, 1] += g * (xa - px)
+def _edge_grad(g, xa, ya, xb, yb, px, py, grad, a, b):  # pragma: no cover - compiled
+    """Accumulate g · ∂e/∂(vertex a, vertex b) of the edge function into grad[a], grad[b]."""
+    grad[a, 0] += g * (yb - py)
+    grad[a, 1] += g * (px - xb)
+    grad[b, 0] += g * (py - ya)
+    grad[b, 1] += g * (xa - px)
+
+
+@numba.njit(cache=True, inline="always")
+def _pixel_grad(screen, n, k0, k1, k2, px, py, gb0, gb1, gb2, gdepth, g):  # pragma: no cover - compiled
+    """Add the gradient of one pixel's barycentrics and depth w.r.t. its triangle's vertices to g."""
+    x0, y0, z0 = np.float64(screen[n, k0, 0]), np.float64(screen[n, k0, 1]), np.float64(screen[n, k0, 2])
+    x1, y1, z1 = np.float64(screen[n, k1, 0]), np.float64(screen[n, k1, 1]), np.float64(screen[n, k1, 2])
+    x2, y2, z2 = np.float64(screen[n, k2, 0]), np.float64(screen[n, k2, 1]), np.float64(screen[n, k2, 2])
+    e0 = (x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)
+    e1 = (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)
+    e2 = (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)
+    total = (e0 + e1) + e2
+    q0, q1, q2 = (e0 / total) / z0, (e1 / total) / z1, (e2 / total) / z2
+    inverse = (q0 + q1) + q2
+    d = 1.0 / inverse
+    mean = (gb0 * q0 + gb1 * q1 + gb2 * q2) * d                      # Σ g_bary_m bary_m
+    gd = gdepth * d * d
+    gq0, gq1, gq2 = (gb0 - mean) * d - gd, (gb1 - mean) * d - gd, (gb2 - mean) * d - gd
+    gt = -(gq0 * q0 + gq1 * q1 + gq2 * q2) / total
+    g[k0, 2] -= gq0 * q0 / z0
+    g[k1, 2] -= gq1 * q1 / z1
+    g[k2, 2] -= gq2 * q2 / z2
+    _edge_grad(gq0 / (total * z0) + gt, x1, y1, x2, y2, px, py, g, k1, k2)
+    _edge_grad(gq1 / (total * z1) + gt, x2, y2, x0, y0, px, py, g, k2, k0)
+    _edge_grad(gq2 / (total * z2) + gt, x0, y0, x1, y1, px, py, g, k0, k1)
 
 
 @numba.njit(cache=True, parallel=True)
-def _backward(xyz, tris, ids, gbary, gdepth, gxyz):  # pragma: no cover - compiled
-    """xyz (B, N, 3) f64, ids (B, H, W), gbary (B, H, W, 3), gdepth (B, H, W) -> gxyz (B, N, 3) (+=)."""
+def _backward(screen, tris, ids, gbary, gdepth, parts, out):  # pragma: no cover - compiled
+    """screen (B, N, 3), ids (B, H, W), gbary (B, H, W, 3), gdepth (B, H, W) -> out (B, N, 3), any
+    float dtypes (computed in float64).  parts (B, P, N, 3) f64 scratch: task (face n, part p)
+    takes rows p·H/P ... of face n and accumulates into parts[n, p]: no write races."""
     batch, height, width = ids.shape
-    for n in prange(batch):  # one face per task: its own gxyz[n], so no write races
-        for i in range(height):
+    count, vertices = parts.shape[1], parts.shape[2]
+    for task in prange(batch * count):
+        n, p = task // count, task % count
+        g = parts[n, p]
+        g[:] = 0.0
+        for i in range(height * p // count, height * (p + 1) // count):
             py = i + 0.5
             for j in range(width):
                 f = ids[n, i, j]
-                if f < 0:
-                    continue
-                px = j + 0.5
-                k0, k1, k2 = tris[f, 0], tris[f, 1], tris[f, 2]
-                x0, y0, z0 = xyz[n, k0, 0], xyz[n, k0, 1], xyz[n, k0, 2]
-                x1, y1, z1 = xyz[n, k1, 0], xyz[n, k1, 1], xyz[n, k1, 2]
-                x2, y2, z2 = xyz[n, k2, 0], xyz[n, k2, 1], xyz[n, k2, 2]
-                e0 = (x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)
-                e1 = (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)
-                e2 = (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)
-                total = (e0 + e1) + e2
-                q0, q1, q2 = (e0 / total) / z0, (e1 / total) / z1, (e2 / total) / z2
-                inverse = (q0 + q1) + q2
-                b0, b1, b2 = q0 / inverse, q1 / inverse, q2 / inverse
-                d = 1.0 / inverse
-                gb0, gb1, gb2 = gbary[n, i, j, 0], gbary[n, i, j, 1], gbary[n, i, j, 2]
-                mean = gb0 * b0 + gb1 * b1 + gb2 * b2
-                gd = gdepth[n, i, j] * d * d
-                gq0, gq1, gq2 = (gb0 - mean) * d - gd, (gb1 - mean) * d - gd, (gb2 - mean) * d - gd
-                gt = -(gq0 * q0 + gq1 * q1 + gq2 * q2) / total
-                gxyz[n, k0, 2] -= gq0 * q0 / z0
-                gxyz[n, k1, 2] -= gq1 * q1 / z1
-                gxyz[n, k2, 2] -= gq2 * q2 / z2
-                _edge_grad(gq0 / (total * z0) + gt, x1, y1, x2, y2, px, py, gxyz, n, k1, k2)
-                _edge_grad(gq1 / (total * z1) + gt, x2, y2, x0, y0, px, py, gxyz, n, k2, k0)
-                _edge_grad(gq2 / (total * z2) + gt, x0, y0, x1, y1, px, py, gxyz, n, k0, k1)
+                if f >= 0:
+                    _pixel_grad(screen, n, tris[f, 0], tris[f, 1], tris[f, 2], j + 0.5, py,
+                                np.float64(gbary[n, i, j, 0]), np.float64(gbary[n, i, j, 1]),
+                                np.float64(gbary[n, i, j, 2]), np.float64(gdepth[n, i, j]), g)
+    for k in prange(batch * vertices):
+        n, v = k // vertices, k % vertices
+        for c in range(3):
+            total = 0.0
+            for p in range(count):
+                total += parts[n, p, v, c]
+            out[n, v, c] = total
 
 
 class NumbaRaster(torch.autograd.Function):
@@ -81,11 +98,13 @@ class NumbaRaster(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, _grad_ids, grad_bary, grad_depth):
         screen, triangles, ids = ctx.saved_tensors
-        xyz = screen.detach().to(torch.float64).contiguous()
-        grad_bary = torch.zeros(ids.shape + (3,), dtype=torch.float64) if grad_bary is None else grad_bary
-        grad_depth = torch.zeros(ids.shape, dtype=torch.float64) if grad_depth is None else grad_depth
-        grad = torch.zeros_like(xyz)
-        _backward(xyz.numpy(), triangles.contiguous().numpy(), ids.numpy(),
-                  grad_bary.to(torch.float64).contiguous().numpy(), grad_depth.to(torch.float64).contiguous().numpy(),
-                  grad.numpy())
-        return grad.to(screen.dtype), None, None, None, None, None
+        screen = screen.detach().contiguous()
+        batch, vertices = screen.shape[:2]
+        grad_bary = torch.zeros(ids.shape + (3,), dtype=screen.dtype) if grad_bary is None else grad_bary
+        grad_depth = torch.zeros(ids.shape, dtype=screen.dtype) if grad_depth is None else grad_depth
+        # rows of a face split between threads when the batch is smaller than the thread count
+        parts = torch.empty((batch, max(1, numba.get_num_threads() // batch), vertices, 3), dtype=torch.float64)
+        out = torch.empty_like(screen)
+        _backward(screen.numpy(), triangles.contiguous().numpy(), ids.numpy(), grad_bary.contiguous().numpy(),
+                  grad_depth.contiguous().numpy(), parts.numpy(), out.numpy())
+        return out, None, None, None, None, None

@@ -42,13 +42,20 @@ def _forward(attr, tris, ids, bary, out):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, parallel=True)
-def _backward(grad, attr, tris, ids, bary, grad_attr, grad_bary):  # pragma: no cover - compiled
-    """grad (B, H, W, C) -> grad_attr (B, N, C) (zero-filled, accumulated) and grad_bary (B, H, W, 3)."""
+def _backward(grad, attr, tris, ids, bary, parts, grad_attr, grad_bary):  # pragma: no cover - compiled
+    """grad (B, H, W, C) -> grad_attr (1 or B, N, C) and grad_bary (B, H, W, 3).
+
+    parts (B, P, N, C) scratch: task (face b, part p) takes rows p·H/P ... of face b and accumulates
+    into parts[b, p] (no write races); a second pass sums the parts (and the faces, when the
+    attributes are shared)."""
     batch, height, width, channels = grad.shape
+    count, vertices = parts.shape[1], parts.shape[2]
     shared = attr.shape[0] == 1
-    for b in prange(batch):  # one face per task: its own grad_attr[b], so no write races
-        a, ga = attr[0] if shared else attr[b], grad_attr[b]
-        for i in range(height):
+    for task in prange(batch * count):
+        b, p = task // count, task % count
+        a, ga = attr[0] if shared else attr[b], parts[b, p]
+        ga[:] = 0
+        for i in range(height * p // count, height * (p + 1) // count):
             for j in range(width):
                 f = ids[b, i, j]
                 if f < 0:
@@ -66,6 +73,15 @@ def _backward(grad, attr, tris, ids, bary, grad_attr, grad_bary):  # pragma: no 
                     g1 += g * a[v1, c]
                     g2 += g * a[v2, c]
                 grad_bary[b, i, j, 0], grad_bary[b, i, j, 1], grad_bary[b, i, j, 2] = g0, g1, g2
+    faces_per_row = batch if shared else 1
+    for k in prange(grad_attr.shape[0] * vertices):
+        row, v = k // vertices, k % vertices
+        for c in range(channels):
+            total = 0.0
+            for b in range(row * faces_per_row, (row + 1) * faces_per_row):
+                for p in range(count):
+                    total += parts[b, p, v, c]
+            grad_attr[row, v, c] = total
 
 
 class InterpolateCPU(torch.autograd.Function):
@@ -87,10 +103,11 @@ class InterpolateCPU(torch.autograd.Function):
     def backward(ctx, grad):
         attributes, barycentrics, ids, triangles = ctx.saved_tensors
         batch = ids.shape[0]
-        grad_attr = attributes.new_zeros((batch,) + tuple(attributes.shape[1:]))
+        # rows of a face split between threads when the batch is smaller than the thread count
+        count = max(1, numba.get_num_threads() // batch)
+        parts = attributes.new_empty((batch, count) + tuple(attributes.shape[1:]))
+        grad_attr = torch.empty_like(attributes)
         grad_bary = torch.empty_like(barycentrics)
         _backward(grad.contiguous().numpy(), attributes.numpy(), triangles.numpy(), ids.numpy(),
-                  barycentrics.numpy(), grad_attr.numpy(), grad_bary.numpy())
-        if attributes.shape[0] == 1:
-            grad_attr = grad_attr.sum(0, keepdim=True)
+                  barycentrics.numpy(), parts.numpy(), grad_attr.numpy(), grad_bary.numpy())
         return grad_attr, grad_bary, None, None
