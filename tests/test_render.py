@@ -69,14 +69,15 @@ def test_torch_backend_in_many_small_chunks(monkeypatch):
     assert torch.equal(rasterize(screen, triangles, (20, 28), backend="torch").triangle_id, ids)
 
 
-@pytest.mark.parametrize("chunks", [1, 3, 7])
-def test_numba_backend_in_parallel_chunks(chunks):
-    """Per-chunk z-buffers merged afterwards: the merge must keep the lower id on ties."""
+@pytest.mark.parametrize("split", [(1, 1), (3, 1), (7, 1), (1, 3), (2, 5), (1, 40)])
+def test_numba_backend_in_parallel_chunks_and_bands(split):
+    """Per-chunk z-buffers merged afterwards (the merge must keep the lower id on ties) and bands
+    of rows (more bands than rows included)."""
     from deep3dface.render._numba import rasterize_shaded
 
     screen, triangles = random_scene(1)
     ids = rasterize_reference(screen, triangles, 20, 28)[0]
-    assert torch.equal(rasterize_shaded(screen, triangles, 20, 28, 1e-3, False, chunks)[0], ids)
+    assert torch.equal(rasterize_shaded(screen, triangles, 20, 28, 1e-3, False, split)[0], ids)
 
 
 def test_random_scene_exercises_the_special_cases():
