@@ -276,6 +276,8 @@ def test_invalid_input_is_rejected():
         rasterize(screen[..., :2], triangles, (8, 8))
     with pytest.raises(TypeError):
         rasterize(screen, triangles.double(), (8, 8))
+    with pytest.raises(TypeError):
+        rasterize(screen.half(), triangles, (8, 8))
     with pytest.raises(ValueError):
         rasterize(screen, triangles, (8, 8), backend="opengl")
     with pytest.raises(ValueError):

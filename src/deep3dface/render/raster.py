@@ -117,8 +117,8 @@ def pixel_barycentrics(screen: torch.Tensor, triangles: torch.Tensor,
 
 # -- checks and dispatch ------------------------------------------------------------------------
 def _check_screen(screen: torch.Tensor) -> torch.Tensor:
-    if not isinstance(screen, torch.Tensor) or not screen.is_floating_point():
-        raise TypeError("screen must be a floating-point tensor")
+    if not isinstance(screen, torch.Tensor) or screen.dtype not in (torch.float32, torch.float64):
+        raise TypeError("screen must be a float32 or float64 tensor")
     if screen.ndim == 2:
         screen = screen.unsqueeze(0)
     if screen.ndim != 3 or screen.shape[-1] != 3:
