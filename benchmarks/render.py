@@ -6,15 +6,19 @@ The mesh is the embedded default face model's mean shape when ``deep3dface.morph
 else a stand-in: a 188 x 188 grid (69,938 triangles) on the front of an ellipsoid, framed like a
 Deep3D 224 crop (face ~60% of the width).  Backfaces are culled (a fitter renders front faces only).
 Reports the numba and torch backends at 224² and 512², inference (no grad) and forward + backward
-w.r.t. vertices and colours, and the numba first-call time (compile, or load from the disk cache).
+w.r.t. vertices and colours, and numba's first-call costs in fresh processes: compiling (empty
+cache) and loading the on-disk cache.  The 1-minute load average is reported: the timings are only
+meaningful on an otherwise idle machine.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -53,20 +57,31 @@ def face_mesh() -> tuple[str, torch.Tensor, torch.Tensor]:
         return "ellipsoid stand-in 188x188 grid", vertices, triangles
 
 
-def first_call_ms() -> float:
-    """Numba first call in a fresh process (loads the on-disk cache once it exists)."""
-    code = ("import time, torch; from deep3dface.render import rasterize; s = torch.rand(1, 3, 3) * 8;"
-            "t = time.perf_counter(); rasterize(s, torch.tensor([[0, 1, 2]]), (8, 8), backend='numba');"
-            "print((time.perf_counter() - t) * 1e3)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return round(float(out.stdout.strip()), 1)
+FIRST_CALLS = """
+import json, time
+t0 = time.perf_counter(); import numba; t1 = time.perf_counter()
+import torch
+from deep3dface.render import interpolate, rasterize
+screen = (torch.rand(1, 3, 3) * 8).requires_grad_(); triangles = torch.tensor([[0, 1, 2]])
+t2 = time.perf_counter(); raster = rasterize(screen, triangles, (8, 8), backend="numba"); t3 = time.perf_counter()
+interpolate(torch.rand(3, 3), raster, triangles).sum().backward(); t4 = time.perf_counter()
+print(json.dumps([t1 - t0, t3 - t2, t4 - t3]))
+"""
+
+
+def first_calls(cache_dir: str | None = None) -> list[float]:
+    """Seconds, in a fresh process: import numba, first rasterize, first interpolate + backward
+    (float32).  With ``cache_dir`` (empty) numba compiles; without, it loads the on-disk cache."""
+    env = dict(os.environ, **({"NUMBA_CACHE_DIR": cache_dir} if cache_dir else {}))
+    out = subprocess.run([sys.executable, "-c", FIRST_CALLS], capture_output=True, text=True, check=True, env=env)
+    return [round(t, 3) for t in json.loads(out.stdout)]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=50)
     args = parser.parse_args()
-    first = first_call_ms()
+    load = round(os.getloadavg()[0], 2)             # before our own compile runs add to it
     name, vertices, triangles = face_mesh()
     colours = torch.rand(vertices.shape, generator=torch.Generator().manual_seed(0))
     results = {}
@@ -77,19 +92,25 @@ def main() -> None:
             def infer():
                 with torch.no_grad():
                     raster = rasterize(screen, triangles, (size, size), cull_backfaces=True, backend=backend)
-                    interpolate(colours, raster, triangles)
+                    interpolate(colours, raster, triangles, backend=backend)
 
             def train():
                 s, c = screen.clone().requires_grad_(), colours.clone().requires_grad_()
                 raster = rasterize(s, triangles, (size, size), cull_backfaces=True, backend=backend)
-                interpolate(c, raster, triangles).sum().backward()
+                interpolate(c, raster, triangles, backend=backend).sum().backward()
 
             results[f"{backend}_{size}_ms"] = median_ms(infer, runs=args.runs)
-            results[f"{backend}_{size}_fwd_bwd_ms"] = median_ms(train, runs=max(5, args.runs // 5))
+            results[f"{backend}_{size}_fwd_bwd_ms"] = median_ms(train, runs=args.runs)
         raster = rasterize(screen, triangles, (size, size), cull_backfaces=True)
         results[f"covered_pixels_{size}"] = int(raster.mask.sum())
-    emit("render", load_average_1min=round(os.getloadavg()[0], 2), mesh=name, vertices=len(vertices), triangles=len(triangles),
-         numba_first_call_ms=first, numba_threads=_numba_threads(), **results)
+    with tempfile.TemporaryDirectory() as empty:
+        cold = first_calls(empty)
+    first_calls()                                   # make sure the on-disk cache exists
+    warm = first_calls()
+    emit("render", load_average_1min=load, mesh=name, vertices=len(vertices), triangles=len(triangles),
+         numba_threads=_numba_threads(), numba_import_s=warm[0], numba_cached_first_rasterize_s=warm[1],
+         numba_cached_first_interpolate_backward_s=warm[2], numba_compile_rasterize_s=cold[1],
+         numba_compile_interpolate_backward_s=cold[2], **results)
 
 
 def _numba_threads() -> int:

@@ -136,15 +136,14 @@ def _raster(screen, tris, near, cull, bands, zbuf, ibuf, ids, bary, depth):  # p
     for task in prange(batch * chunks * bands):
         b, t, r = task // (chunks * bands), task // bands % chunks, task % bands
         r0, r1 = height * r // bands, height * (r + 1) // bands
-        zbuf[b, t, r0:r1] = np.inf
-        ibuf[b, t, r0:r1] = -1
+        zbuf[b, t, r0:r1] = np.inf  # ibuf is read only where zbuf was written: no need to clear it
         _raster_range(xyz[b], vbox[b], vok[b], tris, faces * t // chunks, faces * (t + 1) // chunks, r0, r1, cull,
                       zbuf[b, t], ibuf[b, t])
     for row in prange(batch * height):
         b, i = row // height, row % height
         for j in range(width):
-            best, nearest = ibuf[b, 0, i, j], zbuf[b, 0, i, j]
-            for t in range(1, chunks):
+            best, nearest = -1, np.inf
+            for t in range(chunks):
                 if zbuf[b, t, i, j] < nearest:  # strict: the earlier chunk (lower ids) keeps ties
                     best, nearest = ibuf[b, t, i, j], zbuf[b, t, i, j]
             ids[b, i, j] = best
@@ -161,7 +160,7 @@ _SCRATCH = threading.local()
 
 
 def _scratch(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-thread depth and id buffers (float64, int64) of ``shape``, kept between calls.
+    """Per-thread depth and id buffers (float64, int32) of ``shape``, kept between calls.
 
     Freeing and re-allocating megabytes on every call lets glibc hand the pages back to the system
     and fault them in again: ~500 page faults, about 1 ms, per 224² call on a VM.  The buffers hold
@@ -169,7 +168,7 @@ def _scratch(shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     size = math.prod(shape)
     held = getattr(_SCRATCH, "buffers", None)
     if held is None or held[0].numel() < size:
-        held = (torch.empty(size, dtype=torch.float64), torch.empty(size, dtype=torch.int64))
+        held = (torch.empty(size, dtype=torch.float64), torch.empty(size, dtype=torch.int32))
         _SCRATCH.buffers = held
     return held[0][:size].view(shape), held[1][:size].view(shape)
 
@@ -182,6 +181,8 @@ def rasterize_shaded(screen: torch.Tensor, triangles: torch.Tensor, height: int,
     bit for bit the values of ``raster.pixel_barycentrics`` (no autograd here: see ``_numba_grad``).
     ``split``: (triangle chunks, row bands) per face, by default ``parallel_split``'s choice."""
     batch, dtype = screen.shape[0], screen.dtype
+    if len(triangles) >= 2**31:
+        raise ValueError("at most 2**31 - 1 triangles")  # ids are int32 inside the kernel
     chunks, bands = split or parallel_split(batch, height, width)
     zbuf, ibuf = _scratch((batch, chunks, height, width))
     # torch allocates: numpy's large arrays (hugepage advice) fault in several times slower here
