@@ -16,15 +16,19 @@ def interpolate(attributes: torch.Tensor, raster: Raster, triangles: torch.Tenso
     ``raster.barycentrics``, w.r.t. the screen positions that made the raster.
     backend: "auto" (numba kernels for CPU tensors when numba imports), "numba" or "torch".
     """
-    if attributes.ndim not in (2, 3) or (attributes.ndim == 3 and attributes.shape[0] not in (1, len(raster.triangle_id))):
+    batch = len(raster.triangle_id)
+    if attributes.ndim not in (2, 3) or (attributes.ndim == 3 and attributes.shape[0] not in (1, batch)):
         raise ValueError(f"attributes must be (B, N, C) or (N, C), got {tuple(attributes.shape)}")
     if backend not in ("auto", "numba", "torch"):
         raise ValueError(f"unknown backend {backend!r}; choose auto, numba or torch")
     attributes = attributes if attributes.ndim == 3 else attributes.unsqueeze(0)
-    ids, triangles = raster.triangle_id, triangles.to(raster.triangle_id.device)
+    ids, triangles = raster.triangle_id, triangles.to(raster.triangle_id.device, torch.int64)
     weights = raster.barycentrics.to(attributes.dtype)
-    on_cpu = attributes.device.type == "cpu" and ids.device.type == "cpu"
-    if backend == "numba" or (backend == "auto" and on_cpu and _numba_available()):
+    numba_ok = (attributes.device.type == ids.device.type == "cpu"
+                and attributes.dtype in (torch.float32, torch.float64))
+    if backend == "numba" and not numba_ok:
+        raise ValueError("the numba backend takes CPU float32 / float64 tensors only")
+    if backend == "numba" or (backend == "auto" and numba_ok and _numba_available()):
         from ._numba_interpolate import InterpolateCPU
 
         return InterpolateCPU.apply(attributes, weights, ids, triangles)  # checks the ids itself
