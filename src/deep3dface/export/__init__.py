@@ -2,7 +2,8 @@
 
 ``MESH_FORMATS`` maps a file suffix to ``Mesh -> bytes``.  ``write_output`` writes bytes
 atomically (a temporary file renamed into place, so a crash leaves no partial file) and refuses
-to overwrite an existing file unless asked.
+to overwrite an existing file unless asked.  ``TEXTURED_FORMATS`` (``export.textured``) maps a suffix
+to ``(TexturedMesh, name) -> {file name: bytes}`` (mesh, material and texture files).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from pathlib import Path
 from ..types import Mesh
 from .coefficients import coefficients_to_mat, read_coefficients_mat, to_reference_pixels
 from .meshes import mesh_to_glb, mesh_to_obj, mesh_to_ply
+from .textured import TEXTURED_FORMATS, TexturedMesh, export_textured, write_textured
 
 MESH_FORMATS: dict[str, Callable[[Mesh], bytes]] = {
     "obj": mesh_to_obj,
@@ -57,5 +59,6 @@ def write_mesh(mesh: Mesh, path: str | Path, overwrite: bool = False) -> Path:
     return write_output(path, export_mesh(mesh, path.suffix), overwrite)
 
 
-__all__ = ["MESH_FORMATS", "OutputExistsError", "coefficients_to_mat", "export_mesh", "read_coefficients_mat",
-           "to_reference_pixels", "write_mesh", "write_output"]
+__all__ = ["MESH_FORMATS", "TEXTURED_FORMATS", "OutputExistsError", "TexturedMesh", "coefficients_to_mat", "export_mesh",
+           "export_textured", "read_coefficients_mat", "to_reference_pixels", "write_mesh", "write_output",
+           "write_textured"]
