@@ -96,7 +96,8 @@ def test_distortion_of_a_similarity_is_one():
     vertices = np.array([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0.0]])
     triangles = np.array([[0, 1, 2], [1, 3, 2]])
     stats = distortion(vertices, 0.3 * vertices[:, :2] + 0.1, triangles)
-    np.testing.assert_allclose(stats["area"], 1) and np.testing.assert_allclose(stats["angle"], 1)
+    np.testing.assert_allclose(stats["area"], 1)
+    np.testing.assert_allclose(stats["angle"], 1)
     assert distortion(vertices, vertices[:, [1, 0]], triangles)["flipped"] == 2     # a reflection folds
 
 
