@@ -51,6 +51,126 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 1 if missing else 0
 
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
+
+
+def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
+    """Files, folders (their images, recursively, sorted) and glob patterns -> (photos, problems)."""
+    import glob
+
+    photos, problems = [], []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                problems.append(f"{item}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+            photos.extend(found)
+        elif path.is_file():
+            photos.append(path)
+        elif glob.has_magic(item):
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            if not matches:
+                problems.append(f"{item}: pattern matches no files")
+            photos.extend(matches)
+        else:
+            problems.append(f"{item}: no such file or folder")
+    unique = list(dict.fromkeys(p.resolve() for p in photos))
+    return unique, problems
+
+
+class Progress:
+    """A one-line progress counter on stderr (nothing when quiet)."""
+
+    def __init__(self, total: int, quiet: bool) -> None:
+        self.total, self.quiet, self.done = total, quiet, 0
+        self.live = not quiet and sys.stderr.isatty()
+
+    def step(self, name: str) -> None:
+        self.done += 1
+        if self.live:
+            print(f"\r[{self.done}/{self.total}] {name[:60]:<60}", end="", file=sys.stderr, flush=True)
+
+    def message(self, text: str) -> None:
+        if self.live:
+            print("\r" + " " * 80 + "\r", end="", file=sys.stderr)
+        print(text, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.live:
+            print(file=sys.stderr)
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    """Reconstruct every face of every photo; one JSON per photo plus mesh, coefficient and overlay
+    files (see deep3dface.outputs).  Bad photos are reported in one line each and skipped; the exit
+    code is the number of failed photos (capped at 100)."""
+    from .export import OutputExistsError
+    from .io.images import ImageReadError, read_image
+    from .outputs import photo_outputs, unique_stems, write_photo_outputs
+    from .pipeline import Reconstructor, ReconstructorConfig
+
+    photos, problems = expand_inputs(args.inputs)
+    for problem in problems:
+        print(f"deep3dface: error: {problem}", file=sys.stderr)
+    if not photos:
+        return min(len(problems), 100) or 1
+    out_dir = Path(args.output)
+    recon = Reconstructor(model=args.model, checkpoint=args.checkpoint, device=args.device,
+                          config=ReconstructorConfig(max_faces=args.max_faces))
+    failures, skipped, faces_total = len(problems), 0, 0
+    progress = Progress(len(photos), args.quiet)
+    for path, stem in zip(photos, unique_stems(photos)):
+        progress.step(path.name)
+        if not args.overwrite and (out_dir / f"{stem}.json").exists():
+            skipped += 1
+            progress.message(f"deep3dface: skip {path}: {out_dir / (stem + '.json')} exists (--overwrite replaces)")
+            continue
+        try:
+            photo = read_image(path)
+            faces = recon.reconstruct(photo)
+            _, blobs = photo_outputs(str(path), stem, photo, faces, recon.model_name)
+            write_photo_outputs(out_dir, blobs, overwrite=args.overwrite)
+        except (ImageReadError, OutputExistsError, ValueError, OSError) as exc:
+            failures += 1
+            progress.message(f"deep3dface: error: {path}: {exc}")
+            continue
+        faces_total += len(faces)
+        if not faces:
+            progress.message(f"deep3dface: {path}: no face found (JSON written with no faces)")
+    progress.close()
+    if not args.quiet:
+        print(f"{len(photos) - failures - skipped + len(problems)} photo(s) done, {faces_total} face(s), "
+              f"{skipped} skipped, {failures} failed -> {out_dir}")
+    return min(failures, 100)
+
+
+def demo_photo() -> Path:
+    """The public-domain astronaut photo (NASA, Eileen Collins) that scikit-image ships."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the demo photo ships with scikit-image: pip install scikit-image")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "astronaut.png"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the scikit-image install")
+    return path
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Reconstruct scikit-image's public-domain astronaut photo into ./deep3dface-demo/."""
+    out = Path(args.output)
+    photo = demo_photo()
+    ns = argparse.Namespace(inputs=[str(photo)], output=str(out), model="default", checkpoint=None,
+                            device=args.device, max_faces=None, overwrite=True, quiet=args.quiet)
+    code = cmd_reconstruct(ns)
+    if code == 0 and not args.quiet:
+        for path in sorted(out.iterdir()):
+            print(f"  {path}")
+    return code
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deep3dface", description="Accurate 3D faces from photos.")
     parser.add_argument("--version", action="version", version=f"deep3dface {__version__}")
@@ -62,6 +182,24 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=func.__doc__)
         p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("reconstruct", help="reconstruct the faces of photos", description=cmd_reconstruct.__doc__)
+    p.add_argument("inputs", nargs="+", help="photos, folders of photos, or glob patterns")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--model", default="default", help="'default' or a BFM_model_front.mat (or its folder)")
+    p.add_argument("--checkpoint", default=None, help="R-Net checkpoint (either published format)")
+    p.add_argument("--max-faces", type=int, default=None, help="at most this many faces per photo, by score")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("demo", help="reconstruct a public-domain photo into ./deep3dface-demo/",
+                       description=cmd_demo.__doc__)
+    p.add_argument("-o", "--output", default="deep3dface-demo", help="output folder (default ./deep3dface-demo)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

@@ -71,7 +71,18 @@ def estimate_albedo(observed: torch.Tensor, irradiance: torch.Tensor, weights: t
             data = wts[b] * irr[b, :, c] ** 2
             scale = max(data[data > 0].mean() if (data > 0).any() else 1.0, 1e-6)
             system = (sp.diags(data) + scale * (smoothness * laplacian + symmetry * symmetric
-                                                + prior_weight * sp.identity(n))).tocsc()
+                                                + prior_weight * sp.identity(n))).tocsr()
             rhs = wts[b] * irr[b, :, c] * obs[b, :, c] + scale * prior_weight * pri[b, :, c]
-            out[b, :, c] = spla.spsolve(system, rhs)
+            out[b, :, c] = _solve_spd(system, rhs, pri[b, :, c])
     return torch.as_tensor(out, dtype=observed.dtype, device=observed.device)
+
+
+def _solve_spd(system: sp.csr_matrix, rhs: np.ndarray, start: np.ndarray, rtol: float = 1e-6) -> np.ndarray:
+    """The system is symmetric positive definite (data + Laplacian + symmetry + prior): Jacobi-
+    preconditioned conjugate gradients from the prior solve it in tens of milliseconds where a
+    sparse LU of a 37k-vertex face takes over a second (the mirror term causes fill-in)."""
+    preconditioner = sp.diags(1.0 / system.diagonal())
+    solution, info = spla.cg(system, rhs, x0=start, rtol=rtol, maxiter=2000, M=preconditioner)
+    if info != 0:  # not converged: fall back to the exact factorisation
+        solution = spla.spsolve(system.tocsc(), rhs)
+    return solution

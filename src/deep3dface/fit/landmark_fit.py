@@ -23,9 +23,13 @@ LAMBDA_EXP = 3e-4 * 68 / 1.6e-3 * 0.8
 
 def fit_landmarks(model: MorphableModel, pixels: torch.Tensor, camera: Camera, weights: torch.Tensor | None = None,
                   vertex_ids: torch.Tensor | None = None, iterations: int = 10,
-                  lambda_id: float = LAMBDA_ID, lambda_exp: float = LAMBDA_EXP) -> Coefficients:
+                  lambda_id: float = LAMBDA_ID, lambda_exp: float = LAMBDA_EXP,
+                  initial: Coefficients | None = None) -> Coefficients:
     """(B, K, 2) target pixels of the model vertices ``vertex_ids`` (default: the 68 keypoints)
-    -> Coefficients with id, exp, angle and trans fitted (tex and gamma zero)."""
+    -> Coefficients with id, exp, angle and trans fitted (tex and gamma zero, or ``initial``'s).
+
+    Without ``initial`` the pose starts from a closed-form rigid fit of the mean shape; with it
+    (e.g. R-Net's answer or a previous round) every fitted group starts from its values."""
     vertex_ids = model.keypoints if vertex_ids is None else vertex_ids
     batch, k = pixels.shape[:2]
     dtype = torch.float64
@@ -48,10 +52,14 @@ def fit_landmarks(model: MorphableModel, pixels: torch.Tensor, camera: Camera, w
         reprojection = ((cam.project(posed) - target) * sqrt_w[..., None]).flatten(1)
         return torch.cat([reprojection, coeff * reg], 1)
 
-    angles, trans = solve_pose(mean.expand(batch, -1, -1), pixels, cam, weights)
-    start = torch.cat([angles, trans, torch.zeros(batch, n_id + n_exp, dtype=dtype)], 1)
+    if initial is None:
+        angles, trans = solve_pose(mean.expand(batch, -1, -1), pixels, cam, weights)
+        start = torch.cat([angles, trans, torch.zeros(batch, n_id + n_exp, dtype=dtype)], 1)
+        out = model.zero_coefficients(batch)
+    else:
+        start = torch.cat([initial.angle, initial.trans, initial.id, initial.exp], 1).to(dtype)
+        out = initial
     params = levenberg_marquardt(residuals, start, (pixels, root), iterations=iterations)
-    out = model.zero_coefficients(batch)
     cast = lambda t: t.to(out.id)  # noqa: E731
     return out.replace(angle=cast(params[:, :3]), trans=cast(params[:, 3:6]), id=cast(params[:, 6:6 + n_id]),
                        exp=cast(params[:, 6 + n_id:]))

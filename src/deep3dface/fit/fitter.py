@@ -1,0 +1,286 @@
+"""The analysis-by-synthesis fitter: stages declared as data, run in order on a batch of faces.
+
+Everything here works in the 224×224 crop of Deep3D's alignment and its camera (``Camera.crop()``),
+so the coefficients mean what the reference's mean: the photo camera follows from the Alignment.
+
+Stages (each can be switched off by setting it to ``None`` in ``FitConfig``):
+
+1. ``LandmarkStage``: pose, identity and expression from 2D landmarks by regularised
+   Levenberg–Marquardt (``landmark_fit``), in rounds.  After each round the jaw-line points whose
+   model vertices face away from the camera get ``hidden_contour_weight``: a 2D landmarker puts
+   them on the visible outline, while the 3D point they name is hidden behind the face.  The fitted
+   3D jaw, projected, is then the answer there ("3D-style" landmarks, as AFLW2000-3D annotates).
+2. ``AppearanceStage``: SH lighting and albedo in closed form (``appearance``): the albedo basis
+   where the model has one, else a regularised per-vertex albedo; alternated a few rounds.
+3. ``PhotometricStage``: all of it refined together by Adam on the paper's loss (photometric over
+   the rendered face region weighted by skin attention, landmarks, regularisation, gamma), rendered
+   with the differentiable rasteriser.  Off unless ``iterations > 0``.
+
+Every stage is batched over faces, deterministic and guarded: non-finite results fall back to
+the previous stage's values and are reported in ``FitResult.flags``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import numpy as np
+import torch
+
+from ..camera import Camera
+from ..morphable.data import ModelData
+from ..morphable.model import MorphableModel
+from ..morphable.shading import irradiance
+from ..morphable.topology import graph_laplacian, mirror_vertex_map
+from ..render import rasterize
+from ..types import Coefficients
+from .appearance import estimate_albedo, estimate_lighting, sample_photo
+from .landmark_fit import LAMBDA_EXP, LAMBDA_ID, fit_landmarks
+from .losses import LANDMARK_WEIGHTS
+
+JAW = tuple(range(17))
+
+
+@dataclass(frozen=True)
+class LandmarkStage:
+    """Pose + identity + expression from landmarks (LM; see ``landmark_fit``)."""
+
+    iterations: int = 12           # LM iterations per round
+    rounds: int = 3                # refits after re-weighting hidden contour points
+    hidden_contour_weight: float = 0.0
+    visible_cosine: float = 0.15   # cos(normal, view) above which a jaw point counts as visible
+    lambda_id: float = LAMBDA_ID
+    lambda_exp: float = LAMBDA_EXP
+    dense_weight: float = 1.0      # weight of each dense point relative to one of the 68
+
+
+@dataclass(frozen=True)
+class AppearanceStage:
+    """SH lighting and albedo from the photo, geometry fixed (closed form)."""
+
+    rounds: int = 2
+    smoothness: float = 0.5
+    symmetry: float = 0.5
+    prior_weight: float = 0.02
+    grazing_cosine: float = 0.2    # vertices seen more obliquely than this get no data weight
+
+
+@dataclass(frozen=True)
+class PhotometricStage:
+    """Joint refinement on the paper's loss with the differentiable renderer (Adam)."""
+
+    iterations: int = 0
+    learning_rate: float = 0.01
+    photometric: float = 1.92
+    landmark: float = 1.6e-3
+    regularisation: float = 3e-4
+    gamma: float = 10.0
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    landmarks: LandmarkStage | None = field(default_factory=LandmarkStage)
+    appearance: AppearanceStage | None = field(default_factory=AppearanceStage)
+    photometric: PhotometricStage | None = field(default_factory=PhotometricStage)
+
+
+@dataclass(frozen=True, eq=False)
+class FitTargets:
+    """What the fitter fits to, in crop pixels (corner-origin, y down) of the 224 crop.
+
+    crops:          (B, 3, 224, 224) float RGB in [0, 1]
+    landmarks:      (B, 68, 2) iBUG-68 points (2D-style: on the visible outline for profiles)
+    dense:          (B, K, 2) extra points with model vertex ids ``dense_vertex_ids`` (K,), or None
+    dense_weights:  (B, K) per point weights (0 excludes), or None
+    """
+
+    crops: torch.Tensor
+    landmarks: torch.Tensor
+    dense: torch.Tensor | None = None
+    dense_vertex_ids: torch.Tensor | None = None
+    dense_weights: torch.Tensor | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class FitResult:
+    coefficients: Coefficients        # (B) rows, crop camera
+    albedo: torch.Tensor | None       # (B, N, 3) per-vertex albedo (models without a basis), else None
+    landmark_error: torch.Tensor      # (B,) mean distance in crop pixels to the weighted targets
+    landmark_weights: torch.Tensor    # (B, 68) the weights the last landmark round used
+    flags: tuple[tuple[str, ...], ...]  # per face: what went wrong and was recovered from
+
+
+def fit_faces(model: MorphableModel, targets: FitTargets, config: FitConfig = FitConfig(),
+              initial: Coefficients | None = None) -> FitResult:
+    """Run the configured stages on a batch of faces; ``initial`` (e.g. R-Net's answer) seeds them."""
+    camera = Camera.crop()
+    batch = targets.landmarks.shape[0]
+    flags: list[list[str]] = [[] for _ in range(batch)]
+    coeffs = initial if initial is not None else model.zero_coefficients(batch)
+    weights68 = LANDMARK_WEIGHTS.to(targets.landmarks).expand(batch, -1).clone()
+    albedo = None
+    if config.landmarks is not None:
+        coeffs, weights68 = _landmark_stage(model, targets, config.landmarks, camera, initial, flags)
+    if config.appearance is not None:
+        coeffs, albedo = _appearance_stage(model, targets, config.appearance, camera, coeffs, flags)
+    if config.photometric is not None and config.photometric.iterations > 0:
+        from .photometric import refine_photometric  # the renderer-based stage; imported on demand
+        coeffs, albedo = refine_photometric(model, targets, config.photometric, camera, coeffs, albedo,
+                                            weights68, flags)
+    error = _landmark_error(model, coeffs, targets.landmarks, weights68, camera)
+    return FitResult(coeffs, albedo, error, weights68, tuple(tuple(f) for f in flags))
+
+
+# -- stages ---------------------------------------------------------------------------------------
+
+def _landmark_stage(model, targets, stage, camera, initial, flags):
+    batch = targets.landmarks.shape[0]
+    weights68 = LANDMARK_WEIGHTS.to(targets.landmarks).expand(batch, -1).clone()
+    pixels, vertex_ids, weights = _landmark_system(model, targets, weights68, stage)
+    coeffs = initial
+    fitted = None
+    for _ in range(max(stage.rounds, 1)):
+        fitted = fit_landmarks(model, pixels, camera, weights, vertex_ids, stage.iterations,
+                               stage.lambda_id, stage.lambda_exp, initial=coeffs)
+        fitted = _keep_finite(fitted, coeffs if coeffs is not None else model.zero_coefficients(batch), flags,
+                              "landmark fit diverged")
+        visible = _keypoint_visibility(model, fitted, stage.visible_cosine)
+        weights68 = LANDMARK_WEIGHTS.to(visible).expand(batch, -1).clone()
+        jaw = torch.tensor(JAW)
+        weights68[:, jaw] = torch.where(visible[:, jaw], weights68[:, jaw],
+                                        torch.full_like(weights68[:, jaw], stage.hidden_contour_weight))
+        pixels, vertex_ids, weights = _landmark_system(model, targets, weights68, stage)
+        coeffs = fitted
+    return fitted, weights68
+
+
+def _landmark_system(model, targets, weights68, stage):
+    """Targets, vertex ids and weights of the 68 points plus the dense points, concatenated."""
+    pixels, ids, weights = targets.landmarks, model.keypoints, weights68
+    if targets.dense is not None and stage.dense_weight > 0:
+        dense_w = targets.dense_weights if targets.dense_weights is not None else torch.ones_like(targets.dense[..., 0])
+        pixels = torch.cat([pixels, targets.dense], 1)
+        ids = torch.cat([ids, targets.dense_vertex_ids.to(ids)])
+        weights = torch.cat([weights, stage.dense_weight * dense_w], 1)
+    return pixels, ids, weights
+
+
+def _keypoint_visibility(model, coeffs, cosine):
+    """(B, 68) bool: keypoint normal faces the camera by more than ``cosine``."""
+    with torch.no_grad():
+        geometry = model(coeffs.to(model.mean_shape.dtype))
+        points = geometry.vertices[:, model.keypoints]
+        normals = geometry.normals[:, model.keypoints]
+        view = torch.tensor([0.0, 0.0, Camera.crop().distance], dtype=points.dtype) - points
+        facing = (normals * torch.nn.functional.normalize(view, dim=-1)).sum(-1)
+    return facing > cosine
+
+
+def _appearance_stage(model, targets, stage, camera, coeffs, flags):
+    dtype = model.mean_shape.dtype
+    with torch.no_grad():
+        geometry = model(coeffs.to(dtype))
+        screen = camera.screen(geometry.vertices)
+        weights = _vertex_weights(model, geometry, screen, targets.crops.shape[-2:], stage.grazing_cosine)
+        observed = sample_photo(targets.crops.to(dtype), screen[..., :2])
+        skin = _skin_weights(targets.crops, screen, weights)
+        weights = weights * skin
+        albedo = geometry.albedo
+        gamma = coeffs.gamma
+        tex = coeffs.tex
+        for _ in range(max(stage.rounds, 1)):
+            gamma = estimate_lighting(observed, albedo, geometry.normals, weights)
+            light = irradiance(geometry.normals, gamma)
+            if model.has_albedo_basis:
+                tex = _albedo_basis_fit(model, observed, light, weights)
+                albedo = model.albedo(tex)
+            else:
+                extras = _model_extras(model.data)
+                albedo = estimate_albedo(observed, light, weights, extras.laplacian, extras.mirror,
+                                         model.mean_albedo[None], stage.smoothness, stage.symmetry,
+                                         stage.prior_weight).clamp(0.0, 1.0)
+        fitted = coeffs.replace(gamma=gamma.to(coeffs.gamma), tex=tex.to(coeffs.tex))
+        fitted = _keep_finite(fitted, coeffs, flags, "lighting estimate diverged")
+        if not bool(torch.isfinite(albedo).all()):
+            albedo = torch.where(torch.isfinite(albedo), albedo, model.mean_albedo)
+            for f in flags:
+                f.append("albedo estimate not finite; mean albedo used")
+    return fitted, (None if model.has_albedo_basis else albedo)
+
+
+def _albedo_basis_fit(model, observed, light, weights, ridge=1.0):
+    """Least-squares tex coefficients (B, K_tex) with the paper's prior weight relative to the data."""
+    basis = model.albedo_basis.view(model.num_vertices, 3, -1)  # (N, 3, K)
+    design = basis[None] * light[..., None]  # (B, N, 3, K)
+    residual = observed - model.mean_albedo * light
+    w = weights[..., None, None]
+    lhs = torch.einsum("bnck,bncl->bkl", design * w, design)
+    rhs = torch.einsum("bnck,bnc->bk", design * w, residual)
+    scale = lhs.diagonal(dim1=1, dim2=2).mean(1)[:, None, None]
+    eye = torch.eye(lhs.shape[-1], dtype=lhs.dtype)
+    return torch.linalg.solve(lhs + ridge * 1e-2 * scale * eye, rhs[..., None])[..., 0]
+
+
+def _vertex_weights(model, geometry, screen, size, grazing_cosine):
+    """(B, N) visibility × view-cosine weight: a vertex counts where the rendered surface at its
+    pixel is the vertex's own (z-buffer test) and it faces the camera."""
+    raster = rasterize(screen, model.triangles, tuple(size))
+    height, width = size
+    px = screen[..., 0].floor().long().clamp(0, width - 1)
+    py = screen[..., 1].floor().long().clamp(0, height - 1)
+    batch = torch.arange(screen.shape[0])[:, None]
+    depth_at = raster.depth[batch, py, px]
+    inside = (screen[..., 0] >= 0) & (screen[..., 0] < width) & (screen[..., 1] >= 0) & (screen[..., 1] < height)
+    tolerance = 0.02 * screen[..., 2].mean(1, keepdim=True) / Camera.crop().distance  # 2 % of a decimetre
+    visible = inside & (screen[..., 2] <= depth_at + tolerance)
+    view = torch.tensor([0.0, 0.0, Camera.crop().distance], dtype=geometry.vertices.dtype) - geometry.vertices
+    cosine = (geometry.normals * torch.nn.functional.normalize(view, dim=-1)).sum(-1)
+    ramp = ((cosine - grazing_cosine) / (1 - grazing_cosine)).clamp(0, 1)
+    return visible.to(cosine.dtype) * ramp
+
+
+def _skin_weights(crops, screen, vertex_weights):
+    """Skin attention sampled at the vertices, its colour model adapted to the visible cheeks."""
+    from .skin import skin_probability
+    size = crops.shape[-2:]
+    sample = torch.zeros(crops.shape[0], 1, *size, dtype=torch.bool)
+    px = screen[..., 0].floor().long().clamp(0, size[1] - 1)
+    py = screen[..., 1].floor().long().clamp(0, size[0] - 1)
+    for b in range(crops.shape[0]):
+        seen = vertex_weights[b] > 0.5
+        sample[b, 0, py[b][seen], px[b][seen]] = True
+    probability = skin_probability(crops.float(), sample)
+    return sample_photo(probability.to(screen.dtype), screen[..., :2])[..., 0]
+
+
+def _landmark_error(model, coeffs, landmarks, weights, camera):
+    with torch.no_grad():
+        geometry = model(coeffs.to(model.mean_shape.dtype))
+        projected = camera.project(geometry.landmarks)
+        distance = (projected - landmarks.to(projected)).norm(dim=-1)
+        w = (weights > 0).to(distance)
+    return (distance * w).sum(1) / w.sum(1).clamp(min=1)
+
+
+def _keep_finite(new: Coefficients, old: Coefficients, flags, message) -> Coefficients:
+    vector, previous = new.to_vector(), old.to_vector().to(new.to_vector())
+    ok = torch.isfinite(vector).all(1) & (vector.abs() < 1e4).all(1)
+    if bool(ok.all()):
+        return new
+    for b in torch.nonzero(~ok)[:, 0].tolist():
+        flags[b].append(message)
+    return Coefficients.from_vector(torch.where(ok[:, None], vector, previous), new.layout)
+
+
+@dataclass(frozen=True, eq=False)
+class _Extras:
+    laplacian: object
+    mirror: np.ndarray
+
+
+@lru_cache(maxsize=4)
+def _model_extras(data: ModelData) -> _Extras:
+    """Per-model sparse operators for the per-vertex albedo (built once per model)."""
+    laplacian = graph_laplacian(data.triangles, data.mean_shape.shape[0])
+    mirror, _ = mirror_vertex_map(data.mean_shape)
+    return _Extras(laplacian, mirror)

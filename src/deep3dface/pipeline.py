@@ -1,0 +1,178 @@
+"""The Reconstructor: photo in, 3D faces out.  The one object most users need.
+
+    from deep3dface import Reconstructor
+    faces = Reconstructor().reconstruct("photo.jpg")       # list[FaceReconstruction], by score
+    faces[0].landmarks68, faces[0].mesh(), faces[0].overlay(photo)
+
+Per photo: MTCNN finds faces (box, score, 5 points) → Deep3D alignment → 224 crop and its
+Alignment → the landmarker's points → (R-Net when a checkpoint is given) → the fitter (landmark,
+appearance and optional photometric stages, ``fit.fitter``) → coefficients in Deep3D's crop camera.
+The photo camera follows exactly from the Alignment (``Camera.for_photo``), so projections and
+renders lie on the uncropped photo.  Points are photo pixels, corner origin, y down (DESIGN.md §2).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .align import Alignment, align
+from .camera import Camera
+from .detect import MTCNN, Detection, MTCNNConfig
+from .detect.landmarks import LandmarkResult, create_landmarker, landmarks_of
+from .fit.fitter import FitConfig, FitResult, FitTargets, fit_faces
+from .io.images import read_image
+from .morphable import load_model
+from .morphable.model import MorphableModel
+from .morphable.shading import shade
+from .render.shaded import overlay, render_colours
+from .types import Coefficients, FaceGeometry, Mesh
+
+
+#: SH lighting of the "geometry" render: ambient plus a light from the camera and slightly above
+#: (bands 1 and 2 of ``morphable.shading``: −y·γ1 and +z·γ2), the same for every channel.
+GEOMETRY_LIGHT = torch.tensor([[-0.3, -0.25, 0.45, 0.0, 0, 0, 0, 0, 0] * 3], dtype=torch.float64)
+
+
+@dataclass(frozen=True, eq=False)
+class FaceReconstruction:
+    """One face of one photo, reconstructed.
+
+    coefficients: one row, Deep3D's crop camera (``Camera.crop()``); ``camera`` images the same
+    face into the photo.  ``albedo`` is the per-vertex albedo for models without an albedo basis.
+    ``landmarks68`` are the fitted model's keypoints projected into the photo (3D-style: a hidden
+    jaw point is where the 3D point projects); ``landmarks`` is what the 2D landmarker found.
+    ``angles_deg`` = (pitch, yaw, roll) of the model rotation R = Rz·Ry·Rx, degrees.
+    """
+
+    model: MorphableModel
+    image_size: tuple[int, int]             # (W, H) of the photo
+    detection: Detection
+    alignment: Alignment
+    landmarks: LandmarkResult
+    coefficients: Coefficients
+    albedo: torch.Tensor | None
+    camera: Camera
+    landmarks68: torch.Tensor               # (68, 2) photo pixels
+    landmark_error: float                   # mean distance to the landmarker's points, crop pixels
+    flags: tuple[str, ...] = ()
+
+    @property
+    def angles_deg(self) -> tuple[float, float, float]:
+        return tuple(math.degrees(float(a)) for a in self.coefficients.angle[0])
+
+    def geometry(self) -> FaceGeometry:
+        albedo = None if self.albedo is None else self.albedo[None]
+        with torch.no_grad():
+            return self.model(self.coefficients.to(self.model.mean_shape.dtype), albedo=albedo)
+
+    def mesh(self, posed: bool = False, colour: str = "shaded") -> Mesh:
+        """The face as a Mesh in model units.  ``posed=False``: the canonical (unposed) shape, as
+        the reference saves it; ``posed=True``: R·shape + t in model space (camera at z = 10
+        looking down −z).  ``colour``: "shaded" (albedo × fitted light) or "albedo"."""
+        g = self.geometry()
+        vertices = (g.vertices if posed else g.shape)[0]
+        normals = (g.normals if posed else g.normals_model)[0]
+        colours = (g.colour if colour == "shaded" else g.albedo)[0].clamp(0, 1)
+        return Mesh(vertices.double().numpy(), self.model.triangles.numpy(), colours.double().numpy(),
+                    normals.double().numpy(), self.model.unit)
+
+    def render(self, colour: str = "shaded") -> tuple[torch.Tensor, torch.Tensor]:
+        """Render (3, H, W) and mask (1, H, W) at the photo's size, through the photo camera.
+        ``colour``: "shaded" (fitted albedo × fitted light), "albedo", or "geometry" (grey clay
+        under a fixed light from the upper front: shows the shape, not the photo's colours)."""
+        g = self.geometry()
+        if colour == "geometry":
+            colours = shade(torch.full_like(g.albedo, 0.75), g.normals, GEOMETRY_LIGHT.to(g.normals).expand(len(g.normals), -1))
+        else:
+            colours = {"shaded": g.colour, "albedo": g.albedo}[colour]
+        image, mask = render_colours(g.vertices, colours, self.model.triangles, self.camera)
+        return image[0], mask[0]
+
+    def overlay(self, photo: torch.Tensor, opacity: float = 1.0, colour: str = "shaded") -> torch.Tensor:
+        image, mask = self.render(colour)
+        return overlay(photo, image[None], mask[None], opacity)
+
+
+@dataclass(frozen=True)
+class ReconstructorConfig:
+    max_faces: int | None = None
+    landmarker: str = "mediapipe"
+    detector: MTCNNConfig = field(default_factory=MTCNNConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
+
+
+class Reconstructor:
+    """Detect, align, fit.  ``model``: "default" (embedded), a path to ``BFM_model_front.mat`` (or
+    its folder), or a MorphableModel; ``checkpoint``: an R-Net checkpoint (either published format),
+    whose answer the fitter then refines; ``device``: where networks and the fit run."""
+
+    def __init__(self, model: str | Path | MorphableModel = "default", checkpoint: str | Path | None = None,
+                 device: str | torch.device = "cpu", config: ReconstructorConfig = ReconstructorConfig()):
+        self.device = torch.device(device)
+        self.config = config
+        self.model = model if isinstance(model, MorphableModel) else load_model(model)
+        self.model_name = model.name if isinstance(model, MorphableModel) else str(model)
+        self.detector = MTCNN.pretrained(config.detector).to(self.device)
+        self.landmarker = create_landmarker(config.landmarker)
+        self.rnet = None
+        if checkpoint is not None:
+            from .nets import load_rnet, prepare_for_inference
+            rnet = load_rnet(checkpoint, device=self.device)
+            if rnet.layout != self.model.layout:
+                raise ValueError(f"checkpoint {checkpoint} predicts coefficients {rnet.layout}, but model "
+                                 f"{self.model_name!r} has {self.model.layout}; pass the matching model file")
+            self.rnet = prepare_for_inference(rnet)
+
+    def reconstruct(self, image: str | Path | torch.Tensor) -> list[FaceReconstruction]:
+        """All faces of one photo (a path or a (3, H, W) float tensor), by detector score."""
+        photo = read_image(image) if not isinstance(image, torch.Tensor) else image
+        detections = self.detector.detect(photo.to(self.device))
+        if self.config.max_faces is not None:
+            detections = detections[: self.config.max_faces]
+        if not detections:
+            return []
+        return self.reconstruct_detections(photo, detections)
+
+    def reconstruct_detections(self, photo: torch.Tensor, detections: list[Detection]) -> list[FaceReconstruction]:
+        """Fit the given detections of one photo (a batch of faces)."""
+        height, width = photo.shape[-2:]
+        crops, alignments, marks = [], [], []
+        for detection in detections:
+            crop, alignment, _ = align(photo, detection.landmarks5)
+            crops.append(crop)
+            alignments.append(alignment)
+            marks.append(landmarks_of(self.landmarker, photo, detection))
+        crops = torch.stack(crops)
+        targets = FitTargets(
+            crops=crops,
+            landmarks=torch.stack([a.to_crop(m.ibug68.double()) for a, m in zip(alignments, marks)]).float(),
+        )
+        initial = None
+        if self.rnet is not None:
+            with torch.no_grad():
+                initial = self.rnet(crops.to(self.device)).to("cpu", torch.float32)
+        result: FitResult = fit_faces(self.model, targets, self.config.fit, initial)
+        cameras = Camera.crop().for_photo(Alignment.stack(alignments), width, height)
+        with torch.no_grad():
+            geometry = self.model(result.coefficients.to(self.model.mean_shape.dtype),
+                                  albedo=result.albedo)
+            projected = cameras.project(geometry.landmarks)
+        faces = []
+        for i, (detection, alignment, mark) in enumerate(zip(detections, alignments, marks)):
+            camera = Camera(cameras.K[i], width, height, cameras.distance)
+            faces.append(FaceReconstruction(
+                model=self.model, image_size=(width, height), detection=detection, alignment=alignment,
+                landmarks=mark, coefficients=result.coefficients[i],
+                albedo=None if result.albedo is None else result.albedo[i], camera=camera,
+                landmarks68=projected[i], landmark_error=float(result.landmark_error[i]),
+                flags=result.flags[i]))
+        return faces
+
+
+def landmarks_array(faces: list[FaceReconstruction]) -> np.ndarray:
+    """(F, 68, 2) float64 photo pixels of the faces' fitted 68 points."""
+    return np.stack([f.landmarks68.double().numpy() for f in faces]) if faces else np.zeros((0, 68, 2))
