@@ -145,7 +145,7 @@ def _landmark_stage(model, targets, stage, camera, initial, flags):
         fitted = _keep_finite(fitted, coeffs if coeffs is not None else model.zero_coefficients(batch), flags,
                               "landmark fit diverged")
         visible = _keypoint_visibility(model, fitted, stage.visible_cosine)
-        weights68 = LANDMARK_WEIGHTS.to(visible).expand(batch, -1).clone()
+        weights68 = LANDMARK_WEIGHTS.to(targets.landmarks).expand(batch, -1).clone()
         jaw = torch.tensor(JAW)
         weights68[:, jaw] = torch.where(visible[:, jaw], weights68[:, jaw],
                                         torch.full_like(weights68[:, jaw], stage.hidden_contour_weight))

@@ -1,0 +1,99 @@
+"""`deep3dface reconstruct` and `deep3dface demo`: the JSON contract, files, bad inputs, no overwrite."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from deep3dface.cli import expand_inputs, main
+from deep3dface.export import read_coefficients_mat
+
+
+@pytest.fixture(scope="module")
+def batch(faces, tmp_path_factory):
+    """A folder with one real photo, a corrupt JPEG and a text file, reconstructed once."""
+    manifest = json.loads((faces / "manifest.json").read_text())
+    entry = next(i for i in manifest["images"] if i["source"] == "aflw2000_3d" and abs(i["yaw_deg"]) < 20)
+    root = tmp_path_factory.mktemp("cli")
+    inputs = root / "in"
+    inputs.mkdir()
+    shutil.copy(faces / entry["path"], inputs / "face.jpg")
+    (inputs / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    (inputs / "notes.txt").write_text("not an image")
+    out = root / "out"
+    code = main(["reconstruct", str(inputs), "-o", str(out), "-q"])
+    gt = np.asarray(entry["faces"][0]["landmarks68"]) + 0.5
+    return inputs, out, code, gt
+
+
+def test_exit_code_counts_failures_and_batch_goes_on(batch, capsys):
+    inputs, out, code, _ = batch
+    assert code == 1  # broken.jpg; notes.txt is not an image suffix, so a folder scan skips it
+    assert (out / "face.json").exists()
+    assert not any(p.name.startswith("broken") for p in out.iterdir())  # no partial output
+
+
+def test_json_contract(batch):
+    inputs, out, _, gt = batch
+    record = json.loads((out / "face.json").read_text())
+    assert record["image"].endswith("face.jpg") and record["model"] == "default"
+    assert (record["width"], record["height"]) == (450, 450)
+    face = record["faces"][0]
+    assert len(face["bbox"]) == 4 and 0 < face["score"] <= 1
+    assert np.asarray(face["landmarks5"]).shape == (5, 2)
+    landmarks = np.asarray(face["landmarks68"])
+    assert landmarks.shape == (68, 2)
+    size = np.sqrt(np.prod(gt.max(0) - gt.min(0)))
+    assert np.linalg.norm(landmarks - gt, axis=1).mean() / size < 0.06  # photo pixels, corner origin
+    assert len(face["angles_deg"]) == 3
+    for key in ("mesh", "mesh_posed", "coefficients", "overlay", "geometry_overlay"):
+        assert (out / face["files"][key]).is_file(), key
+
+
+def test_face_files_load(batch):
+    import trimesh
+    from PIL import Image
+
+    _, out, _, _ = batch
+    face = json.loads((out / "face.json").read_text())["faces"][0]
+    mesh = trimesh.load(out / face["files"]["mesh"], process=False)
+    assert len(mesh.vertices) == 37700
+    coeffs = read_coefficients_mat(out / face["files"]["coefficients"])
+    np.testing.assert_allclose(coeffs.angle[0].numpy() * 180 / np.pi, face["angles_deg"], atol=1e-2)
+    from scipy.io import loadmat
+    mat = loadmat(out / face["files"]["coefficients"])
+    np.testing.assert_allclose(mat["landmarks68_photo"][0], face["landmarks68"], atol=1e-2)
+    assert mat["lm68"].shape == (1, 68, 2)
+    assert Image.open(out / face["files"]["overlay"]).size == (450, 450)
+
+
+def test_rerun_skips_and_overwrite_replaces(batch):
+    inputs, out, _, _ = batch
+    before = (out / "face.json").stat().st_mtime_ns
+    assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(out), "-q"]) == 0
+    assert (out / "face.json").stat().st_mtime_ns == before
+    assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(out), "-q", "--overwrite"]) == 0
+    assert (out / "face.json").stat().st_mtime_ns != before
+
+
+def test_missing_input_is_a_clear_error(tmp_path, capsys):
+    assert main(["reconstruct", str(tmp_path / "nope.jpg"), "-o", str(tmp_path / "o"), "-q"]) == 1
+    assert "nope.jpg: no such file or folder" in capsys.readouterr().err
+
+
+def test_expand_inputs_globs_and_folders(batch):
+    inputs, *_ = batch
+    photos, problems = expand_inputs([str(inputs / "*.jpg"), str(inputs), str(inputs / "zzz*.png")])
+    assert [p.name for p in photos] == ["broken.jpg", "face.jpg"]  # deduplicated, sorted
+    assert problems == [f"{inputs / 'zzz*.png'}: pattern matches no files"]
+
+
+def test_demo_writes_the_astronaut(tmp_path):
+    pytest.importorskip("skimage")
+    out = tmp_path / "demo"
+    assert main(["demo", "-o", str(out), "-q"]) == 0
+    record = json.loads((out / "astronaut.json").read_text())
+    assert len(record["faces"]) == 1
+    assert (out / record["faces"][0]["files"]["mesh"]).is_file()

@@ -1,0 +1,115 @@
+"""The Reconstructor on real photos: the staged fit beats the 2D landmarker, and its outputs agree
+with each other (photo landmarks, crop camera, photo camera, render)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from deep3dface.camera import Camera
+from deep3dface.fit.fitter import FitConfig, FitTargets, LandmarkStage, fit_faces
+from deep3dface.io.images import read_image
+from deep3dface.morphable import load_model
+from deep3dface.pipeline import Reconstructor
+
+
+def bbox_nme(pred, gt):
+    wh = gt.max(0) - gt.min(0)
+    return float(np.linalg.norm(pred - gt, axis=1).mean() / np.sqrt(wh[0] * wh[1]))
+
+
+@pytest.fixture(scope="module")
+def recon():
+    return Reconstructor()
+
+
+@pytest.fixture(scope="module")
+def aflw(faces):
+    """Six AFLW2000-3D photos spread over |yaw| 0–75 degrees, with GT in corner-origin pixels."""
+    manifest = json.loads((faces / "manifest.json").read_text())
+    items = sorted((i for i in manifest["images"] if i["source"] == "aflw2000_3d" and abs(i["yaw_deg"]) < 75),
+                   key=lambda i: abs(i["yaw_deg"]))
+    chosen = items[:: len(items) // 6][:6]
+    return [(read_image(faces / i["path"]), np.asarray(i["faces"][0]["landmarks68"]) + 0.5, i["yaw_deg"])
+            for i in chosen]
+
+
+@pytest.fixture(scope="module")
+def fitted(recon, aflw):
+    out = []
+    for photo, gt, yaw in aflw:
+        found = recon.reconstruct(photo)
+        assert found, "no face found on an AFLW photo"
+        face = min(found, key=lambda f: np.linalg.norm(f.detection.box.view(2, 2).mean(0).numpy() - gt.mean(0)))
+        out.append((photo, gt, yaw, face))
+    return out
+
+
+def test_fit_beats_the_landmarker_on_real_photos(fitted):
+    fit = [bbox_nme(f.landmarks68.double().numpy(), gt) for _, gt, _, f in fitted]
+    marks = [bbox_nme(f.landmarks.ibug68.double().numpy(), gt) for _, gt, _, f in fitted]
+    assert np.mean(fit) < np.mean(marks)
+    assert max(fit) < 0.08  # no face fitted far off
+
+
+def test_photo_landmarks_are_the_crop_projection_mapped_back(fitted):
+    for _, _, _, face in fitted:
+        geometry = face.geometry()
+        in_crop = Camera.crop().project(geometry.landmarks.float())[0]
+        back = face.alignment.to_photo(in_crop.double())
+        np.testing.assert_allclose(face.landmarks68.double().numpy(), back.numpy(), atol=2e-3)
+
+
+def test_render_lies_on_the_face(fitted):
+    for photo, gt, _, face in fitted:
+        image, mask = face.render()
+        assert image.shape == photo.shape and mask.shape == (1, *photo.shape[1:])
+        inner = gt[17:]  # brows, nose, eyes, mouth: always on the rendered face region
+        cols = np.clip(inner[:, 0].astype(int), 0, photo.shape[2] - 1)
+        rows = np.clip(inner[:, 1].astype(int), 0, photo.shape[1] - 1)
+        assert mask[0, rows, cols].float().mean() > 0.95
+
+
+def test_pose_follows_the_head(fitted):
+    """Yaw of the fit has AFLW's magnitude (its sign convention is the opposite of ours)."""
+    yaws = np.array([y for _, _, y, _ in fitted])
+    ours = np.array([f.angles_deg[1] for *_, f in fitted])
+    assert np.corrcoef(np.abs(yaws), np.abs(ours))[0, 1] > 0.9
+    assert np.median(np.abs(np.abs(ours) - np.abs(yaws))) < 10
+
+
+def test_mesh_outputs(fitted):
+    face = fitted[0][3]
+    canonical, posed = face.mesh(), face.mesh(posed=True)
+    assert canonical.vertices.shape == posed.vertices.shape == (face.model.num_vertices, 3)
+    assert np.isfinite(canonical.vertices).all() and (0 <= canonical.colours).all() and (canonical.colours <= 1).all()
+    # posed = R·canonical + t
+    R = face.geometry().rotation[0].double().numpy()
+    t = face.coefficients.trans[0].double().numpy()
+    np.testing.assert_allclose(posed.vertices, canonical.vertices @ R.T + t, atol=1e-4)
+
+
+def test_hidden_jaw_points_are_down_weighted_on_profiles():
+    """A synthetic profile: 2D targets for the hidden jaw put on the wrong place do not move the fit."""
+    model = load_model("default")
+    truth = model.zero_coefficients(1).replace(angle=torch.tensor([[0.0, 1.1, 0.0]]),
+                                               trans=torch.tensor([[0.0, 0.0, 0.3]]))
+    camera = Camera.crop()
+    target = camera.project(model(truth).landmarks)
+    corrupted = target.clone()
+    corrupted[:, 11:17, 0] -= 25.0  # the far jaw (image right at this yaw) "seen" 25 px off
+    crops = torch.zeros(1, 3, 224, 224)
+    result = fit_faces(model, FitTargets(crops, corrupted), FitConfig(appearance=None))
+    projected = camera.project(model(result.coefficients).landmarks)
+    assert (result.landmark_weights[0, 11:17] == 0).all() and (result.landmark_weights[0, :6] == 1).all()
+    assert (projected - target).norm(dim=-1)[0, 11:17].mean() < 4.0
+    plain = fit_faces(model, FitTargets(crops, corrupted), FitConfig(landmarks=LandmarkStage(rounds=1,
+                                                                     visible_cosine=-2.0), appearance=None))
+    plain_projected = camera.project(model(plain.coefficients).landmarks)
+    assert (projected - target).norm(dim=-1).mean() < (plain_projected - target).norm(dim=-1).mean()
+
+
+def test_no_face_gives_an_empty_list(recon):
+    assert recon.reconstruct(torch.full((3, 160, 200), 0.5)) == []
