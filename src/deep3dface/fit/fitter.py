@@ -127,6 +127,8 @@ def fit_faces(model: MorphableModel, targets: FitTargets, config: FitConfig = Fi
         from .photometric import refine_photometric  # the renderer-based stage; imported on demand
         coeffs, albedo = refine_photometric(model, targets, config.photometric, camera, coeffs, albedo,
                                             weights68, flags)
+        if config.appearance is not None:  # the geometry moved: colours belong to other vertices now
+            coeffs, albedo = _appearance_stage(model, targets, config.appearance, camera, coeffs, flags)
     error = _landmark_error(model, coeffs, targets.landmarks, weights68, camera)
     return FitResult(coeffs, albedo, error, weights68, tuple(tuple(f) for f in flags))
 
