@@ -137,6 +137,11 @@ class Reconstructor:
             return []
         return self.reconstruct_detections(photo, detections)
 
+    def reconstruct_set(self, photos: list, names: list[str] | None = None, config=None):
+        """Photos of one person -> ``image_set.IdentityReconstruction`` (one shared identity)."""
+        from .image_set import SetConfig, reconstruct_set
+        return reconstruct_set(self, photos, names, config or SetConfig())
+
     def reconstruct_detections(self, photo: torch.Tensor, detections: list[Detection]) -> list[FaceReconstruction]:
         """Fit the given detections of one photo (a batch of faces)."""
         height, width = photo.shape[-2:]

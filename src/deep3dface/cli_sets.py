@@ -1,0 +1,139 @@
+"""The ``fit-set`` and ``video`` commands (registered by cli.py through ``add_commands``).
+
+``deep3dface fit-set ROOT -o OUT``: ROOT is a facebank folder (``ROOT/<person>/*.jpg``) or a text
+file listing photos, one a line, either ``PATH`` (the person is the photo's folder name) or
+``PERSON<TAB>PATH`` (relative paths are relative to the list file).  Per person, in OUT/<person>/:
+
+* ``neutral.obj``: the shared identity with zero expression, canonical pose, model space and unit
+  (decimetres for the shipped models), the model's vertex order: comparable across people;
+* per used photo the files of ``deep3dface reconstruct`` (``<stem>.json``, meshes, ``.mat``,
+  overlays; see deep3dface.outputs), all with the shared identity;
+* ``summary.json`` (written last): photos used (weights, residuals, pose) and dropped (reasons),
+  the identity coefficients.
+
+Resumable: a person whose summary.json exists is skipped; an interrupted person is redone from the
+start, and the fit is deterministic, so the files it had written are rewritten identically.  Every
+file is written atomically (``export.write_output``).
+
+``deep3dface video IN -o OUT``: see deep3dface.video (needs PyAV: ``pip install deep3dface[video]``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+def read_sets(root: str | Path) -> dict[str, list[Path]]:
+    """{person: photos} from a facebank folder or a list file, people and photos in sorted order."""
+    root = Path(root)
+    sets: dict[str, list[Path]] = {}
+    if root.is_dir():
+        for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+            photos = sorted(p for p in folder.iterdir() if p.suffix.lower() in PHOTO_SUFFIXES)
+            if photos:
+                sets[folder.name] = photos
+    elif root.is_file():
+        for number, line in enumerate(root.read_text().splitlines(), 1):
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            person, _, path = line.rpartition("\t")
+            photo = Path(path) if Path(path).is_absolute() else root.parent / path
+            sets.setdefault(person.strip() or photo.parent.name, []).append(photo)
+    else:
+        raise FileNotFoundError(f"{root}: no such folder or list file")
+    if not sets:
+        raise ValueError(f"{root}: no photos found (expected ROOT/<person>/*.jpg or a list file)")
+    return sets
+
+
+def cmd_fit_set(args: argparse.Namespace) -> int:
+    """Reconstruct one identity per person from a facebank folder or a list of photos (see
+    deep3dface.cli_sets).  Exit code: the number of people with no usable photo (capped at 100)."""
+    from .export import export_mesh, write_output
+    from .image_set import SetConfig
+    from .io.images import read_image
+    from .outputs import photo_outputs, unique_stems, write_photo_outputs
+    from .pipeline import Reconstructor
+
+    sets = read_sets(args.root)
+    out_root = Path(args.output)
+    recon = Reconstructor(model=args.model, device=args.device)
+    failed = 0
+    for person, photos in sets.items():
+        out = out_root / person
+        if (out / "summary.json").exists() and not args.overwrite:
+            _say(args, f"{person}: done already ({out / 'summary.json'}), skipped")
+            continue
+        stems = unique_stems(photos)
+        result = recon.reconstruct_set(photos, names=stems, config=SetConfig())
+        for face, fit in zip(result.faces, result.photos):
+            path = photos[stems.index(fit.name)]
+            photo = read_image(path) if args.overlay else _blank(face.image_size)
+            _, blobs = photo_outputs(str(path), fit.name, photo, [face], recon.model_name, overlay_file=args.overlay)
+            write_photo_outputs(out, blobs, overwrite=True)  # a rerun rewrites an interrupted person's files
+        write_output(out / "neutral.obj", export_mesh(result.neutral, "obj"), overwrite=True)
+        summary = {"person": person, "photos": [str(p) for p in photos], **result.summary()}
+        write_output(out / "summary.json", json.dumps(summary, indent=1).encode(), overwrite=True)
+        failed += not result.photos
+        _say(args, f"{person}: {len(result.photos)} photo(s) used, {len(result.dropped)} dropped"
+                   + "".join(f"\n  dropped {d.name}: {d.reason}" for d in result.dropped))
+    return min(failed, 100)
+
+
+def cmd_video(args: argparse.Namespace) -> int:
+    """Track and reconstruct the largest face of a video: one identity, per-frame pose and
+    expression (one-euro smoothed), frames/*.json, neutral.obj, summary.json and overlay.mp4."""
+    import importlib.util
+
+    if importlib.util.find_spec("av") is None:
+        raise ValueError("the video command needs PyAV: pip install 'deep3dface[video]' (or pip install av)")
+    from .image_set import SetObserver
+    from .morphable import load_model
+    from .video import VideoConfig, reconstruct_video, write_video_outputs
+
+    model = load_model(args.model)
+    observer = SetObserver.create(descriptors=False)
+    result = reconstruct_video(args.input, observer, model, VideoConfig(max_frames=args.max_frames))
+    write_video_outputs(result, args.input, args.output, overlay=args.overlay, overwrite=args.overwrite)
+    _say(args, f"{args.input}: {len(result.fitted)}/{len(result.frames)} frame(s) with a face, "
+               f"{sum(f.redetected for f in result.frames)} detection(s) -> {args.output}")
+    return 0 if result.fitted else 1
+
+
+def add_commands(sub) -> None:
+    """Register ``fit-set`` and ``video`` on cli.py's subparsers."""
+    p = sub.add_parser("fit-set", help="one 3D identity per person from sets of photos", description=cmd_fit_set.__doc__)
+    p.add_argument("root", help="ROOT/<person>/*.jpg facebank folder, or a text file listing photos")
+    p.add_argument("-o", "--output", required=True, help="output folder (one subfolder per person)")
+    _common(p)
+    p.set_defaults(func=cmd_fit_set)
+    p = sub.add_parser("video", help="one identity and per-frame faces from a video", description=cmd_video.__doc__)
+    p.add_argument("input", help="video file (anything FFmpeg reads)")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    _common(p)
+    p.set_defaults(func=cmd_video)
+
+
+def _common(p) -> None:
+    p.add_argument("--model", default="default", help="'default' or a BFM_model_front.mat (or its folder)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-overlay", dest="overlay", action="store_false", help="skip overlay images/video")
+    p.add_argument("--overwrite", action="store_true", help="redo finished outputs")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+
+
+def _say(args, text: str) -> None:
+    if not args.quiet:
+        print(text, file=sys.stderr)
+
+
+def _blank(size):
+    import torch
+
+    return torch.zeros(3, size[1], size[0])

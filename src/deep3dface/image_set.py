@@ -1,0 +1,389 @@
+"""Image sets: photos of one person -> one identity, with per-photo pose and expression.
+
+    observer = SetObserver.create()                       # MTCNN + landmarker (+ dlib descriptor)
+    photos = [observer.observe(path) for path in paths]
+    result = reconstruct_identity(load_model("default"), photos)
+    result.identity, result.neutral, result.used, result.dropped, result.summary()
+
+Steps, each a function below:
+
+1. ``SetObserver.observe``: every face of a photo (MTCNN box, landmarks, Deep3D alignment, landmarks
+   in the 224 crop) and, when dlib and ``face-recognition-models`` are installed, dlib's 128-D face
+   descriptor (the wheel's ``dlib_face_recognition_resnet_model_v1.dat``, aligned by its
+   ``shape_predictor_5_face_landmarks.dat``; located by path, the package is never imported).
+2. ``select_faces``: one face per photo, the one most consistent with the other photos (most
+   descriptor neighbours, then the smallest median distance; without descriptors the best-scored
+   face); photos outside the largest group of mutually consistent photos are dropped as
+   "another person".  Measured on the shared sets: same person 0.05–0.52, different people ≥ 0.64, so
+   dlib's own threshold 0.6 separates them.
+3. ``reconstruct_identity``: drops failed landmarks (landmarker score, single-photo fit residual),
+   fits the robust joint model (``fit.image_set.fit_identity``), drops photos the shared identity
+   cannot explain (excess residual far beyond the others'), refits, and builds the result.
+
+Photos are named by the caller (the file stem for the CLI); points follow DESIGN.md §2 (corner
+origin, y down), coefficients live in Deep3D's crop camera and ``PhotoFit.camera`` images them into
+the photo.  The neutral mesh is the shared identity with zero expression in the canonical (unposed)
+model frame, in model units (decimetres for the shipped models), the model's vertex order.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .align import Alignment, alignment_for
+from .camera import Camera
+from .detect.types import Detection
+from .fit.image_set import SetFit, SetFitConfig, fit_identity
+from .detect.landmarks import landmarks_of
+from .io.images import read_image, to_uint8
+from .morphable.model import MorphableModel
+from .types import Coefficients, Mesh
+
+DESCRIPTOR_FILES = ("dlib_face_recognition_resnet_model_v1.dat", "shape_predictor_5_face_landmarks.dat")
+
+
+@dataclass(frozen=True)
+class SetConfig:
+    """How a set is cleaned and fitted; every field is a measured default, not a magic constant."""
+
+    same_person: float = 0.6        # dlib descriptor distance below which two faces are one person
+    min_landmark_score: float = 0.5  # landmarker confidence below which a face's landmarks failed
+    max_rms: float = 6.0            # crop px: a single-photo fit worse than this means failed landmarks
+    max_excess: float = 3.0         # crop px RMS a photo may fit the shared identity worse than its own
+    fit: SetFitConfig = field(default_factory=SetFitConfig)
+
+
+@dataclass(frozen=True, eq=False)
+class FaceObservation:
+    """One face in one photo: detector, landmarker and alignment outputs (photo pixels)."""
+
+    detection: Detection
+    landmarks68: torch.Tensor       # (68, 2) photo pixels
+    landmark_score: float
+    alignment: Alignment
+    descriptor: np.ndarray | None   # (128,) dlib face descriptor, or None without dlib
+
+    @property
+    def crop_landmarks(self) -> torch.Tensor:
+        return self.alignment.to_crop(self.landmarks68.double())
+
+
+@dataclass(frozen=True, eq=False)
+class PhotoObservation:
+    name: str
+    image_size: tuple[int, int]     # (W, H)
+    faces: tuple[FaceObservation, ...]
+
+
+@dataclass(frozen=True)
+class DroppedPhoto:
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True, eq=False)
+class PhotoFit:
+    """One used photo of the set: its face, coefficients (one row, crop camera, the shared id) and
+    the camera that images them into the photo."""
+
+    name: str
+    image_size: tuple[int, int]
+    face: FaceObservation
+    coefficients: Coefficients
+    camera: Camera
+    weight: float                   # the photo's confidence in the joint fit, [0, 1]
+    rms: float                      # RMS landmark residual under the shared identity, crop px
+    landmarks68: torch.Tensor       # (68, 2) fitted model keypoints projected into the photo
+
+    @property
+    def angles_deg(self) -> tuple[float, float, float]:
+        return tuple(math.degrees(float(a)) for a in self.coefficients.angle[0])
+
+
+@dataclass(frozen=True, eq=False)
+class IdentityReconstruction:
+    """One person from a set of photos."""
+
+    model: MorphableModel
+    identity: torch.Tensor          # (K_id,) shared identity coefficients
+    neutral: Mesh                   # shared identity, zero expression, canonical pose, model units
+    photos: tuple[PhotoFit, ...]    # used photos, in input order
+    dropped: tuple[DroppedPhoto, ...]
+    fit: SetFit | None
+    faces: tuple = ()               # per used photo: pipeline.FaceReconstruction (appearance fitted)
+
+    @property
+    def used(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.photos)
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {p.name: p.weight for p in self.photos}
+
+    def summary(self) -> dict:
+        """JSON-ready description (what ``fit-set`` writes as summary.json)."""
+        return {
+            "model": self.model.name, "unit": self.model.unit,
+            "identity": [round(float(v), 6) for v in self.identity],
+            "used": [{"photo": p.name, "weight": round(p.weight, 4), "rms_crop_px": round(p.rms, 3),
+                      "angles_deg": [round(a, 2) for a in p.angles_deg]} for p in self.photos],
+            "dropped": [{"photo": d.name, "reason": d.reason} for d in self.dropped],
+        }
+
+
+class FaceDescriber:
+    """dlib's 128-D face descriptor (``face_recognition``'s model) for a detected face."""
+
+    def __init__(self) -> None:
+        import dlib
+
+        folder = _descriptor_folder()
+        self._recogniser = dlib.face_recognition_model_v1(str(folder / DESCRIPTOR_FILES[0]))
+        self._predictor = dlib.shape_predictor(str(folder / DESCRIPTOR_FILES[1]))
+        self._rectangle = dlib.rectangle
+
+    @staticmethod
+    def available() -> bool:
+        return importlib.util.find_spec("dlib") is not None and _descriptor_folder() is not None
+
+    def __call__(self, rgb: np.ndarray, box: torch.Tensor) -> np.ndarray:
+        """(H, W, 3) uint8 photo, MTCNN box -> (128,) float64 descriptor."""
+        # dlib's 5-point predictor expects its HOG detector's box: a square 0.81 × the MTCNN box's
+        # long side, 0.054 of it lower (measured for the 68-point predictor, detect/dlib68.py)
+        x0, y0, x1, y1 = (float(v) for v in box)
+        side = 0.81 * max(x1 - x0, y1 - y0)
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 + 0.067 * side
+        rect = self._rectangle(round(cx - side / 2), round(cy - side / 2), round(cx + side / 2), round(cy + side / 2))
+        shape = self._predictor(rgb, rect)
+        return np.asarray(self._recogniser.compute_face_descriptor(rgb, shape), dtype=np.float64)
+
+
+class SetObserver:
+    """Detector + landmarker (+ descriptor) that turn photos into ``PhotoObservation``s."""
+
+    def __init__(self, detector, landmarker, describer: FaceDescriber | None = None) -> None:
+        self.detector, self.landmarker, self.describer = detector, landmarker, describer
+
+    @classmethod
+    def create(cls, landmarker: str = "mediapipe", descriptors: bool = True) -> "SetObserver":
+        from .detect import MTCNN
+        from .detect.landmarks import create_landmarker
+
+        describer = FaceDescriber() if descriptors and FaceDescriber.available() else None
+        return cls(MTCNN.pretrained(), create_landmarker(landmarker), describer)
+
+    def observe(self, image: str | Path | torch.Tensor, name: str | None = None) -> PhotoObservation:
+        if name is None:
+            name = Path(image).stem if not isinstance(image, torch.Tensor) else "photo"
+        photo = image if isinstance(image, torch.Tensor) else read_image(image)
+        return self.observe_detections(name, photo, self.detector.detect(photo))
+
+    def observe_detections(self, name: str, photo: torch.Tensor, detections: list[Detection]) -> PhotoObservation:
+        """The faces of given detections (e.g. a tracked box in a video frame) of one photo."""
+        height, width = photo.shape[-2:]
+        rgb = to_uint8(photo) if self.describer is not None and detections else None
+        faces = []
+        for detection in detections:
+            marks = landmarks_of(self.landmarker, photo, detection)
+            alignment = alignment_for(detection.landmarks5.double().numpy(), (width, height))
+            descriptor = None if rgb is None else self.describer(rgb, detection.box)
+            faces.append(FaceObservation(detection, marks.ibug68, float(marks.score), alignment, descriptor))
+        return PhotoObservation(name, (width, height), tuple(faces))
+
+
+def reconstruct_identity(model: MorphableModel, observations: list[PhotoObservation],
+                         config: SetConfig = SetConfig()) -> IdentityReconstruction:
+    """One identity from the observed photos of one person (see the module notes for the steps)."""
+    dropped: list[DroppedPhoto] = []
+    usable = []
+    for obs in observations:
+        faces = tuple(f for f in obs.faces if f.landmark_score >= config.min_landmark_score)
+        if not obs.faces:
+            dropped.append(DroppedPhoto(obs.name, "no face found"))
+        elif not faces:
+            dropped.append(DroppedPhoto(obs.name, f"landmarks failed (landmarker score < {config.min_landmark_score})"))
+        else:
+            usable.append(PhotoObservation(obs.name, obs.image_size, faces))
+    chosen, rejected = select_faces([[f.descriptor for f in o.faces] for o in usable],
+                                    [[_face_size(f) for f in o.faces] for o in usable], config.same_person)
+    dropped += [DroppedPhoto(usable[i].name, reason) for i, reason in rejected.items()]
+    photos = [(o, o.faces[chosen[i]]) for i, o in enumerate(usable) if i in chosen]
+    camera = Camera.crop(dtype=torch.float64)
+    while photos:
+        pixels = torch.stack([face.crop_landmarks for _, face in photos])
+        scores = torch.tensor([face.landmark_score for _, face in photos], dtype=torch.float64)
+        fit = fit_identity(model, pixels, camera, scores, config=config.fit)
+        reasons = outlier_reasons(fit.single_rms, fit.excess, config.max_rms, config.max_excess)
+        if not reasons:
+            return _result(model, photos, fit, dropped, camera)
+        # drop the worst photo only, then refit: an outlier distorts the others' residuals
+        worst = max(reasons, key=lambda i: (float(fit.single_rms[i]) > config.max_rms, float(fit.excess[i])))
+        dropped.append(DroppedPhoto(photos[worst][0].name, reasons[worst]))
+        photos = [p for i, p in enumerate(photos) if i != worst]
+    identity = torch.zeros(model.layout.id, dtype=torch.float64)
+    return IdentityReconstruction(model, identity, neutral_mesh(model, identity), (), tuple(dropped), None)
+
+
+def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
+                    config: SetConfig = SetConfig()) -> IdentityReconstruction:
+    """``Reconstructor.reconstruct_set``: photos (paths or (3, H, W) tensors) of one person -> one
+    identity, and per used photo a ``FaceReconstruction`` whose geometry keeps the shared identity
+    (the pipeline's appearance stage fits its albedo and light; its landmark stage is skipped)."""
+    from dataclasses import replace
+
+    from .align import align
+    from .fit.fitter import FitTargets, fit_faces
+    from .pipeline import FaceReconstruction
+
+    describer = FaceDescriber() if FaceDescriber.available() else None
+    observer = SetObserver(reconstructor.detector, reconstructor.landmarker, describer)
+    names = names or [Path(p).stem if not isinstance(p, torch.Tensor) else f"photo{i}" for i, p in enumerate(photos)]
+    observations, crops = [], {}
+    for name, source in zip(names, photos, strict=True):
+        image = source if isinstance(source, torch.Tensor) else read_image(source)  # one photo in memory at a time
+        observations.append(observer.observe(image, name))
+        crops[name] = [align(image, face.detection.landmarks5)[0] for face in observations[-1].faces]
+    result = reconstruct_identity(reconstructor.model, observations, config)
+    if not result.photos:
+        return result
+    chosen = [crops[p.name][next(i for i, f in enumerate(o.faces) if f is p.face)]
+              for p in result.photos for o in observations if o.name == p.name]
+    targets = FitTargets(crops=torch.stack(chosen),
+                         landmarks=torch.stack([p.face.crop_landmarks for p in result.photos]).float())
+    coeffs = result.fit.coefficients.to(torch.float32)
+    fitted = fit_faces(reconstructor.model, targets, replace(reconstructor.config.fit, landmarks=None), coeffs)
+    faces = []
+    for i, p in enumerate(result.photos):
+        marks = _landmark_result(p.face)
+        faces.append(FaceReconstruction(
+            model=reconstructor.model, image_size=p.image_size, detection=p.face.detection,
+            alignment=p.face.alignment, landmarks=marks, coefficients=fitted.coefficients[i],
+            albedo=None if fitted.albedo is None else fitted.albedo[i], camera=p.camera,
+            landmarks68=p.landmarks68, landmark_error=float(fitted.landmark_error[i]), flags=fitted.flags[i]))
+    return replace(result, faces=tuple(faces))
+
+
+def _landmark_result(face: FaceObservation):
+    from .detect.landmarks import LandmarkResult
+
+    return LandmarkResult(points=face.landmarks68, z=None, score=face.landmark_score, ibug68=face.landmarks68,
+                          backend="set")
+
+
+def neutral_mesh(model: MorphableModel, identity: torch.Tensor) -> Mesh:
+    """The identity with zero expression, canonical pose, model units and vertex order."""
+    with torch.no_grad():
+        ident = identity.to(model.mean_shape)[None]
+        shape = model.shape(ident, torch.zeros(1, model.layout.exp, dtype=ident.dtype))
+        normals = model.normals(shape)
+    return Mesh(shape[0].double().numpy(), model.triangles.numpy(), None, normals[0].double().numpy(), model.unit)
+
+
+def _result(model, photos, fit: SetFit, dropped, camera: Camera) -> IdentityReconstruction:
+    coeffs = fit.coefficients
+    with torch.no_grad():
+        landmarks = model(coeffs.to(model.mean_shape.dtype)).landmarks.double()
+    fits = []
+    for i, (obs, face) in enumerate(photos):
+        width, height = obs.image_size
+        cam = camera.for_photo(face.alignment.matrix, width, height)
+        fits.append(PhotoFit(obs.name, obs.image_size, face, coeffs[i], cam, float(fit.photo_weights[i]),
+                             float(fit.rms[i]), cam.project(landmarks[i:i + 1])[0].float()))
+    identity = fit.identity.double()
+    return IdentityReconstruction(model, identity, neutral_mesh(model, identity), tuple(fits), tuple(dropped), fit)
+
+
+def _descriptor_folder() -> Path | None:
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "models"
+    return folder if all((folder / f).is_file() for f in DESCRIPTOR_FILES) else None
+
+
+def _face_size(face: FaceObservation) -> float:
+    return face.detection.eye_distance
+
+
+# -- pure functions --------------------------------------------------------------------------------
+def select_faces(descriptors: list[list[np.ndarray | None]], sizes: list[list[float]],
+                 threshold: float) -> tuple[dict[int, int], dict[int, str]]:
+    """Pick one face per photo and find the photos of another person.
+
+    descriptors[p][f]: face f of photo p (None without a descriptor); sizes[p][f]: its size.
+    Returns ({photo: chosen face}, {photo: reason it is dropped}).  A face's support is the number
+    of other photos holding a face within ``threshold`` of it; each photo keeps its best-supported
+    face (then the smallest median distance, then the largest).  The kept faces are linked when
+    within ``threshold``; photos outside the largest linked group (ties: the group of the earliest
+    photo) show someone else."""
+    count = len(descriptors)
+    if count == 0:
+        return {}, {}
+    if any(d is None for faces in descriptors for d in faces):
+        return {p: int(np.argmax(sizes[p])) for p in range(count)}, {}
+    flat = [(p, f) for p in range(count) for f in range(len(descriptors[p]))]
+    vectors = np.stack([descriptors[p][f] for p, f in flat])
+    distance = np.linalg.norm(vectors[:, None] - vectors[None], axis=-1)
+    owner = np.array([p for p, _ in flat])
+    chosen = {}
+    for p in range(count):
+        best = None
+        for i in np.flatnonzero(owner == p):
+            nearest = [distance[i, owner == q].min() for q in range(count) if q != p]
+            support = sum(d < threshold for d in nearest)
+            median = float(np.median(nearest)) if nearest else 0.0
+            key = (-support, median, -sizes[p][flat[i][1]])
+            if best is None or key < best[0]:
+                best = (key, flat[i][1], i)
+        chosen[p] = best
+    index = np.array([chosen[p][2] for p in range(count)])
+    linked = distance[np.ix_(index, index)] < threshold
+    component = _components(linked)
+    sizes_of = np.bincount(component)
+    keep = int(np.argmax(sizes_of))  # argmax takes the first maximum: the group of the earliest photo
+    members = component == keep
+    rejected = {}
+    for p in np.flatnonzero(~members):
+        gap = float(np.median(distance[index[p], index[members]]))
+        rejected[int(p)] = (f"another person: face descriptor distance {gap:.2f} to the set "
+                            f"(same person below {threshold})")
+    return {p: chosen[p][1] for p in range(count) if members[p]}, rejected
+
+
+def _components(linked: np.ndarray) -> np.ndarray:
+    """Connected-component labels of a symmetric boolean adjacency matrix, numbered in order."""
+    label = -np.ones(len(linked), dtype=int)
+    current = 0
+    for start in range(len(linked)):
+        if label[start] >= 0:
+            continue
+        stack = [start]
+        label[start] = current
+        while stack:
+            node = stack.pop()
+            for other in np.flatnonzero(linked[node] & (label < 0)):
+                label[other] = current
+                stack.append(other)
+        current += 1
+    return label
+
+
+def outlier_reasons(single_rms: torch.Tensor, excess: torch.Tensor, max_rms: float, max_excess: float) -> dict[int, str]:
+    """Photos whose landmarks failed (their own fit is bad) or that the shared identity cannot
+    explain (their excess residual beyond ``max_excess`` and beyond 4 robust deviations of the set)."""
+    reasons = {}
+    median = float(excess.median())
+    spread = 1.4826 * float((excess - median).abs().median())
+    limit = max(max_excess, median + 4 * spread)
+    for i, (own, extra) in enumerate(zip(single_rms.tolist(), excess.tolist())):
+        if own > max_rms:
+            reasons[i] = f"landmark fit failed: RMS residual {own:.1f} crop px > {max_rms}"
+        elif len(excess) > 2 and extra > limit:
+            reasons[i] = (f"inconsistent with the shared identity: {extra:.1f} crop px worse than its own fit "
+                          f"(limit {limit:.1f})")
+    return reasons

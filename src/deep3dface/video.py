@@ -1,0 +1,296 @@
+"""Video: one identity per clip, per-frame pose and expression, smoothed, tracked frame to frame.
+
+    result = reconstruct_video("clip.mp4", observer, model)      # VideoReconstruction
+    write_video_outputs(result, "clip.mp4", "out/")              # frames/*.json, overlay.mp4, ...
+
+Needs PyAV (``pip install deep3dface[video]``); imported only when a video is read or written.
+
+Per clip:
+1. **Tracking** (``track``): MTCNN finds the largest face in the first frame; every later frame
+   reuses the box of the previous frame's landmarks (``box_from_ibug68``, the detector's box
+   measured from 68 points) and its eye line as the roll.  The detector runs again only when the
+   landmarker loses the face (score below ``min_score``) or no face was tracked yet.
+2. **Identity**: a joint fit (``fit.image_set.fit_identity``) over up to ``identity_frames`` tracked
+   frames sampled evenly: the clip's one identity.
+3. **Per frame**: pose and expression with that identity fixed (``fit_landmarks_set``, one batch).
+4. **Smoothing**: a one-euro filter (Casiez et al. 2012) on angles, translation and expression:
+   strong low-pass on a still head (no jitter), little lag when it moves fast.  Causal, so it could
+   run live; parameters in frames per second, per coefficient unit (radians, decimetres, N(0, 1)).
+
+Points are photo pixels, corner origin, y down (DESIGN.md §2); coefficients are in the crop camera
+of each frame's alignment; ``FrameResult.camera`` images them into the frame.
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .align import alignment_for
+from .camera import Camera
+from .detect.landmarks import box_from_ibug68, roll_from_eyes
+from .fit.image_set import SetFitConfig, fit_identity, fit_landmarks_set, visible_points
+from .fit.losses import LANDMARK_WEIGHTS
+from .image_set import SetObserver, neutral_mesh
+from .morphable.model import MorphableModel
+from .types import Coefficients, Mesh
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    min_score: float = 0.5          # landmarker score below which the track is lost
+    identity_frames: int = 30       # frames sampled for the identity fit
+    min_cutoff: float = 1.0         # one-euro: cutoff (Hz) of a still head
+    beta: float = 0.3               # one-euro: cutoff growth per unit/second of speed
+    derivative_cutoff: float = 1.0  # one-euro: cutoff (Hz) of the speed estimate
+    max_frames: int | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class TrackedFrame:
+    index: int
+    time: float                     # seconds
+    landmarks68: torch.Tensor | None  # (68, 2) photo pixels, None where no face was found
+    score: float
+    redetected: bool                # the detector ran on this frame
+
+
+@dataclass(frozen=True, eq=False)
+class VideoReconstruction:
+    model: MorphableModel
+    size: tuple[int, int]           # (W, H)
+    rate: float                     # frames per second
+    identity: torch.Tensor          # (K_id,)
+    neutral: Mesh
+    frames: tuple[TrackedFrame, ...]
+    raw: Coefficients | None        # per tracked frame (rows in ``fitted`` order), unsmoothed
+    smoothed: Coefficients | None
+    fitted: tuple[int, ...]         # indices into ``frames`` of the frames with a face
+    matrices: torch.Tensor | None   # (F, 3, 3) photo -> crop of each fitted frame
+
+    def projected(self, smoothed: bool = True) -> torch.Tensor:
+        """(F, 68, 2) fitted keypoints in frame pixels, for the fitted frames."""
+        coeffs = self.smoothed if smoothed else self.raw
+        with torch.no_grad():
+            points = self.model(coeffs.to(self.model.mean_shape.dtype)).landmarks.double()
+        cameras = Camera.crop(dtype=torch.float64).for_photo(self.matrices, *self.size)
+        return cameras.project(points)
+
+
+def read_frames(path: str | Path, max_frames: int | None = None) -> Iterator[tuple[float, torch.Tensor]]:
+    """(time in seconds, (3, H, W) float32 RGB in [0, 1]) for each frame of a video file."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        for count, frame in enumerate(container.decode(stream)):
+            if max_frames is not None and count >= max_frames:
+                break
+            rgb = frame.to_ndarray(format="rgb24")
+            seconds = float(frame.time) if frame.time is not None else count / float(stream.average_rate or 25)
+            yield seconds, torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0
+
+
+def video_rate(path: str | Path) -> float:
+    import av
+
+    with av.open(str(path)) as container:
+        rate = container.streams.video[0].average_rate
+        return float(rate) if rate else 25.0
+
+
+def track(frames, observer: SetObserver, min_score: float = 0.5) -> Iterator[TrackedFrame]:
+    """Follow the largest face of the first frame through ``(time, image)`` frames."""
+    previous = None
+    for index, (seconds, image) in enumerate(frames):
+        redetected = False
+        marks = None
+        if previous is not None:
+            roll = roll_from_eyes(previous[36:42].mean(0), previous[42:48].mean(0))
+            marks = observer.landmarker(image, box_from_ibug68(previous), roll=roll)
+        if marks is None or marks.score < min_score:
+            redetected = True
+            detections = observer.detector.detect(image)
+            marks = None
+            if detections:
+                from .detect.landmarks import landmarks_of
+
+                largest = max(detections, key=lambda d: d.eye_distance)
+                marks = landmarks_of(observer.landmarker, image, largest)
+        if marks is None or marks.score < min_score:
+            previous = None
+            yield TrackedFrame(index, seconds, None, 0.0 if marks is None else float(marks.score), redetected)
+            continue
+        previous = marks.ibug68.double()
+        yield TrackedFrame(index, seconds, marks.ibug68.float(), float(marks.score), redetected)
+
+
+def reconstruct_video(path: str | Path, observer: SetObserver, model: MorphableModel,
+                      config: VideoConfig = VideoConfig()) -> VideoReconstruction:
+    frames = tuple(track(read_frames(path, config.max_frames), observer, config.min_score))
+    return reconstruct_tracked(frames, model, _frame_size(path), video_rate(path), config)
+
+
+def reconstruct_tracked(frames: tuple[TrackedFrame, ...], model: MorphableModel, size: tuple[int, int], rate: float,
+                        config: VideoConfig = VideoConfig()) -> VideoReconstruction:
+    """Identity, per-frame coefficients and their smoothed version from tracked frames."""
+    fitted = tuple(i for i, f in enumerate(frames) if f.landmarks68 is not None)
+    if not fitted:
+        identity = torch.zeros(model.layout.id, dtype=torch.float64)
+        return VideoReconstruction(model, size, rate, identity, neutral_mesh(model, identity), frames,
+                                   None, None, (), None)
+    marks = torch.stack([frames[i].landmarks68.double() for i in fitted])
+    matrices = torch.stack([alignment_for(five_points(m).numpy(), size).matrix for m in marks])
+    crop = _apply(matrices, marks)
+    camera = Camera.crop(dtype=torch.float64)
+    sample = np.unique(np.linspace(0, len(fitted) - 1, min(config.identity_frames, len(fitted))).round().astype(int))
+    scores = torch.tensor([frames[fitted[i]].score for i in sample], dtype=torch.float64)
+    identity = fit_identity(model, crop[sample], camera, scores, config=SetFitConfig()).identity.double()
+    count = len(fitted)
+    start = model.zero_coefficients(count).to(torch.float64).replace(id=identity.expand(count, -1))
+    base = LANDMARK_WEIGHTS.double().expand(count, -1)
+    free = fit_landmarks_set(model, crop, camera, base, groups=torch.arange(count), iterations=20)
+    start = free.to(torch.float64).replace(id=identity.expand(count, -1))  # per-frame pose to start from
+    raw = fit_landmarks_set(model, crop, camera, base * visible_points(model, start), torch.arange(count),
+                            iterations=20, initial=start, update_identity=False)
+    times = np.array([frames[i].time for i in fitted])
+    smooth = lambda t: torch.from_numpy(one_euro(t.double().numpy(), times, config.min_cutoff, config.beta,  # noqa: E731
+                                                 config.derivative_cutoff)).to(t)
+    smoothed = raw.replace(angle=smooth(raw.angle), trans=smooth(raw.trans), exp=smooth(raw.exp))
+    return VideoReconstruction(model, size, rate, identity, neutral_mesh(model, identity), frames, raw, smoothed,
+                               fitted, matrices)
+
+
+def write_video_outputs(result: VideoReconstruction, video: str | Path, out_dir: str | Path,
+                        overlay: bool = True, overwrite: bool = False) -> list[Path]:
+    """``frames/<index>.json`` per frame, ``neutral.obj``, ``summary.json`` and ``overlay.mp4``
+    (green: smoothed fitted points; red: the landmarker's), all written atomically."""
+    from .export import export_mesh, write_output
+
+    out = Path(out_dir)
+    written = [write_output(out / "neutral.obj", export_mesh(result.neutral, "obj"), overwrite)]
+    position = {frame: row for row, frame in enumerate(result.fitted)}
+    points = result.projected(True).numpy() if result.fitted else None
+    for i, frame in enumerate(result.frames):
+        record = {"frame": frame.index, "time": round(frame.time, 4), "face": frame.landmarks68 is not None,
+                  "redetected": frame.redetected, "landmark_score": round(frame.score, 4)}
+        if i in position:
+            row = position[i]
+            c = result.smoothed[row]
+            record.update({
+                "landmarks68": np.round(points[row], 2).tolist(),
+                "detected68": np.round(frame.landmarks68.double().numpy(), 2).tolist(),
+                "angles_deg": [round(math.degrees(float(a)), 3) for a in c.angle[0]],
+                "trans": [round(float(v), 5) for v in c.trans[0]],
+                "exp": [round(float(v), 5) for v in c.exp[0]],
+                "photo_to_crop": np.round(result.matrices[row].numpy(), 6).tolist()})
+        written.append(write_output(out / "frames" / f"{frame.index:06d}.json", json.dumps(record).encode(), overwrite))
+    if overlay and result.fitted:
+        written.append(_write_overlay(result, video, out / "overlay.mp4", points, overwrite))
+    summary = {"video": str(video), "width": result.size[0], "height": result.size[1], "rate": result.rate,
+               "frames": len(result.frames), "tracked": len(result.fitted),
+               "redetections": sum(f.redetected for f in result.frames), "model": result.model.name,
+               "unit": result.model.unit, "identity": [round(float(v), 6) for v in result.identity]}
+    written.append(write_output(out / "summary.json", json.dumps(summary, indent=1).encode(), overwrite))
+    return written
+
+
+def _write_overlay(result: VideoReconstruction, video, path: Path, points: np.ndarray, overwrite: bool) -> Path:
+    import os
+    import tempfile
+
+    import av
+    from PIL import Image, ImageDraw
+
+    from .export import OutputExistsError
+
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".mp4", dir=path.parent)
+    os.close(fd)
+    position = {frame: row for row, frame in enumerate(result.fitted)}
+    width, height = (result.size[0] // 2) * 2, (result.size[1] // 2) * 2  # yuv420p needs even sizes
+    try:
+        with av.open(tmp, "w", format="mp4") as container:
+            stream = container.add_stream("mpeg4", rate=round(result.rate) or 25)
+            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+            stream.bit_rate = 4_000_000
+            for i, (_, image) in enumerate(read_frames(video, len(result.frames))):
+                canvas = Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+                draw = ImageDraw.Draw(canvas)
+                if i in position:
+                    radius = max(1.5, width / 500)
+                    for colour, pts in (((255, 60, 60), result.frames[i].landmarks68.numpy()),
+                                        ((60, 255, 60), points[position[i]])):
+                        for x, y in pts:
+                            draw.ellipse((x - radius, y - radius, x + radius, y + radius), fill=colour)
+                frame = av.VideoFrame.from_image(canvas.crop((0, 0, width, height)))
+                container.mux(stream.encode(frame))
+            container.mux(stream.encode())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _frame_size(path) -> tuple[int, int]:
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return int(stream.width), int(stream.height)
+
+
+# -- pure functions --------------------------------------------------------------------------------
+def five_points(ibug68: torch.Tensor) -> torch.Tensor:
+    """(68, 2) -> (5, 2) in the detector's order: eye centres, nose tip, mouth corners."""
+    return torch.stack([ibug68[36:42].mean(0), ibug68[42:48].mean(0), ibug68[30], ibug68[48], ibug68[54]])
+
+
+def one_euro(values: np.ndarray, times: np.ndarray, min_cutoff: float = 1.0, beta: float = 0.3,
+             derivative_cutoff: float = 1.0) -> np.ndarray:
+    """One-euro filter (Casiez et al. 2012) along axis 0 of (T, D) values sampled at ``times`` (s).
+
+    Each step's cutoff is ``min_cutoff + beta·|smoothed speed|``: a still signal is low-passed at
+    ``min_cutoff`` Hz, a fast one follows with little lag."""
+    out = np.array(values, dtype=np.float64, copy=True)
+    if len(out) < 2:
+        return out
+    speed = np.zeros_like(out[0])
+    for t in range(1, len(out)):
+        dt = max(float(times[t] - times[t - 1]), 1e-6)
+        a_d = _alpha(dt, derivative_cutoff)
+        speed = a_d * (values[t] - out[t - 1]) / dt + (1 - a_d) * speed
+        a = _alpha(dt, min_cutoff + beta * np.abs(speed))
+        out[t] = a * values[t] + (1 - a) * out[t - 1]
+    return out
+
+
+def _alpha(dt: float, cutoff):
+    tau = 1.0 / (2 * math.pi * np.asarray(cutoff, dtype=np.float64))
+    return 1.0 / (1.0 + tau / dt)
+
+
+def _apply(matrices: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """(F, 3, 3) affine maps applied to (F, K, 2) points."""
+    return points @ matrices[:, :2, :2].transpose(1, 2) + matrices[:, None, :2, 2]
+
+
+def landmark_jitter(points: np.ndarray) -> float:
+    """Mean norm of the second difference of (T, K, 2) points (px / frame²): 0 for a still or
+    uniformly moving point, large for frame-to-frame jitter."""
+    points = np.asarray(points, dtype=np.float64)
+    if len(points) < 3:
+        return 0.0
+    return float(np.linalg.norm(points[2:] - 2 * points[1:-1] + points[:-2], axis=-1).mean())
+
+
+__all__ = ["TrackedFrame", "VideoConfig", "VideoReconstruction", "five_points", "landmark_jitter", "one_euro",
+           "read_frames", "reconstruct_tracked", "reconstruct_video", "track", "write_video_outputs"]
