@@ -113,3 +113,30 @@ def test_hidden_jaw_points_are_down_weighted_on_profiles():
 
 def test_no_face_gives_an_empty_list(recon):
     assert recon.reconstruct(torch.full((3, 160, 200), 0.5)) == []
+
+
+def test_photometric_stage_pulls_a_perturbed_face_back():
+    """Render a synthetic face, start the photometric stage from a shifted pose: the render-based loss
+    (no landmarks at all) moves it back towards the truth, and gradients reach every group."""
+    from deep3dface.fit.fitter import PhotometricStage
+    from deep3dface.fit.photometric import refine_photometric
+    from deep3dface.render.shaded import render_colours
+
+    model = load_model("default")
+    camera = Camera.crop()
+    gamma = torch.zeros(1, 27)
+    gamma[0, [2, 11, 20]] = 0.3  # light from the camera
+    truth = model.zero_coefficients(1).replace(angle=torch.tensor([[0.05, 0.3, 0.0]]), gamma=gamma)
+    geometry = model(truth)
+    # a photo: the shaded face over a mid-grey background, with skin-like albedo
+    image, mask = render_colours(geometry.vertices, geometry.colour, model.front_triangles, camera)
+    photo = image * mask + 0.3 * (1 - mask)
+    start = truth.replace(angle=truth.angle + torch.tensor([[0.0, 0.06, 0.0]]), trans=torch.tensor([[0.08, 0.0, 0.0]]))
+    targets = FitTargets(photo, torch.zeros(1, 68, 2))
+    stage = PhotometricStage(iterations=25, learning_rate=0.015, landmark=0.0)
+    flags = [[]]
+    fitted, _ = refine_photometric(model, targets, stage, camera, start, None, torch.zeros(1, 68), flags)
+    before = (start.angle - truth.angle).abs().sum() + (start.trans - truth.trans).abs().sum()
+    after = (fitted.angle - truth.angle).abs().sum() + (fitted.trans - truth.trans).abs().sum()
+    assert after < 0.5 * before
+    assert flags == [[]]
