@@ -70,7 +70,7 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
             _say(args, f"{person}: done already ({out / 'summary.json'}), skipped")
             continue
         stems = unique_stems(photos)
-        result = recon.reconstruct_set(photos, names=stems, config=SetConfig())
+        result = recon.reconstruct_set(photos, names=stems, config=SetConfig(), appearance=args.appearance)
         for face, fit in zip(result.faces, result.photos):
             path = photos[stems.index(fit.name)]
             photo = read_image(path) if args.overlay else _blank(face.image_size)
@@ -110,6 +110,8 @@ def add_commands(sub) -> None:
     p = sub.add_parser("fit-set", help="one 3D identity per person from sets of photos", description=cmd_fit_set.__doc__)
     p.add_argument("root", help="ROOT/<person>/*.jpg facebank folder, or a text file listing photos")
     p.add_argument("-o", "--output", required=True, help="output folder (one subfolder per person)")
+    p.add_argument("--no-appearance", dest="appearance", action="store_false",
+                   help="geometry only: skip the per-photo albedo and light fit (much faster)")
     _common(p)
     p.set_defaults(func=cmd_fit_set)
     p = sub.add_parser("video", help="one identity and per-frame faces from a video", description=cmd_video.__doc__)

@@ -230,10 +230,12 @@ def reconstruct_identity(model: MorphableModel, observations: list[PhotoObservat
 
 
 def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
-                    config: SetConfig = SetConfig()) -> IdentityReconstruction:
+                    config: SetConfig = SetConfig(), appearance: bool = True) -> IdentityReconstruction:
     """``Reconstructor.reconstruct_set``: photos (paths or (3, H, W) tensors) of one person -> one
     identity, and per used photo a ``FaceReconstruction`` whose geometry keeps the shared identity
-    (the pipeline's appearance stage fits its albedo and light; its landmark stage is skipped)."""
+    (the pipeline's appearance stage fits its albedo and light; its landmark stage is skipped).
+    ``appearance=False`` skips that stage too (the model's mean albedo, no light): geometry only,
+    and much faster (the per-vertex albedo solve dominates a set's time on CPU)."""
     from dataclasses import replace
 
     from .align import align
@@ -256,7 +258,10 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
     targets = FitTargets(crops=torch.stack(chosen),
                          landmarks=torch.stack([p.face.crop_landmarks for p in result.photos]).float())
     coeffs = result.fit.coefficients.to(torch.float32)
-    fitted = fit_faces(reconstructor.model, targets, replace(reconstructor.config.fit, landmarks=None), coeffs)
+    stages = replace(reconstructor.config.fit, landmarks=None)
+    if not appearance:
+        stages = replace(stages, appearance=None, photometric=None)
+    fitted = fit_faces(reconstructor.model, targets, stages, coeffs)
     faces = []
     for i, p in enumerate(result.photos):
         marks = _landmark_result(p.face)

