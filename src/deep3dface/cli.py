@@ -171,6 +171,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_render(args: argparse.Namespace) -> int:
+    """Draw a saved face (a .mat that `reconstruct` wrote) again with another pose, light or
+    expression (see deep3dface.edit)."""
+    from .edit import render_command
+    from .export import OutputExistsError
+
+    try:
+        path, note = render_command(args.face, args.output, args.pose, args.light, args.expression, args.size,
+                                    args.model, args.colour, args.overwrite)
+    except OutputExistsError as exc:
+        print(f"deep3dface: error: {exc}", file=sys.stderr)
+        return 1
+    if note:
+        print(f"deep3dface: warning: {note}", file=sys.stderr)
+    if not args.quiet:
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deep3dface", description="Accurate 3D faces from photos.")
     parser.add_argument("--version", action="version", version=f"deep3dface {__version__}")
@@ -200,6 +219,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("render", help="re-render a saved face with another pose, light or expression",
+                       description=cmd_render.__doc__)
+    p.add_argument("face", help="a face's .mat written by `reconstruct`")
+    p.add_argument("-o", "--output", required=True, help="output PNG (RGBA)")
+    p.add_argument("--pose", default=None, help="pitch,yaw,roll in degrees (e.g. 0,30,0)")
+    p.add_argument("--light", default=None, help="ambient, front, left, right, above, below, or a gamma file")
+    p.add_argument("--expression", default=None, help="another face's .mat: take its expression")
+    p.add_argument("--size", type=int, default=512, help="output size in pixels (square)")
+    p.add_argument("--model", default="default", help="the model the face was fitted with")
+    p.add_argument("--colour", default="shaded", choices=("shaded", "albedo", "geometry"))
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("-q", "--quiet", action="store_true")
+    p.set_defaults(func=cmd_render)
     from .cli_sets import add_commands  # fit-set, video
     add_commands(sub)
     return parser

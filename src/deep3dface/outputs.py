@@ -4,22 +4,58 @@ Everything for a photo is built in memory first (``photo_outputs`` returns name 
 written by ``write_photo_outputs`` only after every target was checked: a failure leaves no partial
 set of files, and nothing that exists is overwritten unless asked.
 
-JSON contract (``OUT/<stem>.json``), every point in pixels of the original photo, origin at the
+JSON contract (``OUT/<stem>.json``), every 2D point in pixels of the original photo, origin at the
 top-left corner of the top-left pixel, x right, y down::
 
-    {"image": path, "width": W, "height": H, "model": name,
+    {"schema": 2, "image": path, "width": W, "height": H, "model": name,
      "faces": [{"bbox": [x0, y0, x1, y1], "score": s, "landmarks5": [[x, y] × 5],
                 "landmarks68": [[x, y] × 68], "angles_deg": [pitch, yaw, roll],
                 "intrinsics": K (3×3 of the photo camera), "landmark_error_px": e, "flags": [...],
+                "unit": "decimetre",
+                "pose": {"angles_deg": [pitch, yaw, roll], "opencv_4x4": M_cv, "opengl_4x4": M_gl},
+                "landmarks68_3d": [[X, Y, Z] × 68], "depth_scale": 0.001, "texture_size": 1024,
                 "files": {"mesh": ..., "mesh_posed": ..., "coefficients": ..., "overlay": ...,
-                          "geometry_overlay": ...}}]}
+                          "geometry_overlay": ..., "depth": ..., "normals": ...,
+                          "textured_glb": ..., "textured_obj": ..., "textured_mtl": ...,
+                          "texture": ..., "texture_shaded": ...}}]}
 
-``landmarks5`` are the detector's; ``landmarks68`` the fitted model's keypoints projected into the
-photo (a hidden jaw point sits where the 3D point projects).  Mesh files: ``<stem>_face<k>.obj`` in
-the canonical pose (model space, as the reference saves it) and ``<stem>_face<k>_posed.obj`` posed
-in model space (camera at z = 10 looking down −z); both in the model's unit (decimetres).
-``<stem>_overlay.png`` blends the shaded render (fitted albedo and light) over the photo;
-``<stem>_geometry.png`` blends a grey clay render, which shows the fitted shape itself.
+Schema 2 only added keys to schema 1.  ``landmarks5`` are the detector's; ``landmarks68`` the
+fitted model's keypoints projected into the photo (a hidden jaw point sits where the 3D point
+projects).  Every 3D number is in the model's ``unit`` (decimetres for every shipped model: 0.1 m).
+
+Frames.  **Model space** (the canonical mesh files): x to the subject's left (image right), y up,
++z out of the face.  **OpenCV camera**: x right, y down, z forward (depth), the frame in which
+``intrinsics`` project: pixel = K·X / Z.  **OpenGL camera**: x right, y up, z backward (the camera
+looks down −z); X_gl = diag(1, −1, −1)·X_cv.
+
+* ``pose.opencv_4x4`` / ``pose.opengl_4x4``: 4×4 matrices [R t; 0 0 0 1] taking a canonical-mesh
+  vertex (model space, homogeneous) to the OpenCV / OpenGL camera frame; both rotations are proper
+  (det +1).  ``angles_deg`` (pitch, yaw, roll) are those of the OpenGL rotation, R = Rz·Ry·Rx about
+  the x, y, z axes (0, 0, 0: the face looks straight into the camera; +yaw turns it towards image
+  right); the same numbers as the face's top-level ``angles_deg``.
+* ``landmarks68_3d``: the 68 fitted keypoints in the OpenCV camera frame; K·X / Z gives
+  ``landmarks68``.
+* ``<stem>_face<k>_depth.png``: 16-bit greyscale, the photo's size; value × ``depth_scale`` is the
+  OpenCV camera depth Z of the face surface at the pixel centre, in ``unit`` (0.001 dm = 0.1 mm per
+  step), 0 where the face does not cover the pixel.  Only this face is drawn (no occlusion by
+  other faces).
+* ``<stem>_face<k>_normals.png``: 8-bit RGBA, the photo's size: the unit surface normal in the
+  **OpenGL** camera frame (x right, y up, z towards the viewer, the usual normal-map colours:
+  a normal facing the camera is (128, 128, 255)), RGB = round((n + 1) / 2 · 255); alpha 255 on the
+  face, 0 elsewhere.  The OpenCV-frame normal is (n_x, −n_y, −n_z).
+* Meshes: ``<stem>_face<k>.obj`` in the canonical pose (model space, as the reference saves it) and
+  ``<stem>_face<k>_posed.obj`` posed in model space (camera at z = 10 looking down −z).
+* Textured meshes (when the model has a UV chart; ``texture_size`` ≥ 512, null when none was
+  made): ``<stem>_face<k>_textured.glb`` (canonical pose, metres, the albedo map embedded as the
+  base colour of a matte PBR material) and ``<stem>_face<k>_textured.obj`` + ``.mtl`` + ``.png``
+  (canonical pose, ``unit``; the PNG is the same albedo map).  The albedo map is the photo divided
+  by the fitted light (a viewer adds its own), hidden parts filled from the mirror side and the
+  fitted albedo; ``<stem>_face<k>_texture_shaded.png`` is the same chart with the photo's colours
+  as lit (``texture.bake``; UV v up, ``texture.uv``).
+* ``<stem>_face<k>.mat``: Deep3D's keys plus ours (``face_mat``), including ``albedo`` (N, 3)
+  float32 in [0, 1] when the model has no albedo basis, so ``deep3dface render`` can redraw it.
+* ``<stem>_overlay.png`` blends the shaded render (fitted albedo and light) over the photo;
+  ``<stem>_geometry.png`` blends a grey clay render, which shows the fitted shape itself.
 """
 from __future__ import annotations
 
@@ -31,21 +67,29 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .export import OutputExistsError, export_mesh, write_output
+from .export import OutputExistsError, TexturedMesh, export_mesh, export_textured, write_output
 from .export.coefficients import coefficients_to_mat, to_reference_pixels
 from .io.images import to_uint8
 from .pipeline import FaceReconstruction
+from .render import interpolate, rasterize
 from .render.shaded import overlay, render_colours
+from .types import FaceGeometry
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+DEPTH_SCALE = 1e-3               # model units per step of the 16-bit depth PNG (0.1 mm for decimetres)
+TEXTURE_SIZE = 1024              # default side of the baked texture maps
+GL_FROM_CV = np.diag([1.0, -1.0, -1.0, 1.0])   # OpenCV camera frame <-> OpenGL camera frame (its own inverse)
 
 
 def _round(array, digits: int = 3) -> list:
     return np.round(np.asarray(array, dtype=np.float64), digits).tolist()
 
 
-def face_record(face: FaceReconstruction, files: dict[str, str]) -> dict:
+def face_record(face: FaceReconstruction, files: dict[str, str], texture_size: int | None = None,
+                g: FaceGeometry | None = None) -> dict:
     d = face.detection
+    g = face.geometry() if g is None else g
+    opencv = pose_opencv(face, g)
     return {
         "bbox": _round(d.box.double().numpy(), 2),
         "score": round(float(d.score), 5),
@@ -55,6 +99,12 @@ def face_record(face: FaceReconstruction, files: dict[str, str]) -> dict:
         "intrinsics": _round(face.camera.K.double().numpy(), 4),
         "landmark_error_px": round(face.landmark_error, 3),
         "flags": list(face.flags),
+        "unit": face.model.unit,
+        "pose": {"angles_deg": [round(a, 3) for a in face.angles_deg],
+                 "opencv_4x4": _round(opencv, 6), "opengl_4x4": _round(GL_FROM_CV @ opencv, 6)},
+        "landmarks68_3d": _round(landmarks_3d(face, g), 5),
+        "depth_scale": DEPTH_SCALE,
+        "texture_size": texture_size,
         "files": files,
     }
 
@@ -75,8 +125,10 @@ def overlay_png(photo: torch.Tensor, faces: list[FaceReconstruction], opacity: f
 
 def face_mat(face: FaceReconstruction) -> bytes:
     """Deep3D's keys (coeff, id, exp, tex, angle, gamma, trans, lm68 in the crop with pixel centres
-    at integers, trans_params) plus ours: landmarks68 in the photo (corner origin), K of the photo."""
+    at integers, trans_params) plus ours: landmarks68 in the photo (corner origin), K of the photo,
+    and ``albedo`` (N, 3) float32 when the fit estimated per-vertex albedo (no albedo basis)."""
     crop68 = face.alignment.to_crop(face.landmarks68.double().numpy())
+    extras = {} if face.albedo is None else {"albedo": face.albedo.detach().cpu().numpy().astype(np.float32)}
     return coefficients_to_mat(
         face.coefficients.detach().to("cpu"),
         lm68=to_reference_pixels(crop68)[None].astype(np.float32),
@@ -84,26 +136,41 @@ def face_mat(face: FaceReconstruction) -> bytes:
         landmarks68_photo=face.landmarks68.double().numpy()[None],
         intrinsics_photo=face.camera.K.double().numpy(),
         photo_to_crop=face.alignment.matrix.numpy(),
+        **extras,
     )
 
 
 def photo_outputs(image_path: str, stem: str, photo: torch.Tensor, faces: list[FaceReconstruction],
-                  model_name: str, overlay_file: bool = True) -> tuple[dict, dict[str, bytes]]:
-    """(JSON record, {file name: bytes}) for one photo; names are relative to the output folder."""
+                  model_name: str, overlay_file: bool = True,
+                  texture_size: int | None = TEXTURE_SIZE) -> tuple[dict, dict[str, bytes]]:
+    """(JSON record, {file name: bytes}) for one photo; names are relative to the output folder.
+    ``texture_size``: side of the baked maps (None: no textured outputs)."""
     blobs: dict[str, bytes] = {}
     records = []
     overlay_name = f"{stem}_overlay.png" if overlay_file and faces else None
     geometry_name = f"{stem}_geometry.png" if overlay_file and faces else None
     for k, face in enumerate(faces):
-        names = {"mesh": f"{stem}_face{k}.obj", "mesh_posed": f"{stem}_face{k}_posed.obj",
-                 "coefficients": f"{stem}_face{k}.mat"}
+        base = f"{stem}_face{k}"
+        names = {"mesh": f"{base}.obj", "mesh_posed": f"{base}_posed.obj", "coefficients": f"{base}.mat",
+                 "depth": f"{base}_depth.png", "normals": f"{base}_normals.png"}
         blobs[names["mesh"]] = export_mesh(face.mesh(posed=False), "obj")
         blobs[names["mesh_posed"]] = export_mesh(face.mesh(posed=True), "obj")
         blobs[names["coefficients"]] = face_mat(face)
+        g = face.geometry()
+        depth, normals, mask = camera_maps(face, g)
+        blobs[names["depth"]] = depth_png(depth, mask)
+        blobs[names["normals"]] = normal_png(normals, mask)
+        size = texture_size if texture_size and face.has_uv else None
+        if size:
+            textured = textured_outputs(face, photo, base, size)
+            names.update({"textured_glb": f"{base}_textured.glb", "textured_obj": f"{base}_textured.obj",
+                          "textured_mtl": f"{base}_textured.mtl", "texture": f"{base}_textured.png",
+                          "texture_shaded": f"{base}_texture_shaded.png"})
+            blobs.update(textured)
         if overlay_name:
             names["overlay"] = overlay_name
             names["geometry_overlay"] = geometry_name
-        records.append(face_record(face, names))
+        records.append(face_record(face, names, size, g))
     if overlay_name:
         blobs[overlay_name] = overlay_png(photo, faces)
         blobs[geometry_name] = overlay_png(photo, faces, opacity=0.7, colour="geometry")
@@ -112,6 +179,20 @@ def photo_outputs(image_path: str, stem: str, photo: torch.Tensor, faces: list[F
               "model": model_name, "faces": records}
     blobs[f"{stem}.json"] = json.dumps(record, indent=1).encode()
     return record, blobs
+
+
+def textured_outputs(face: FaceReconstruction, photo: torch.Tensor, base: str,
+                     size: int = TEXTURE_SIZE) -> dict[str, bytes]:
+    """Bake the face's texture once and export it: ``base_textured.glb`` (embedded) and
+    ``base_textured.obj/.mtl/.png`` (the albedo map), ``base_texture_shaded.png`` (the lit map)."""
+    maps = face.texture(photo, size)
+    uv, _ = face.uv_chart(face.model)
+    albedo = _uint8_hwc(maps.albedo)              # quantise once: the exporters take uint8 as is
+    textured = TexturedMesh(face.mesh(posed=False, colour="albedo"), uv.numpy(), albedo)
+    name = f"{base}_textured"
+    files = {**export_textured(textured, "glb", name), **export_textured(textured, "obj", name)}
+    files[f"{base}_texture_shaded.png"] = _png(_uint8_hwc(maps.shaded))
+    return files
 
 
 def write_photo_outputs(out_dir: Path, blobs: dict[str, bytes], overwrite: bool = False) -> list[Path]:
@@ -138,5 +219,73 @@ def unique_stems(paths: list[Path]) -> list[str]:
     return out
 
 
-__all__ = ["SCHEMA_VERSION", "face_record", "overlay_png", "face_mat", "photo_outputs", "write_photo_outputs",
-           "unique_stems", "render_colours"]
+# -- camera-frame quantities (conventions at the top) --------------------------------------------
+def pose_opencv(face: FaceReconstruction, g: FaceGeometry | None = None) -> np.ndarray:
+    """(4, 4) float64: canonical model-space points -> OpenCV camera frame.  The posed point is
+    R·s + t in model space; the camera maps p to diag(1, −1, −1)·(p − (0, 0, d)).  ``g``: the
+    face's geometry when the caller has it (each of these functions would compute it again)."""
+    g = face.geometry() if g is None else g
+    top = np.eye(4)
+    top[:3, :3] = g.rotation[0].double().numpy()
+    top[:3, 3] = face.coefficients.trans[0].double().numpy() - np.array([0.0, 0.0, face.camera.distance])
+    return GL_FROM_CV @ top      # model frame and OpenGL camera frame share their axes
+
+
+def landmarks_3d(face: FaceReconstruction, g: FaceGeometry | None = None) -> np.ndarray:
+    """(68, 3) float64 fitted keypoints in the OpenCV camera frame, model units."""
+    g = face.geometry() if g is None else g
+    return face.camera.to_camera_space(g.landmarks.double())[0].numpy()
+
+
+def camera_maps(face: FaceReconstruction, g: FaceGeometry | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The face drawn at the photo's size: depth (H, W) float64 (OpenCV Z, model units, +inf off
+    the face), unit normals (H, W, 3) float64 in the OpenGL camera frame (0 off the face; the posed
+    model frame has the OpenGL camera's axes), mask (H, W) bool."""
+    g = face.geometry() if g is None else g
+    screen = face.camera.screen(g.vertices.double())
+    raster = rasterize(screen, face.model.triangles, (face.camera.height, face.camera.width))
+    normals = interpolate(g.normals.double(), raster, face.model.triangles)[0]
+    normals = torch.nn.functional.normalize(normals, dim=-1)
+    return raster.depth[0].numpy(), normals.numpy(), raster.mask[0].numpy()
+
+
+def depth_png(depth: np.ndarray, mask: np.ndarray, scale: float = DEPTH_SCALE) -> bytes:
+    """16-bit greyscale PNG: round(depth / scale) on the mask (clipped to 1…65535), 0 elsewhere."""
+    values = np.where(mask, np.clip(np.rint(np.where(mask, depth, 0) / scale), 1, 65535), 0).astype(np.uint16)
+    return _png(values)
+
+
+def normal_png(normals: np.ndarray, mask: np.ndarray) -> bytes:
+    """8-bit RGBA PNG: RGB = round((n + 1) / 2 · 255), alpha 255 on the mask."""
+    rgb = np.clip(np.rint((normals + 1) / 2 * 255), 0, 255)
+    rgba = np.concatenate([rgb, 255 * mask[..., None]], -1) * mask[..., None]
+    return _png(rgba.astype(np.uint8))
+
+
+def read_depth_png(source) -> tuple[np.ndarray, np.ndarray]:
+    """A depth PNG (path or bytes) -> (depth (H, W) float64 in model units, mask (H, W) bool)."""
+    values = np.asarray(Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)).astype(np.float64)
+    return values * DEPTH_SCALE, values > 0
+
+
+def read_normal_png(source) -> tuple[np.ndarray, np.ndarray]:
+    """A normal-map PNG -> (unit normals (H, W, 3) in the OpenGL camera frame, mask (H, W) bool)."""
+    rgba = np.asarray(Image.open(io.BytesIO(source) if isinstance(source, bytes) else source).convert("RGBA"))
+    normals = rgba[..., :3].astype(np.float64) / 255 * 2 - 1
+    normals /= np.linalg.norm(normals, axis=-1, keepdims=True).clip(1e-12)
+    return normals, rgba[..., 3] > 0
+
+
+def _uint8_hwc(image: torch.Tensor) -> np.ndarray:
+    return np.clip(np.rint(image.permute(1, 2, 0).double().numpy() * 255), 0, 255).astype(np.uint8)
+
+
+def _png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+__all__ = ["DEPTH_SCALE", "SCHEMA_VERSION", "TEXTURE_SIZE", "camera_maps", "depth_png", "face_mat", "face_record",
+           "landmarks_3d", "normal_png", "overlay_png", "photo_outputs", "pose_opencv", "read_depth_png",
+           "read_normal_png", "render_colours", "textured_outputs", "unique_stems", "write_photo_outputs"]

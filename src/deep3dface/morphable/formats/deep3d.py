@@ -7,9 +7,18 @@ meanshape (1, 3N) row, idBase (3N, 80), exBase (3N, 64, sometimes float64), mean
 frontmask2_idx (Nf, 1), tri_mask2 (Ff, 3) indexing *into frontmask2_idx*, skinmask (1, N).
 The loader converts to ``ModelData`` conventions: 0-based indices, centred mean shape (the
 reference's ``recenter=True``), albedo in [0, 1], front triangles re-expressed with full-mesh ids.
+
+Companion files: Deep3D's BFM folder also holds the front model's vertex ids in the *full* BFM 2009
+(53,490 vertices), which the full-BFM tables (``BFM_UV.mat``) are indexed with.  They are either
+``select_vertex_id.mat`` (``select_id``, the composition) or ``BFM_front_idx.mat`` (``idx``: ids into
+the 53,215-vertex trimmed topology) with ``BFM_exp_idx.mat`` (``trimIndex``: trimmed -> full), so
+the ids are ``trimIndex[idx]`` as ``transferBFM09`` selects its rows.  When either set lies beside
+the model file, the loader stores those ids as ``ModelData.source_vertex_ids``; files that do not
+fit the model are ignored with a warning (they would scramble a UV map, but must not stop a fit).
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +28,10 @@ from ..data import ModelData
 REQUIRED_KEYS = ("meanshape", "idBase", "exBase", "meantex", "texBase", "tri", "point_buf",
                  "keypoints", "frontmask2_idx", "tri_mask2", "skinmask")
 UNIT = "decimetre"
+SELECT_IDS_FILE = "select_vertex_id.mat"            # key select_id: full-BFM ids, 1-based
+FRONT_IDX_FILE, TRIM_INDEX_FILE = "BFM_front_idx.mat", "BFM_exp_idx.mat"   # keys idx, trimIndex
+BFM_FULL_VERTICES, BFM_TRIMMED_VERTICES = 53490, 53215
+SOURCE_PREFIX = "Deep3D BFM_model_front.mat: "
 
 
 def is_deep3d_mat(path: Path) -> bool:
@@ -71,5 +84,41 @@ def load_deep3d_mat(path: str | Path) -> ModelData:
         front_triangles=front_vertices[front_triangles_local],
         skin_mask=np.asarray(mat["skinmask"], np.float32).reshape(-1),
         point_buf=_one_based(mat["point_buf"]),
-        source=f"Deep3D BFM_model_front.mat: {path}",
+        source=f"{SOURCE_PREFIX}{path}",
+        source_vertex_ids=full_bfm_vertex_ids(path.parent, len(mean_shape)),
     )
+
+
+def model_file(data: ModelData) -> Path | None:
+    """The ``BFM_model_front.mat`` a model was loaded from (None for other models): its folder holds
+    the companion files (``BFM_UV.mat``, ...)."""
+    return Path(data.source[len(SOURCE_PREFIX):]) if data.source.startswith(SOURCE_PREFIX) else None
+
+
+def full_bfm_vertex_ids(folder: Path, num_vertices: int) -> np.ndarray | None:
+    """0-based full-BFM ids of the front model's vertices from the companion files in ``folder``, or
+    None when they are absent or do not fit (a warning says which file and why)."""
+    from scipy.io import loadmat
+
+    select, front, trim = (folder / name for name in (SELECT_IDS_FILE, FRONT_IDX_FILE, TRIM_INDEX_FILE))
+    try:
+        if select.is_file():
+            source, ids = select, _one_based(loadmat(str(select))["select_id"]).reshape(-1)
+        elif front.is_file() and trim.is_file():
+            source = front
+            idx = _one_based(loadmat(str(front))["idx"]).reshape(-1)
+            trim_index = _one_based(loadmat(str(trim))["trimIndex"]).reshape(-1)
+            if len(trim_index) != BFM_TRIMMED_VERTICES or idx.min() < 0 or idx.max() >= len(trim_index):
+                raise ValueError(f"trimIndex must have {BFM_TRIMMED_VERTICES} entries and idx index into it")
+            ids = trim_index[idx]
+        else:
+            return None
+    except (KeyError, ValueError, OSError) as exc:
+        warnings.warn(f"{folder}: ignoring the full-BFM vertex ids: {exc!r}", stacklevel=3)
+        return None
+    low, high = ids.min(initial=0), ids.max(initial=0)
+    if len(ids) != num_vertices or low < 0 or high >= BFM_FULL_VERTICES:
+        warnings.warn(f"{source}: ignored: {len(ids)} ids in [{low}, {high}] do not fit a model of {num_vertices} "
+                      f"vertices in the full BFM's {BFM_FULL_VERTICES}", stacklevel=3)
+        return None
+    return ids

@@ -1,0 +1,195 @@
+"""Editing a saved face: draw its coefficients again with another pose, light or expression.
+
+    deep3dface render FACE.mat -o OUT.png [--pose PITCH,YAW,ROLL] [--light PRESET|FILE]
+                      [--expression OTHER.mat] [--size 512] [--model PATH] [--colour shaded]
+
+``FACE.mat`` is what ``deep3dface reconstruct`` writes per face (``outputs.face_mat``) or a Deep3D
+coefficient file.  Conventions:
+
+* **Camera**: Deep3D's crop camera scaled to the output size (focal 1015·S/224, principal point at
+  the centre, camera at z = 10 of model space), so an unedited face is drawn as it sat in the
+  aligned 224 crop it was fitted in (the .mat's coefficients are in that camera).
+* **Pose**: ``--pose`` replaces the rotation: (pitch, yaw, roll) in degrees, R = Rz·Ry·Rx as in
+  ``morphable.geometry`` (0, 0, 0 looks into the camera; +yaw turns the face towards image right).
+  The translation is kept, so the face turns about its own centre.
+* **Light**: ``--light`` is a preset name (``LIGHT_PRESETS``) or a file holding 27 SH coefficients
+  (a .mat with ``gamma``, e.g. another face's: borrow that photo's light; or .npy / text).  Presets
+  are white: an ambient term plus one directional term in the first-order bands, directions in the
+  posed model frame (x image right, y up, z towards the camera).
+* **Expression**: ``--expression OTHER.mat`` takes OTHER's ``exp`` (expression swap); identity,
+  albedo, pose and light stay this face's.
+* **Albedo**: the .mat's ``albedo`` (N, 3) when present (the per-vertex albedo the fitter estimates
+  for models without an albedo basis, such as the default one); otherwise the model's albedo from
+  ``tex`` (for a model without a basis that is its flat mean skin tone: ``albedo_note`` says so).
+* **Output**: RGBA PNG, alpha 255 on the face and 0 elsewhere; colours as ``FaceReconstruction.
+  render`` ("shaded": albedo × light; "albedo"; "geometry": grey clay under a fixed light).
+"""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .camera import CROP_FOCAL, CROP_SIZE, Camera
+from .morphable.model import MorphableModel
+from .morphable.shading import DEFAULT_AMBIENT, NUM_BANDS, sh_basis, shade
+from .render.shaded import render_colours
+from .types import Coefficients
+
+#: name -> (ambient irradiance, directional irradiance facing the light, direction towards the light)
+LIGHT_PRESETS: dict[str, tuple[float, float, tuple[float, float, float]]] = {
+    "ambient": (0.9, 0.0, (0.0, 0.0, 1.0)),
+    "front": (0.35, 0.65, (0.0, 0.0, 1.0)),
+    "left": (0.3, 0.7, (-1.0, 0.0, 0.6)),
+    "right": (0.3, 0.7, (1.0, 0.0, 0.6)),
+    "above": (0.3, 0.7, (0.0, 1.0, 0.6)),
+    "below": (0.3, 0.7, (0.0, -1.0, 0.6)),
+}
+COLOURS = ("shaded", "albedo", "geometry")
+
+
+@dataclass(frozen=True)
+class SavedFace:
+    """A face read from a .mat: coefficients (one row) and, when stored, per-vertex albedo (N, 3)."""
+
+    coefficients: Coefficients
+    albedo: torch.Tensor | None
+    source: str
+
+
+def load_face(path: str | Path) -> SavedFace:
+    """Coefficients and optional ``albedo`` of a .mat written by ``outputs.face_mat`` (or Deep3D)."""
+    from scipy.io import loadmat
+
+    from .export import read_coefficients_mat
+
+    coefficients = read_coefficients_mat(path)
+    mat = loadmat(str(path), variable_names=["albedo"])
+    albedo = torch.as_tensor(np.asarray(mat["albedo"], np.float32)) if "albedo" in mat else None
+    if albedo is not None and (albedo.ndim != 2 or albedo.shape[1] != 3):
+        raise ValueError(f"{path}: 'albedo' must be (N, 3), got {tuple(albedo.shape)}")
+    return SavedFace(coefficients, albedo, str(path))
+
+
+def light_gamma(preset: str) -> torch.Tensor:
+    """(1, 27) SH coefficients of a white preset light (``LIGHT_PRESETS``)."""
+    if preset not in LIGHT_PRESETS:
+        raise ValueError(f"unknown light {preset!r}: a preset ({', '.join(LIGHT_PRESETS)}) or a file")
+    ambient, strength, direction = LIGHT_PRESETS[preset]
+    d = torch.tensor(direction, dtype=torch.float64)
+    d = d / d.norm()
+    # Irradiance is Σ_k basis_k(n)·(γ_k + 0.8·[k = 0]); basis_0 is constant and basis_1..3 are
+    # ∓C1·(y, z, x), so a band-0 term sets the ambient and the first-order bands give s·(n·d).
+    basis = sh_basis(torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64))
+    constant, c1 = float(basis[0]), float(basis[2])
+    band = torch.zeros(NUM_BANDS, dtype=torch.float64)
+    band[0] = ambient / constant - DEFAULT_AMBIENT
+    band[1:4] = strength / c1 * torch.stack([-d[1], d[2], -d[0]])
+    return band.repeat(3)[None].float()
+
+
+def read_gamma(path: str | Path) -> torch.Tensor:
+    """(1, 27) SH coefficients from a .mat (``gamma``, or a coefficient file), .npy or text file."""
+    path = Path(path)
+    if path.suffix.lower() == ".mat":
+        values = load_face(path).coefficients.gamma.numpy()
+    elif path.suffix.lower() == ".npy":
+        values = np.load(path)
+    else:
+        values = np.array(path.read_text().replace(",", " ").split(), np.float64)
+    values = np.asarray(values, np.float32).reshape(-1)
+    if values.size != 27:
+        raise ValueError(f"{path}: a light is 27 SH coefficients (9 bands × RGB), got {values.size}")
+    return torch.as_tensor(values)[None]
+
+
+def parse_pose(text: str) -> tuple[float, float, float]:
+    """'pitch,yaw,roll' in degrees -> three floats."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise ValueError(f"--pose takes pitch,yaw,roll in degrees (e.g. 0,30,0), got {text!r}")
+    return values
+
+
+def edit_coefficients(coefficients: Coefficients, pose_deg: tuple[float, float, float] | None = None,
+                      gamma: torch.Tensor | None = None, exp: torch.Tensor | None = None) -> Coefficients:
+    """Replace the rotation (degrees), the light (1, 27) and/or the expression (1, K_exp)."""
+    groups = {}
+    if pose_deg is not None:
+        groups["angle"] = torch.tensor([[math.radians(a) for a in pose_deg]], dtype=coefficients.angle.dtype)
+    if gamma is not None:
+        groups["gamma"] = torch.as_tensor(gamma, dtype=coefficients.gamma.dtype).reshape(1, -1)
+    if exp is not None:
+        exp = torch.as_tensor(exp, dtype=coefficients.exp.dtype).reshape(1, -1)
+        if exp.shape != coefficients.exp.shape:
+            raise ValueError(f"the other face has {exp.shape[1]} expression coefficients, this one "
+                             f"{coefficients.exp.shape[1]}: they come from different models")
+        groups["exp"] = exp
+    return coefficients.replace(**groups)
+
+
+def render_face(model: MorphableModel, coefficients: Coefficients, albedo: torch.Tensor | None = None,
+                size: int = 512, colour: str = "shaded") -> tuple[torch.Tensor, torch.Tensor]:
+    """Image (3, S, S) and mask (1, S, S) of a face drawn by the scaled crop camera (module doc)."""
+    from .pipeline import GEOMETRY_LIGHT
+
+    if colour not in COLOURS:
+        raise ValueError(f"colour must be one of {', '.join(COLOURS)}, got {colour!r}")
+    if albedo is not None and albedo.shape != (model.num_vertices, 3):
+        raise ValueError(f"the saved albedo has {albedo.shape[0]} vertices, model {model.name!r} has "
+                         f"{model.num_vertices}: pass the model the face was fitted with (--model)")
+    dtype = model.mean_shape.dtype
+    with torch.no_grad():
+        g = model(coefficients.to(dtype), albedo=None if albedo is None else albedo.to(dtype)[None])
+        if colour == "geometry":
+            colours = shade(torch.full_like(g.albedo, 0.75), g.normals, GEOMETRY_LIGHT.to(g.normals))
+        else:
+            colours = {"shaded": g.colour, "albedo": g.albedo}[colour]
+        camera = Camera.crop(size=size, focal=CROP_FOCAL * size / CROP_SIZE, dtype=dtype)
+        image, mask = render_colours(g.vertices, colours, model.triangles, camera)
+    return image[0], mask[0]
+
+
+def albedo_note(model: MorphableModel, face: SavedFace) -> str | None:
+    """A warning when the render cannot show the fitted albedo."""
+    if face.albedo is None and not model.has_albedo_basis:
+        return (f"{face.source} holds no 'albedo' and model {model.name!r} has no albedo basis: "
+                "drawn with the model's flat mean albedo")
+    return None
+
+
+def rgba_png(image: torch.Tensor, mask: torch.Tensor) -> bytes:
+    """(3, H, W) in [0, 1] and (1, H, W) -> RGBA PNG bytes (alpha from the mask)."""
+    from PIL import Image
+
+    rgba = torch.cat([image, mask]).clamp(0, 1).permute(1, 2, 0).double().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(np.rint(rgba * 255).astype(np.uint8), "RGBA").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def render_command(face_path: str | Path, output: str | Path, pose: str | None = None, light: str | None = None,
+                   expression: str | Path | None = None, size: int = 512, model: str | Path = "default",
+                   colour: str = "shaded", overwrite: bool = False) -> tuple[Path, str | None]:
+    """What ``deep3dface render`` does: returns the written path and a warning (or None)."""
+    from .export import write_output
+    from .morphable import load_model
+
+    if size < 16:
+        raise ValueError(f"--size must be at least 16 pixels, got {size}")
+    face = load_face(face_path)
+    gamma = None
+    if light is not None:
+        gamma = light_gamma(light) if light in LIGHT_PRESETS or not Path(light).exists() else read_gamma(light)
+    exp = None if expression is None else load_face(expression).coefficients.exp
+    coefficients = edit_coefficients(face.coefficients, None if pose is None else parse_pose(pose), gamma, exp)
+    face_model = load_model(model)
+    image, mask = render_face(face_model, coefficients, face.albedo, size, colour)
+    return write_output(output, rgba_png(image, mask), overwrite=overwrite), albedo_note(face_model, face)
