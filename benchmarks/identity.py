@@ -1,0 +1,188 @@
+"""Identity consistency of single-photo vs image-set fits on the shared same-person photos; video jitter.
+
+Protocol (one JSON line):
+* photos: identity_face_recognition + identity_openface_cmu with an identity label, near-duplicates
+  (crops and letterboxed copies of one photo) removed, plus the 8 video_3ddfa_obama frames as more
+  photos of Obama.  One face per photo (the best-scored by the landmarker).
+* single: every photo fitted alone (``fit_identity`` with one group per photo).
+* set: each person's photos split into two disjoint halves (alternating in sorted order), each half
+  fitted as one set; a person with one photo gives one set.  Within-person distance = between the
+  two halves of a person; between-person = between sets of different people.  A half with one
+  photo is a single-photo fit, so people with 2–3 photos weigh on both columns alike.
+* ratio = mean within-person distance / mean between-person distance (lower: more consistent).
+* identity distances are Euclidean in coefficient space (the bases are N(0, 1)); mesh distances are
+  the mean vertex distance (millimetres) over the model's front-face vertices between neutral
+  meshes after rigid (Kabsch) alignment.
+* held-out: each photo of a person with ≥ 3 photos is fitted (pose + expression) under the identity of
+  the set of that person's other photos, and under each other single photo's identity: RMS landmark
+  residual in crop pixels (lower: the identity explains an unseen photo better).
+* video: landmark jitter (mean second difference, px/frame²) of the detected points, the raw fit and
+  the smoothed fit over the 8 frames encoded as a clip (frames 7 apart: real motion dominates), and
+  over a still clip (one frame repeated at 25 fps): there it is pure jitter.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit  # noqa: E402
+
+from deep3dface.camera import Camera  # noqa: E402
+from deep3dface.fit.image_set import fit_identity, fit_landmarks_set, landmark_rms  # noqa: E402
+from deep3dface.fit.losses import LANDMARK_WEIGHTS  # noqa: E402
+from deep3dface.image_set import SetObserver  # noqa: E402
+from deep3dface.morphable import load_model  # noqa: E402
+
+FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
+MM_PER_DECIMETRE = 100.0
+
+
+def photos() -> list[tuple[str, Path]]:
+    manifest = json.loads((FACES / "manifest.json").read_text())
+    out = []
+    for image in manifest["images"]:
+        note = image.get("note", "")
+        if image["identity"] and not note.startswith("crop of") and "letterboxed" not in note:
+            out.append((image["identity"].split(":")[1], FACES / image["path"]))
+    return out
+
+
+def main() -> None:
+    model = load_model("default")
+    camera = Camera.crop(dtype=torch.float64)
+    observer = SetObserver.create(descriptors=False)
+    people, pixels = [], []
+    for person, path in photos():
+        obs = observer.observe(path)
+        if obs.faces:
+            people.append(person)
+            pixels.append(max(obs.faces, key=lambda f: f.landmark_score).crop_landmarks)
+    pixels = torch.stack(pixels)
+    names = sorted(set(people))
+    label = torch.tensor([names.index(p) for p in people])
+    single = fit_identity(model, pixels, camera, groups=torch.arange(len(pixels)))
+    halves, half_label, seen = [], [], {}
+    for person in people:
+        k = seen.get(person, 0)
+        seen[person] = k + 1
+        key = (person, k % 2)
+        if key not in halves:
+            halves.append(key)
+        half_label.append(halves.index(key))
+    groups = torch.tensor(half_label)
+    sets = fit_identity(model, pixels, camera, groups=groups)
+    set_ids = torch.stack([sets.coefficients.id[groups == g][0] for g in range(len(halves))]).double()
+    set_people = torch.tensor([names.index(p) for p, _ in halves])
+    front = model.front_vertices
+    mesh = lambda ids: neutral_front(model, ids, front)  # noqa: E731
+    result = {
+        "photos": len(pixels), "people": len(names),
+        "identity_ratio_single": ratio(pairwise(single.single.id.double()), label),
+        "identity_ratio_set": ratio(pairwise(set_ids), set_people),
+        "mesh_ratio_single": ratio(mesh_distances(mesh(single.single.id.double())), label),
+        "mesh_ratio_set": ratio(mesh_distances(mesh(set_ids)), set_people),
+    }
+    result.update(mesh_means(mesh_distances(mesh(single.single.id.double())), label, "single"))
+    result.update(mesh_means(mesh_distances(mesh(set_ids)), set_people, "set"))
+    result.update(held_out(model, pixels, label, single.single.id.double(), camera))
+    result.update(video_jitter(observer, model))
+    emit("identity", **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()})
+
+
+def neutral_front(model, ids: torch.Tensor, front: torch.Tensor) -> np.ndarray:
+    with torch.no_grad():
+        shape = model.shape(ids.to(model.mean_shape), torch.zeros(len(ids), model.layout.exp))
+    return shape[:, front].double().numpy()
+
+
+def pairwise(ids: torch.Tensor) -> np.ndarray:
+    return torch.cdist(ids, ids).numpy()
+
+
+def mesh_distances(meshes: np.ndarray) -> np.ndarray:
+    n = len(meshes)
+    out = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1, n):
+            out[i, j] = out[j, i] = rigid_distance(meshes[i], meshes[j]) * MM_PER_DECIMETRE
+    return out
+
+
+def rigid_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean vertex distance after the best rotation and translation of b onto a (Kabsch)."""
+    ca, cb = a - a.mean(0), b - b.mean(0)
+    u, _, vt = np.linalg.svd(cb.T @ ca)
+    d = np.sign(np.linalg.det(u @ vt))
+    rotation = u @ np.diag([1, 1, d]) @ vt
+    return float(np.linalg.norm(cb @ rotation - ca, axis=1).mean())
+
+
+def ratio(distances: np.ndarray, label: torch.Tensor) -> float:
+    same = (label[:, None] == label[None]).numpy() & ~np.eye(len(label), dtype=bool)
+    return float(distances[same].mean() / distances[~(label[:, None] == label[None]).numpy()].mean())
+
+
+def mesh_means(distances: np.ndarray, label: torch.Tensor, name: str) -> dict:
+    same = (label[:, None] == label[None]).numpy()
+    return {f"mesh_mm_within_{name}": float(distances[same & ~np.eye(len(label), dtype=bool)].mean()),
+            f"mesh_mm_between_{name}": float(distances[~same].mean())}
+
+
+def held_out(model, pixels, label, single_ids, camera) -> dict:
+    weights = LANDMARK_WEIGHTS.double()[None]
+
+    def rms(i, identity):
+        free = fit_landmarks_set(model, pixels[i:i + 1], camera, iterations=20)
+        start = free.to(torch.float64).replace(id=identity[None])
+        fit = fit_landmarks_set(model, pixels[i:i + 1], camera, weights, initial=start, update_identity=False,
+                                iterations=30)
+        return landmark_rms(model, fit, pixels[i:i + 1], camera, weights).item()
+
+    by_set, by_single = [], []
+    for person in label.unique():
+        members = torch.nonzero(label == person)[:, 0].tolist()
+        if len(members) < 3:
+            continue
+        for i in members:
+            rest = [j for j in members if j != i]
+            by_set.append(rms(i, fit_identity(model, pixels[rest], camera).identity.double()))
+            by_single += [rms(i, single_ids[j]) for j in rest]
+    return {"held_out_rms_px_set": float(np.mean(by_set)), "held_out_rms_px_single": float(np.mean(by_single)),
+            "held_out_photos": len(by_set)}
+
+
+def video_jitter(observer, model) -> dict:
+    import av
+    from PIL import Image
+
+    from deep3dface.video import landmark_jitter, reconstruct_video
+
+    frames = [Image.open(p).convert("RGB") for p in sorted((FACES / "video_3ddfa_obama").glob("frame_*.jpg"))]
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, images, rate in (("clip", frames, 25 / 7), ("still", [frames[0]] * 12, 25)):
+            path = Path(tmp) / f"{name}.mp4"
+            with av.open(str(path), "w") as container:
+                stream = container.add_stream("mpeg4", rate=round(rate) or 4)
+                stream.width, stream.height, stream.pix_fmt, stream.bit_rate = 1280, 720, "yuv420p", 8_000_000
+                for image in images:
+                    container.mux(stream.encode(av.VideoFrame.from_image(image)))
+                container.mux(stream.encode())
+            result = reconstruct_video(path, observer, model)
+            # the still clip skips the tracker's first 3 frames (it settles from the detector's box)
+            skip = 3 if name == "still" else 0
+            detected = np.stack([f.landmarks68.double().numpy() for f in result.frames])
+            out[f"jitter_{name}_detected"] = landmark_jitter(detected[skip:])
+            out[f"jitter_{name}_fit_raw"] = landmark_jitter(result.projected(False).numpy()[skip:])
+            out[f"jitter_{name}_fit_smoothed"] = landmark_jitter(result.projected(True).numpy()[skip:])
+    return out
+
+
+if __name__ == "__main__":
+    main()
