@@ -142,6 +142,9 @@ def render_face(model: MorphableModel, coefficients: Coefficients, albedo: torch
 
     if colour not in COLOURS:
         raise ValueError(f"colour must be one of {', '.join(COLOURS)}, got {colour!r}")
+    if coefficients.layout != model.layout:
+        raise ValueError(f"the saved coefficients {coefficients.layout} do not fit model {model.name!r} "
+                         f"({model.layout}): pass the model the face was fitted with (--model)")
     if albedo is not None and albedo.shape != (model.num_vertices, 3):
         raise ValueError(f"the saved albedo has {albedo.shape[0]} vertices, model {model.name!r} has "
                          f"{model.num_vertices}: pass the model the face was fitted with (--model)")
