@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description=cmd_render.__doc__)
     p.add_argument("face", help="a face's .mat written by `reconstruct`")
     p.add_argument("-o", "--output", required=True, help="output PNG (RGBA)")
-    p.add_argument("--pose", default=None, help="pitch,yaw,roll in degrees (e.g. 0,30,0)")
+    p.add_argument("--pose", default=None, help="pitch,yaw,roll in degrees (e.g. 0,30,0; --pose=-10,0,0 when negative)")
     p.add_argument("--light", default=None, help="ambient, front, left, right, above, below, or a gamma file")
     p.add_argument("--expression", default=None, help="another face's .mat: take its expression")
     p.add_argument("--size", type=int, default=512, help="output size in pixels (square)")

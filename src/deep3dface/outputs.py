@@ -45,8 +45,8 @@ looks down −z); X_gl = diag(1, −1, −1)·X_cv.
   face, 0 elsewhere.  The OpenCV-frame normal is (n_x, −n_y, −n_z).
 * Meshes: ``<stem>_face<k>.obj`` in the canonical pose (model space, as the reference saves it) and
   ``<stem>_face<k>_posed.obj`` posed in model space (camera at z = 10 looking down −z).
-* Textured meshes (when the model has a UV chart; ``texture_size`` ≥ 512, null when none was
-  made): ``<stem>_face<k>_textured.glb`` (canonical pose, metres, the albedo map embedded as the
+* Textured meshes (when the model has a UV chart; ``texture_size`` is the side of the square maps,
+  1024 unless the caller chose another, null when none were made): ``<stem>_face<k>_textured.glb`` (canonical pose, metres, the albedo map embedded as the
   base colour of a matte PBR material) and ``<stem>_face<k>_textured.obj`` + ``.mtl`` + ``.png``
   (canonical pose, ``unit``; the PNG is the same albedo map).  The albedo map is the photo divided
   by the fitted light (a viewer adds its own), hidden parts filled from the mirror side and the
