@@ -23,7 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import emit  # noqa: E402
 
-from deep3dface.fit.fitter import FitConfig, PhotometricStage  # noqa: E402
+from deep3dface.fit.fitter import FitConfig, LandmarkStage, PhotometricStage  # noqa: E402
 from deep3dface.io.images import read_image  # noqa: E402
 from deep3dface.pipeline import Reconstructor, ReconstructorConfig  # noqa: E402
 
@@ -56,15 +56,16 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--every", type=int, default=1, help="take every K-th photo")
     parser.add_argument("--photometric", type=int, default=None, help="photometric iterations (default: config)")
+    parser.add_argument("--no-march", action="store_true", help="keep the jaw keypoints fixed (no marching)")
     parser.add_argument("--per-face", type=Path, default=None, help="write per-face NMEs as JSON here")
     args = parser.parse_args()
     torch.manual_seed(0)
     faces_dir = shared_faces()
     manifest = json.loads((faces_dir / "manifest.json").read_text())
     images = [m for m in manifest["images"] if m["source"] == "aflw2000_3d"][:: args.every][: args.limit]
-    fit = FitConfig()
+    fit = FitConfig(landmarks=LandmarkStage(march_contour=not args.no_march))
     if args.photometric is not None:
-        fit = FitConfig(photometric=PhotometricStage(iterations=args.photometric))
+        fit = FitConfig(landmarks=fit.landmarks, photometric=PhotometricStage(iterations=args.photometric))
     recon = Reconstructor(config=ReconstructorConfig(fit=fit))
     fit_nme, mark_nme, yaws, misses, per_face, seconds = [], [], [], [], {}, []
     for entry in images:
@@ -89,7 +90,8 @@ def main() -> None:
     emit("aflw2000_3d_pipeline", photos=len(images), found=len(fit_nme), misses=len(misses),
          nme_fit=summarise(fit_nme, yaws), nme_landmarker=summarise(mark_nme, yaws),
          failures_over_10pct=int(np.sum(np.asarray(fit_nme) > 0.10)),
-         seconds_per_face_median=round(float(np.median(seconds)), 3), photometric=fit.photometric.iterations)
+         seconds_per_face_median=round(float(np.median(seconds)), 3), photometric=fit.photometric.iterations,
+         march_contour=fit.landmarks.march_contour)
 
 
 if __name__ == "__main__":

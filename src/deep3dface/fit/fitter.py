@@ -33,6 +33,7 @@ from ..morphable.model import MorphableModel
 from ..morphable.shading import irradiance
 from ..morphable.topology import graph_laplacian, mirror_vertex_map
 from ..render import rasterize
+from ..threads import torch_threads
 from ..types import Coefficients
 from .appearance import estimate_albedo, estimate_lighting, sample_photo
 from .landmark_fit import LAMBDA_EXP, LAMBDA_ID, fit_landmarks
@@ -49,6 +50,7 @@ class LandmarkStage:
     rounds: int = 3                # refits after re-weighting hidden contour points
     hidden_contour_weight: float = 0.0
     visible_cosine: float = 0.15   # cos(normal, view) above which a jaw point counts as visible
+    march_contour: bool = True     # visible cheek-side jaw points slide to the silhouette
     lambda_id: float = LAMBDA_ID
     lambda_exp: float = LAMBDA_EXP
     dense_weight: float = 1.0      # weight of each dense point relative to one of the 68
@@ -111,8 +113,14 @@ class FitResult:
 
 
 def fit_faces(model: MorphableModel, targets: FitTargets, config: FitConfig = FitConfig(),
-              initial: Coefficients | None = None) -> FitResult:
-    """Run the configured stages on a batch of faces; ``initial`` (e.g. R-Net's answer) seeds them."""
+              initial: Coefficients | None = None, threads: int = 1) -> FitResult:
+    """Run the configured stages on a batch of faces; ``initial`` (e.g. R-Net's answer) seeds them.
+    ``threads``: torch threads while fitting (see ``deep3dface.threads``)."""
+    with torch_threads(threads):
+        return _fit_faces(model, targets, config, initial)
+
+
+def _fit_faces(model, targets, config, initial) -> FitResult:
     camera = Camera.crop()
     batch = targets.landmarks.shape[0]
     flags: list[list[str]] = [[] for _ in range(batch)]
@@ -138,10 +146,11 @@ def fit_faces(model: MorphableModel, targets: FitTargets, config: FitConfig = Fi
 def _landmark_stage(model, targets, stage, camera, initial, flags):
     batch = targets.landmarks.shape[0]
     weights68 = LANDMARK_WEIGHTS.to(targets.landmarks).expand(batch, -1).clone()
-    pixels, vertex_ids, weights = _landmark_system(model, targets, weights68, stage)
+    ids68 = model.keypoints.expand(batch, -1)
     coeffs = initial
     fitted = None
     for _ in range(max(stage.rounds, 1)):
+        pixels, vertex_ids, weights = _landmark_system(model, targets, weights68, ids68, stage)
         fitted = fit_landmarks(model, pixels, camera, weights, vertex_ids, stage.iterations,
                                stage.lambda_id, stage.lambda_exp, initial=coeffs)
         fitted = _keep_finite(fitted, coeffs if coeffs is not None else model.zero_coefficients(batch), flags,
@@ -151,18 +160,57 @@ def _landmark_stage(model, targets, stage, camera, initial, flags):
         jaw = torch.tensor(JAW)
         weights68[:, jaw] = torch.where(visible[:, jaw], weights68[:, jaw],
                                         torch.full_like(weights68[:, jaw], stage.hidden_contour_weight))
-        pixels, vertex_ids, weights = _landmark_system(model, targets, weights68, stage)
+        if stage.march_contour:
+            ids68 = _marched_keypoints(model, fitted, camera)
         coeffs = fitted
     return fitted, weights68
 
 
-def _landmark_system(model, targets, weights68, stage):
-    """Targets, vertex ids and weights of the 68 points plus the dense points, concatenated."""
-    pixels, ids, weights = targets.landmarks, model.keypoints, weights68
+def _marched_keypoints(model, coeffs, camera):
+    """(B, 68) vertex ids: the cheek-side jaw keypoints replaced by the silhouette vertex of their
+    horizontal band (the candidate that projects farthest out along the face's own x axis).
+
+    A 2D landmarker puts the visible jaw on the outline, which on a turned face is not the
+    keypoint vertex but whichever vertex of that height is on the silhouette ("landmark
+    marching", Zhu et al. 2015).  The fixed keypoints are still what the outputs project."""
+    bands = _contour_bands(model.data)
+    with torch.no_grad():
+        geometry = model(coeffs.to(model.mean_shape.dtype))
+        pixels = camera.project(geometry.vertices)                     # (B, N, 2)
+        axis = camera.project(geometry.vertices[:, :1] + geometry.rotation[:, :, 0][:, None] * 0.1) - pixels[:, :1]
+        axis = torch.nn.functional.normalize(axis[:, 0], dim=-1)      # image direction of model +x
+        ids = model.keypoints.expand(coeffs.batch_size, -1).clone()
+        for j, (candidates, side) in bands.items():
+            score = (pixels[:, candidates] * axis[:, None]).sum(-1) * side
+            ids[:, j] = candidates[score.argmax(1)]
+    return ids
+
+
+@lru_cache(maxsize=4)
+def _contour_bands(data: ModelData) -> dict[int, tuple[torch.Tensor, float]]:
+    """Per cheek-side jaw keypoint (0–5, 11–16): vertices of the model within 4 mm of its height
+    (model units: decimetres) on its side of the face, and that side (+1 / −1 in model x)."""
+    mean = data.mean_shape
+    unit = {"decimetre": 1.0, "millimetre": 100.0, "metre": 0.1}.get(data.unit, 1.0)
+    bands = {}
+    for j in (*range(0, 6), *range(11, 17)):
+        point = mean[data.keypoints[j]]
+        side = 1.0 if point[0] > 0 else -1.0
+        near = (np.abs(mean[:, 1] - point[1]) < 0.04 * unit) & (mean[:, 0] * side > 0.3 * abs(point[0]))
+        candidates = np.nonzero(near)[0]
+        if len(candidates) == 0:
+            candidates = np.array([data.keypoints[j]])
+        bands[j] = (torch.as_tensor(candidates, dtype=torch.int64), side)
+    return bands
+
+
+def _landmark_system(model, targets, weights68, ids68, stage):
+    """Targets, (B, K) vertex ids and weights of the 68 points plus the dense points, concatenated."""
+    pixels, ids, weights = targets.landmarks, ids68, weights68
     if targets.dense is not None and stage.dense_weight > 0:
         dense_w = targets.dense_weights if targets.dense_weights is not None else torch.ones_like(targets.dense[..., 0])
         pixels = torch.cat([pixels, targets.dense], 1)
-        ids = torch.cat([ids, targets.dense_vertex_ids.to(ids)])
+        ids = torch.cat([ids, targets.dense_vertex_ids.to(ids).expand(len(ids), -1)], 1)
         weights = torch.cat([weights, stage.dense_weight * dense_w], 1)
     return pixels, ids, weights
 

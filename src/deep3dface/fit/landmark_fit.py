@@ -25,7 +25,8 @@ def fit_landmarks(model: MorphableModel, pixels: torch.Tensor, camera: Camera, w
                   vertex_ids: torch.Tensor | None = None, iterations: int = 10,
                   lambda_id: float = LAMBDA_ID, lambda_exp: float = LAMBDA_EXP,
                   initial: Coefficients | None = None) -> Coefficients:
-    """(B, K, 2) target pixels of the model vertices ``vertex_ids`` (default: the 68 keypoints)
+    """(B, K, 2) target pixels of the model vertices ``vertex_ids`` ((K,) shared or (B, K) per face;
+    default: the 68 keypoints)
     -> Coefficients with id, exp, angle and trans fitted (tex and gamma zero, or ``initial``'s).
 
     Without ``initial`` the pose starts from a closed-form rigid fit of the mean shape; with it
@@ -33,33 +34,36 @@ def fit_landmarks(model: MorphableModel, pixels: torch.Tensor, camera: Camera, w
     vertex_ids = model.keypoints if vertex_ids is None else vertex_ids
     batch, k = pixels.shape[:2]
     dtype = torch.float64
-    rows = (3 * vertex_ids[:, None] + torch.arange(3, device=vertex_ids.device)).reshape(-1)
-    mean = model.mean_shape[vertex_ids].to(dtype)
-    id_basis = model.id_basis[rows].to(dtype)
-    exp_basis = model.exp_basis[rows].to(dtype)
-    n_id, n_exp = id_basis.shape[1], exp_basis.shape[1]
+    # per-face vertex ids (B, K) let contour points slide along the silhouette (``fitter``)
+    ids = vertex_ids.expand(batch, k) if vertex_ids.ndim == 1 else vertex_ids
+    rows = (3 * ids[..., None] + torch.arange(3, device=ids.device)).reshape(batch, -1)
+    mean = model.mean_shape[ids].to(dtype)                 # (B, K, 3)
+    id_basis = model.id_basis[rows].to(dtype)             # (B, 3K, n_id)
+    exp_basis = model.exp_basis[rows].to(dtype)           # (B, 3K, n_exp)
+    n_id, n_exp = id_basis.shape[-1], exp_basis.shape[-1]
     cam = Camera(camera.K.double(), camera.width, camera.height, camera.distance)
     pixels = pixels.double()
     weights = torch.ones(batch, k, dtype=dtype) if weights is None else weights.double()
     root = weights.sqrt()
     reg = torch.cat([torch.full((n_id,), lambda_id ** 0.5), torch.full((n_exp,), lambda_exp ** 0.5)]).to(dtype)
 
-    def residuals(params, target, sqrt_w):
+    def residuals(params, target, sqrt_w, mean_k, id_k, exp_k):
         angles, trans = params[:, :3], params[:, 3:6]
         coeff = params[:, 6:]
-        points = mean + (coeff[:, :n_id] @ id_basis.T + coeff[:, n_id:] @ exp_basis.T).view(-1, k, 3)
+        offset = (id_k @ coeff[:, :n_id, None] + exp_k @ coeff[:, n_id:, None])[..., 0]
+        points = mean_k + offset.view(-1, k, 3)
         posed = points @ rotation_matrix(angles).transpose(1, 2) + trans[:, None]
         reprojection = ((cam.project(posed) - target) * sqrt_w[..., None]).flatten(1)
         return torch.cat([reprojection, coeff * reg], 1)
 
     if initial is None:
-        angles, trans = solve_pose(mean.expand(batch, -1, -1), pixels, cam, weights)
+        angles, trans = solve_pose(mean, pixels, cam, weights)
         start = torch.cat([angles, trans, torch.zeros(batch, n_id + n_exp, dtype=dtype)], 1)
         out = model.zero_coefficients(batch)
     else:
         start = torch.cat([initial.angle, initial.trans, initial.id, initial.exp], 1).to(dtype)
         out = initial
-    params = levenberg_marquardt(residuals, start, (pixels, root), iterations=iterations)
+    params = levenberg_marquardt(residuals, start, (pixels, root, mean, id_basis, exp_basis), iterations=iterations)
     cast = lambda t: t.to(out.id)  # noqa: E731
     return out.replace(angle=cast(params[:, :3]), trans=cast(params[:, 3:6]), id=cast(params[:, 6:6 + n_id]),
                        exp=cast(params[:, 6 + n_id:]))
