@@ -109,6 +109,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .io.images import ImageReadError, read_image
     from .outputs import photo_outputs, unique_stems, write_photo_outputs
     from .pipeline import Reconstructor, ReconstructorConfig
+    from .threads import torch_threads
 
     photos, problems = expand_inputs(args.inputs)
     for problem in problems:
@@ -129,7 +130,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         try:
             photo = read_image(path)
             faces = recon.reconstruct(photo)
-            _, blobs = photo_outputs(str(path), stem, photo, faces, recon.model_name)
+            with torch_threads(1):  # many small tensor ops: see deep3dface.threads
+                _, blobs = photo_outputs(str(path), stem, photo, faces, recon.model_name)
             write_photo_outputs(out_dir, blobs, overwrite=args.overwrite)
         except (ImageReadError, OutputExistsError, ValueError, OSError) as exc:
             failures += 1
