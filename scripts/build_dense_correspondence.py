@@ -11,7 +11,8 @@ Method (per photo of the *build* half, |yaw| < ``--max-yaw``):
 3. per MediaPipe point, pool its samples with the mirror images (x -> -x) of its left/right
    partner's samples (the mesh's own ``mesh_mirror``), take the coordinate-wise median, and the
    nearest vertex of the mean shape to it; the spread (median distance of the samples to the
-   median, decimetres) gives the weight ``w = s0² / (s0² + spread²)`` with s0 the median spread;
+   median, decimetres) gives the weight ``w = s0² / (s0² + spread²)`` with s0 the median spread,
+   times min(1, samples / median samples), scaled to a maximum of 1 (at least 0.001);
 4. ``contour``: the points on the convex hull of the 468 points in at least half of the near-frontal
    (|yaw| < 10) photos, the face's outline, which slides over the surface as the head turns.
 
@@ -216,7 +217,9 @@ def main() -> None:
     mean = model.mean_shape.double().numpy()
     ids, spread, counts = correspond(samples, mirror, mean)
     s0 = float(np.median(spread))
-    weights = s0 ** 2 / (s0 ** 2 + spread ** 2)
+    # a point seen on few photos (off the mesh on the others: the top of the forehead) counts less
+    weights = s0 ** 2 / (s0 ** 2 + spread ** 2) * np.minimum(1.0, counts / np.median(counts))
+    weights = np.clip(weights / weights.max(), 1e-3, 1.0)
     contour = contour_points(data["mesh"][build & (np.abs(data["yaw"]) < 10)])
     measure = ~build
     validation = validate(model, data, measure, ids, weights, contour)
@@ -225,9 +228,9 @@ def main() -> None:
         "source": "MediaPipe face mesh (468 points, face_landmark.tflite)",
         "target": "default morphable model (embedded 3DDFA BFM subset), vertex ids of its 37,700-vertex mean shape",
         "fields": "vertex_ids[i]: the model vertex under MediaPipe point i; weights[i] in (0, 1]: "
-                  "s0^2 / (s0^2 + spread_i^2), spread the median distance of the point's samples to their "
-                  "median (decimetres), s0 the median spread; contour[i]: on the face outline (slides on turned "
-                  "faces); positions[i]: vertex_ids[i] on the mean shape, keypoint_positions: the model's 68 "
+                  "s0^2 / (s0^2 + spread_i^2) * min(1, samples_i / median samples), spread the median distance "
+                  "of the point's samples to their median (decimetres), s0 the median spread, scaled to max 1; "
+                  "contour[i]: on the face outline (slides on turned faces); positions[i]: vertex_ids[i] on the mean shape, keypoint_positions: the model's 68 "
                   "keypoints on the mean shape (decimetres; for transferring to other models)",
         "provenance": {
             "script": "scripts/build_dense_correspondence.py",

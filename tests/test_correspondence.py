@@ -55,14 +55,15 @@ def test_similarity_recovers_a_known_transform():
     rotation = q * torch.sign(torch.det(q))
     target = 2.5 * source @ rotation.T + torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
     scale, r, t = similarity(source, target)
-    assert scale == pytest.approx(2.5) and torch.allclose(r, rotation) and torch.allclose(scale * source @ r.T + t, target)
+    assert scale == pytest.approx(2.5) and torch.allclose(r, rotation)
+    assert torch.allclose(scale * source @ r.T + t, target)
 
 
 def test_transfer_to_the_default_model_itself_is_the_identity(default_model):
     """Transferring the default's correspondence to a copy of the default (moved, scaled, in other
     units) returns the same vertices."""
     data = load_correspondence()
-    mean = default_model.mean_shape * 1e4 + torch.tensor([3.0, 1.0, -2.0], dtype=torch.float64)  # micrometres, shifted
+    mean = default_model.mean_shape * 1e4 + torch.tensor([3.0, 1.0, -2.0], dtype=torch.float64)  # µm, shifted
     ids = transfer(torch.tensor(data["positions"], dtype=torch.float64),
                    torch.tensor(data["keypoint_positions"], dtype=torch.float64), mean, default_model.keypoints)
     assert torch.equal(ids, dense_correspondence(default_model).vertex_ids)

@@ -286,3 +286,15 @@ def test_the_fallback_changes_nothing_where_the_first_pass_finds_a_face(conforma
         assert len(a_faces) == len(b_faces) > 0
         for a, b in zip(a_faces, b_faces):
             assert torch.equal(a.box, b.box) and torch.equal(a.landmarks5, b.landmarks5) and a.score == b.score
+
+
+def test_prominent_first_prefers_a_large_central_face():
+    from deep3dface.detect.mtcnn import prominent_first
+
+    def face(box, score):
+        return Detection(box=torch.tensor(box), score=score, landmarks5=torch.zeros(5, 2))
+
+    small_corner = face([10.0, 10.0, 60.0, 60.0], 1.0)
+    large_centre = face([100.0, 100.0, 300.0, 300.0], 0.8)
+    large_off = face([250.0, 0.0, 400.0, 150.0], 0.9)
+    assert prominent_first([small_corner, large_off, large_centre], 400, 400) == [large_centre, large_off, small_corner]
