@@ -56,14 +56,14 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--every", type=int, default=1, help="take every K-th photo")
     parser.add_argument("--photometric", type=int, default=None, help="photometric iterations (default: config)")
-    parser.add_argument("--no-march", action="store_true", help="keep the jaw keypoints fixed (no marching)")
+    parser.add_argument("--march", action="store_true", help="let visible jaw keypoints march to the silhouette")
     parser.add_argument("--per-face", type=Path, default=None, help="write per-face NMEs as JSON here")
     args = parser.parse_args()
     torch.manual_seed(0)
     faces_dir = shared_faces()
     manifest = json.loads((faces_dir / "manifest.json").read_text())
     images = [m for m in manifest["images"] if m["source"] == "aflw2000_3d"][:: args.every][: args.limit]
-    fit = FitConfig(landmarks=LandmarkStage(march_contour=not args.no_march))
+    fit = FitConfig(landmarks=LandmarkStage(march_contour=args.march))
     if args.photometric is not None:
         fit = FitConfig(landmarks=fit.landmarks, photometric=PhotometricStage(iterations=args.photometric))
     recon = Reconstructor(config=ReconstructorConfig(fit=fit))

@@ -13,6 +13,7 @@ renders lie on the uncropped photo.  Points are photo pixels, corner origin, y d
 from __future__ import annotations
 
 import functools
+import contextlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from .morphable import load_model
 from .morphable.model import MorphableModel
 from .morphable.shading import shade
 from .render.shaded import overlay, render_colours
+from .threads import torch_threads
 from .types import Coefficients, FaceGeometry, Mesh
 
 
@@ -144,6 +146,10 @@ class FaceReconstruction:
 class ReconstructorConfig:
     max_faces: int | None = None
     landmarker: str = "mediapipe"
+    # torch threads while reconstructing (None: torch's default).  One thread: on a 2-core machine
+    # with anything else running, two spin-waiting OpenMP threads made detection 7x, landmarks 20x
+    # and the fit 5x slower than one (measured; deep3dface.threads)
+    threads: int | None = 1
     detector: MTCNNConfig = field(default_factory=MTCNNConfig)
     fit: FitConfig = field(default_factory=FitConfig)
 
@@ -172,13 +178,20 @@ class Reconstructor:
 
     def reconstruct(self, image: str | Path | torch.Tensor) -> list[FaceReconstruction]:
         """All faces of one photo (a path or a (3, H, W) float tensor), by detector score."""
+        with self._threads():
+            return self._reconstruct(image)
+
+    def _threads(self):
+        return torch_threads(self.config.threads) if self.config.threads else contextlib.nullcontext()
+
+    def _reconstruct(self, image) -> list[FaceReconstruction]:
         photo = read_image(image) if not isinstance(image, torch.Tensor) else image
         detections = self.detector.detect(photo.to(self.device))
         if self.config.max_faces is not None:
             detections = detections[: self.config.max_faces]
         if not detections:
             return []
-        return self.reconstruct_detections(photo, detections)
+        return self._reconstruct_detections(photo, detections)
 
     def reconstruct_set(self, photos: list, names: list[str] | None = None, config=None, appearance: bool = True):
         """Photos of one person -> ``image_set.IdentityReconstruction`` (one shared identity)."""
@@ -187,6 +200,10 @@ class Reconstructor:
 
     def reconstruct_detections(self, photo: torch.Tensor, detections: list[Detection]) -> list[FaceReconstruction]:
         """Fit the given detections of one photo (a batch of faces)."""
+        with self._threads():
+            return self._reconstruct_detections(photo, detections)
+
+    def _reconstruct_detections(self, photo, detections) -> list[FaceReconstruction]:
         height, width = photo.shape[-2:]
         crops, alignments, marks = [], [], []
         for detection in detections:
