@@ -149,7 +149,7 @@ def _fit_faces(model, targets, config, initial) -> FitResult:
 def _landmark_stage(model, targets, stage, camera, initial, flags):
     batch = targets.landmarks.shape[0]
     weights68 = LANDMARK_WEIGHTS.to(targets.landmarks).expand(batch, -1).clone()
-    ids68 = model.keypoints.expand(batch, -1)
+    ids68 = model.keypoints  # shared by the batch until marching gives each face its own
     coeffs = initial
     fitted = None
     for _ in range(max(stage.rounds, 1)):
@@ -213,7 +213,9 @@ def _landmark_system(model, targets, weights68, ids68, stage):
     if targets.dense is not None and stage.dense_weight > 0:
         dense_w = targets.dense_weights if targets.dense_weights is not None else torch.ones_like(targets.dense[..., 0])
         pixels = torch.cat([pixels, targets.dense], 1)
-        ids = torch.cat([ids, targets.dense_vertex_ids.to(ids).expand(len(ids), -1)], 1)
+        dense_ids = targets.dense_vertex_ids.to(ids)
+        ids = (torch.cat([ids, dense_ids]) if ids.ndim == 1
+               else torch.cat([ids, dense_ids.expand(len(ids), -1)], 1))
         weights = torch.cat([weights, stage.dense_weight * dense_w], 1)
     return pixels, ids, weights
 

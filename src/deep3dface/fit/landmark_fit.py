@@ -34,12 +34,15 @@ def fit_landmarks(model: MorphableModel, pixels: torch.Tensor, camera: Camera, w
     vertex_ids = model.keypoints if vertex_ids is None else vertex_ids
     batch, k = pixels.shape[:2]
     dtype = torch.float64
-    # per-face vertex ids (B, K) let contour points slide along the silhouette (``fitter``)
-    ids = vertex_ids.expand(batch, k) if vertex_ids.ndim == 1 else vertex_ids
-    rows = (3 * ids[..., None] + torch.arange(3, device=ids.device)).reshape(batch, -1)
-    mean = model.mean_shape[ids].to(dtype)                 # (B, K, 3)
-    id_basis = model.id_basis[rows].to(dtype)             # (B, 3K, n_id)
-    exp_basis = model.exp_basis[rows].to(dtype)           # (B, 3K, n_exp)
+    # per-face vertex ids (B, K) let contour points slide along the silhouette (``fitter``); shared
+    # ids keep the bases out of the per-face data: jacrev's vmap over residuals would otherwise
+    # carry a (B, 3K, n) copy per residual row (tens of GB for hundreds of faces)
+    shared = vertex_ids.ndim == 1
+    ids = vertex_ids[None] if shared else vertex_ids
+    rows = (3 * ids[..., None] + torch.arange(3, device=ids.device)).reshape(ids.shape[0], -1)
+    mean = model.mean_shape[ids].to(dtype)                 # (1 or B, K, 3)
+    id_basis = model.id_basis[rows].to(dtype)             # (1 or B, 3K, n_id)
+    exp_basis = model.exp_basis[rows].to(dtype)           # (1 or B, 3K, n_exp)
     n_id, n_exp = id_basis.shape[-1], exp_basis.shape[-1]
     cam = Camera(camera.K.double(), camera.width, camera.height, camera.distance)
     pixels = pixels.double()
@@ -47,7 +50,8 @@ def fit_landmarks(model: MorphableModel, pixels: torch.Tensor, camera: Camera, w
     root = weights.sqrt()
     reg = torch.cat([torch.full((n_id,), lambda_id ** 0.5), torch.full((n_exp,), lambda_exp ** 0.5)]).to(dtype)
 
-    def residuals(params, target, sqrt_w, mean_k, id_k, exp_k):
+    def residuals(params, target, sqrt_w, *face_bases):
+        mean_k, id_k, exp_k = face_bases if face_bases else (mean, id_basis, exp_basis)
         angles, trans = params[:, :3], params[:, 3:6]
         coeff = params[:, 6:]
         offset = (id_k @ coeff[:, :n_id, None] + exp_k @ coeff[:, n_id:, None])[..., 0]
@@ -56,14 +60,15 @@ def fit_landmarks(model: MorphableModel, pixels: torch.Tensor, camera: Camera, w
         reprojection = ((cam.project(posed) - target) * sqrt_w[..., None]).flatten(1)
         return torch.cat([reprojection, coeff * reg], 1)
 
+    data = (pixels, root) if shared else (pixels, root, mean, id_basis, exp_basis)
     if initial is None:
-        angles, trans = solve_pose(mean, pixels, cam, weights)
+        angles, trans = solve_pose(mean.expand(batch, -1, -1), pixels, cam, weights)
         start = torch.cat([angles, trans, torch.zeros(batch, n_id + n_exp, dtype=dtype)], 1)
         out = model.zero_coefficients(batch)
     else:
         start = torch.cat([initial.angle, initial.trans, initial.id, initial.exp], 1).to(dtype)
         out = initial
-    params = levenberg_marquardt(residuals, start, (pixels, root, mean, id_basis, exp_basis), iterations=iterations)
+    params = levenberg_marquardt(residuals, start, data, iterations=iterations)
     cast = lambda t: t.to(out.id)  # noqa: E731
     return out.replace(angle=cast(params[:, :3]), trans=cast(params[:, 3:6]), id=cast(params[:, 6:6 + n_id]),
                        exp=cast(params[:, 6 + n_id:]))
