@@ -150,6 +150,7 @@ class ReconstructorConfig:
     # with anything else running, two spin-waiting OpenMP threads made detection 7x, landmarks 20x
     # and the fit 5x slower than one (measured; deep3dface.threads)
     threads: int | None = 1
+    dense: bool = True  # fit the landmarker's 468 points too, through the dense correspondence
     detector: MTCNNConfig = field(default_factory=MTCNNConfig)
     fit: FitConfig = field(default_factory=FitConfig)
 
@@ -167,6 +168,7 @@ class Reconstructor:
         self.model_name = model.name if isinstance(model, MorphableModel) else str(model)
         self.detector = MTCNN.pretrained(config.detector).to(self.device)
         self.landmarker = create_landmarker(config.landmarker)
+        self.dense = _dense_correspondence(self.model) if config.landmarker == "mediapipe" else None
         self.rnet = None
         if checkpoint is not None:
             from .nets import load_rnet, prepare_for_inference
@@ -216,6 +218,13 @@ class Reconstructor:
             crops=crops,
             landmarks=torch.stack([a.to_crop(m.ibug68.double()) for a, m in zip(alignments, marks)]).float(),
         )
+        if self.dense is not None and self.config.dense:
+            targets = FitTargets(
+                crops=targets.crops, landmarks=targets.landmarks,
+                dense=torch.stack([a.to_crop(m.points.double()) for a, m in zip(alignments, marks)]).float(),
+                dense_vertex_ids=self.dense.vertex_ids,
+                dense_weights=(self.dense.weights * (68.0 / self.dense.weights.sum())).float().expand(len(marks), -1),
+                dense_contour=self.dense.contour)
         initial = None
         if self.rnet is not None:
             with torch.no_grad():
@@ -236,6 +245,15 @@ class Reconstructor:
                 landmarks68=projected[i], landmark_error=float(result.landmark_error[i]),
                 flags=result.flags[i]))
         return faces
+
+
+def _dense_correspondence(model):
+    """The MediaPipe-468 correspondence for ``model``, or None where its data file is unavailable."""
+    try:
+        from .detect.correspondence import dense_correspondence
+        return dense_correspondence(model)
+    except (FileNotFoundError, OSError, ValueError, KeyError):
+        return None
 
 
 def landmarks_array(faces: list[FaceReconstruction]) -> np.ndarray:

@@ -56,7 +56,8 @@ class LandmarkStage:
     march_contour: bool = False
     lambda_id: float = LAMBDA_ID
     lambda_exp: float = LAMBDA_EXP
-    dense_weight: float = 1.0      # weight of each dense point relative to one of the 68
+    dense_weight: float = 1.0      # weight of the dense points (their weights sum to 68) against the 68
+    contour_max_yaw: float = 30.0  # dense outline points count only while the fitted |yaw| is below this
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ class FitTargets:
     landmarks:      (B, 68, 2) iBUG-68 points (2D-style: on the visible outline for profiles)
     dense:          (B, K, 2) extra points with model vertex ids ``dense_vertex_ids`` (K,), or None
     dense_weights:  (B, K) per point weights (0 excludes), or None
+    dense_contour:  (K,) bool, points on the face outline (they slide over the surface as the head
+                    turns: used only while the fit's |yaw| < ``LandmarkStage.contour_max_yaw``)
     """
 
     crops: torch.Tensor
@@ -104,6 +107,7 @@ class FitTargets:
     dense: torch.Tensor | None = None
     dense_vertex_ids: torch.Tensor | None = None
     dense_weights: torch.Tensor | None = None
+    dense_contour: torch.Tensor | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,7 +157,7 @@ def _landmark_stage(model, targets, stage, camera, initial, flags):
     coeffs = initial
     fitted = None
     for _ in range(max(stage.rounds, 1)):
-        pixels, vertex_ids, weights = _landmark_system(model, targets, weights68, ids68, stage)
+        pixels, vertex_ids, weights = _landmark_system(model, targets, weights68, ids68, stage, coeffs)
         fitted = fit_landmarks(model, pixels, camera, weights, vertex_ids, stage.iterations,
                                stage.lambda_id, stage.lambda_exp, initial=coeffs)
         fitted = _keep_finite(fitted, coeffs if coeffs is not None else model.zero_coefficients(batch), flags,
@@ -207,11 +211,20 @@ def _contour_bands(data: ModelData) -> dict[int, tuple[torch.Tensor, float]]:
     return bands
 
 
-def _landmark_system(model, targets, weights68, ids68, stage):
-    """Targets, (B, K) vertex ids and weights of the 68 points plus the dense points, concatenated."""
+def _landmark_system(model, targets, weights68, ids68, stage, coeffs):
+    """Targets, vertex ids and weights of the 68 points plus the dense points, concatenated.
+    Dense outline points are left out until a fit (``coeffs``) shows the face is near-frontal."""
     pixels, ids, weights = targets.landmarks, ids68, weights68
     if targets.dense is not None and stage.dense_weight > 0:
         dense_w = targets.dense_weights if targets.dense_weights is not None else torch.ones_like(targets.dense[..., 0])
+        if targets.dense_contour is not None:
+            contour = targets.dense_contour.to(dense_w.device)
+            if coeffs is None:
+                frontal = torch.zeros(len(dense_w), dtype=torch.bool)
+            else:
+                frontal = coeffs.angle[:, 1].abs() * (180 / torch.pi) < stage.contour_max_yaw
+            keep = ~contour[None] | frontal[:, None].to(contour.device)
+            dense_w = dense_w * keep.to(dense_w)
         pixels = torch.cat([pixels, targets.dense], 1)
         dense_ids = targets.dense_vertex_ids.to(ids)
         ids = (torch.cat([ids, dense_ids]) if ids.ndim == 1
