@@ -57,6 +57,7 @@ def main() -> None:
     parser.add_argument("--every", type=int, default=1, help="take every K-th photo")
     parser.add_argument("--photometric", type=int, default=None, help="photometric iterations (default: config)")
     parser.add_argument("--march", action="store_true", help="let visible jaw keypoints march to the silhouette")
+    parser.add_argument("--no-dense", action="store_true", help="fit the 68 points only (not the 468)")
     parser.add_argument("--per-face", type=Path, default=None, help="write per-face NMEs as JSON here")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -66,7 +67,7 @@ def main() -> None:
     fit = FitConfig(landmarks=LandmarkStage(march_contour=args.march))
     if args.photometric is not None:
         fit = FitConfig(landmarks=fit.landmarks, photometric=PhotometricStage(iterations=args.photometric))
-    recon = Reconstructor(config=ReconstructorConfig(fit=fit))
+    recon = Reconstructor(config=ReconstructorConfig(fit=fit, dense=not args.no_dense))
     fit_nme, mark_nme, yaws, misses, per_face, seconds = [], [], [], [], {}, []
     for entry in images:
         gt = np.asarray(entry["faces"][0]["landmarks68"], np.float64) + 0.5  # pixel centres -> corners
@@ -91,7 +92,7 @@ def main() -> None:
          nme_fit=summarise(fit_nme, yaws), nme_landmarker=summarise(mark_nme, yaws),
          failures_over_10pct=int(np.sum(np.asarray(fit_nme) > 0.10)),
          seconds_per_face_median=round(float(np.median(seconds)), 3), photometric=fit.photometric.iterations,
-         march_contour=fit.landmarks.march_contour)
+         march_contour=fit.landmarks.march_contour, dense=recon.dense is not None and recon.config.dense)
 
 
 if __name__ == "__main__":
