@@ -27,8 +27,8 @@ def test_the_packaged_file_is_valid_and_states_its_provenance(default_model):
     assert corr.vertex_ids.shape == (468,) and corr.vertex_ids.dtype == torch.int64
     assert int(corr.vertex_ids.max()) < default_model.num_vertices
     # the stored positions are those vertices of the mean shape (what transfers rely on)
-    assert torch.allclose(default_model.mean_shape[corr.vertex_ids], torch.tensor(data["positions"]), atol=1e-5)
-    assert torch.allclose(default_model.mean_shape[default_model.keypoints], torch.tensor(data["keypoint_positions"]),
+    assert torch.allclose(default_model.mean_shape[corr.vertex_ids], torch.tensor(data["positions"], dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(default_model.mean_shape[default_model.keypoints], torch.tensor(data["keypoint_positions"], dtype=torch.float64),
                           atol=1e-5)
     assert ((corr.weights > 0) & (corr.weights <= 1)).all() and corr.weights.max() == 1
     # the outline is a ring of a few dozen points; the face's inner points are distinct vertices
@@ -76,9 +76,9 @@ def test_transfer_to_the_tiny_conformance_bfm(conformance, default_model):
     assert torch.equal(corr.contour, dense_correspondence(default_model).contour)
     # the transferred vertices sit where the default's are: compare after the keypoint alignment
     data = load_correspondence()
-    scale, rotation, shift = similarity(tiny.mean_shape[tiny.keypoints], torch.tensor(data["keypoint_positions"]))
+    scale, rotation, shift = similarity(tiny.mean_shape[tiny.keypoints], torch.tensor(data["keypoint_positions"], dtype=torch.float64))
     moved = scale * tiny.mean_shape[corr.vertex_ids] @ rotation.T + shift
-    gap = (moved - torch.tensor(data["positions"])).norm(dim=1)
+    gap = (moved - torch.tensor(data["positions"], dtype=torch.float64)).norm(dim=1)
     spacing = torch.cdist(tiny.mean_shape, tiny.mean_shape).topk(2, largest=False).values[:, 1].median() * scale
     inner = ~corr.contour
     assert float(gap[inner].median()) < 1.5 * float(spacing)  # as near as the coarse mesh allows
@@ -93,8 +93,8 @@ def test_point_weights_drop_the_contour_beyond_the_yaw_limit(default_model):
 
 
 def test_dense_fit_is_at_least_as_good_as_the_68_point_fit_on_held_out_photos(faces, default_model):
-    """Eight AFLW dev photos of the held-out half (odd manifest positions; the file was built on the
-    even ones), |yaw| < 30: fit the model to MediaPipe's points, score its 68 keypoints vs the GT."""
+    """Twelve AFLW dev photos of the held-out half (odd manifest positions; the file was built on the
+    even ones), |yaw| < 60: fit the model to MediaPipe's points, score its 68 keypoints vs the GT."""
     from deep3dface.align import alignment_for
     from deep3dface.camera import Camera
     from deep3dface.detect import create_landmarker
@@ -104,7 +104,7 @@ def test_dense_fit_is_at_least_as_good_as_the_68_point_fit_on_held_out_photos(fa
 
     manifest = json.loads((faces / "manifest.json").read_text())
     aflw = [i for i in manifest["images"] if i["source"] == "aflw2000_3d"]
-    items = [i for i in aflw[1::2] if abs(i["yaw_deg"]) < 30][:8]
+    items = [i for i in aflw[1::2] if abs(i["yaw_deg"]) < 60][:12]
     landmarker = create_landmarker("mediapipe")
     corr = dense_correspondence(default_model)
     camera = Camera.crop(dtype=torch.float64)

@@ -13,8 +13,9 @@ Deep3D BFM, another topology) gets the correspondence by transfer, without loadi
 its mean shape is brought onto the default's by the similarity that best aligns the two models'
 68 keypoints, and each MediaPipe point takes the nearest vertex.
 
-``weights`` measure how consistently a point lands on the same surface spot across photos (1 for
-the best points, down to ~0.1); ``contour`` marks the face outline, which slides over the surface as
+``weights`` measure how consistently a point lands on the same surface spot across photos, and on
+how many photos it lands on the mesh at all (1 for the best points; forehead-top points seen on
+few photos get little); ``contour`` marks the face outline, which slides over the surface as
 the head turns: ``point_weights`` drops it beyond a yaw.
 """
 from __future__ import annotations
@@ -28,8 +29,10 @@ import torch
 
 CORRESPONDENCE_FILE = "mediapipe_to_default.json"
 NUM_POINTS = 468
-#: Beyond this |yaw| (degrees) ``point_weights`` drops the contour points (held-out validation in
-#: the data file's provenance: keeping them helps frontal fits and hurts turned ones).
+#: Beyond this |yaw| (degrees) ``point_weights`` drops the contour points.  Held-out validation
+#: (the data file's provenance, 20 photos per yaw bin): NME of the fitted keypoints 2.38 / 3.94 /
+#: 23.30 % (0-30 / 30-60 / 60-90) against 2.38 / 3.97 / 23.32 % keeping them, 2.42 / 4.56 / 23.95 %
+#: with the 68 mapped points; the outline slides on turned faces.
 CONTOUR_MAX_YAW = 30.0
 
 
