@@ -110,3 +110,18 @@ def test_write_refuses_to_overwrite_and_leaves_no_partial_file(tmp_path, face_me
     with pytest.raises(OSError, match="disk full"):
         write_output(tmp_path / "new.obj", b"data")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["face.ply"]
+
+
+def test_write_rows_writes_what_savetxt_writes():
+    import io
+
+    from deep3dface.export.meshes import write_rows
+
+    rng = np.random.default_rng(0)
+    for array, fmt in ((rng.normal(size=(50, 6)), "v %.6f %.6f %.6f %.4f %.4f %.4f"),
+                       (rng.integers(1, 10_000, size=(40, 6)), "f %d//%d %d//%d %d//%d"),
+                       (np.zeros((0, 3)), "vn %.5f %.5f %.5f")):
+        expected, got = io.StringIO(), io.StringIO()
+        np.savetxt(expected, array, fmt=fmt)
+        write_rows(got, array, fmt)
+        assert got.getvalue() == expected.getvalue()

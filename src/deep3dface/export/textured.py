@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..types import Mesh
-from .meshes import UNIT_IN_METRES, mesh_to_ply
+from .meshes import UNIT_IN_METRES, mesh_to_ply, write_rows
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,15 +41,15 @@ def textured_to_obj(textured: TexturedMesh, name: str = "face") -> dict[str, byt
     mesh = textured.mesh
     out = io.StringIO()
     out.write(f"# deep3dface textured mesh, unit: {mesh.unit}\nmtllib {name}.mtl\n")
-    np.savetxt(out, np.asarray(mesh.vertices, np.float64), fmt="v %.6f %.6f %.6f")
-    np.savetxt(out, np.asarray(textured.uv, np.float64), fmt="vt %.6f %.6f")
+    write_rows(out, np.asarray(mesh.vertices, np.float64), "v %.6f %.6f %.6f")
+    write_rows(out, np.asarray(textured.uv, np.float64), "vt %.6f %.6f")
     faces = np.asarray(mesh.triangles, np.int64) + 1
     out.write(f"usemtl {name}\n")
     if mesh.normals is not None:
-        np.savetxt(out, mesh.normals, fmt="vn %.5f %.5f %.5f")
-        np.savetxt(out, np.repeat(faces, 3, axis=1), fmt="f %d/%d/%d %d/%d/%d %d/%d/%d")
+        write_rows(out, mesh.normals, "vn %.5f %.5f %.5f")
+        write_rows(out, np.repeat(faces, 3, axis=1), "f %d/%d/%d %d/%d/%d %d/%d/%d")
     else:
-        np.savetxt(out, np.repeat(faces, 2, axis=1), fmt="f %d/%d %d/%d %d/%d")
+        write_rows(out, np.repeat(faces, 2, axis=1), "f %d/%d %d/%d %d/%d")
     # white diffuse so viewers show the map as is; no specular (skin from a photo already has it)
     mtl = (f"newmtl {name}\nKa 1.000 1.000 1.000\nKd 1.000 1.000 1.000\nKs 0.000 0.000 0.000\n"
            f"d 1.0\nillum 1\nmap_Kd {name}.png\n")
