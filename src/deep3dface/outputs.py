@@ -119,7 +119,7 @@ def overlay_png(photo: torch.Tensor, faces: list[FaceReconstruction], opacity: f
         masks.append(mask)
     composite = overlay(photo, torch.stack(renders), torch.stack(masks), opacity) if faces else photo
     buffer = io.BytesIO()
-    Image.fromarray(to_uint8(composite)).save(buffer, format="PNG")
+    Image.fromarray(to_uint8(composite)).save(buffer, format="PNG", compress_level=3)
     return buffer.getvalue()
 
 
@@ -282,7 +282,7 @@ def _uint8_hwc(image: torch.Tensor) -> np.ndarray:
 
 def _png(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG")
+    Image.fromarray(np.ascontiguousarray(array)).save(buffer, format="PNG", compress_level=3)
     return buffer.getvalue()
 
 

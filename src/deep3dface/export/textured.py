@@ -131,5 +131,5 @@ def texture_png(texture: np.ndarray) -> bytes:
     if texture.dtype != np.uint8:
         texture = np.clip(np.rint(texture.astype(np.float64) * 255), 0, 255).astype(np.uint8)
     buffer = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(texture), "RGB").save(buffer, format="PNG")
+    Image.fromarray(np.ascontiguousarray(texture), "RGB").save(buffer, format="PNG", compress_level=3)
     return buffer.getvalue()
