@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit  # noqa: E402
 
 from deep3dface.camera import Camera  # noqa: E402
-from deep3dface.fit.image_set import fit_identity, fit_landmarks_set, landmark_rms  # noqa: E402
+from deep3dface.fit.image_set import fit_identity, held_out_rms  # noqa: E402
 from deep3dface.fit.losses import LANDMARK_WEIGHTS  # noqa: E402
 from deep3dface.image_set import SetObserver  # noqa: E402
 from deep3dface.morphable import load_model  # noqa: E402
@@ -138,11 +138,7 @@ def held_out(model, pixels, label, single_ids, camera) -> dict:
     weights = LANDMARK_WEIGHTS.double()[None]
 
     def rms(i, identity):
-        free = fit_landmarks_set(model, pixels[i:i + 1], camera, iterations=20)
-        start = free.to(torch.float64).replace(id=identity[None])
-        fit = fit_landmarks_set(model, pixels[i:i + 1], camera, weights, initial=start, update_identity=False,
-                                iterations=30)
-        return landmark_rms(model, fit, pixels[i:i + 1], camera, weights).item()
+        return held_out_rms(model, pixels[i:i + 1], camera, identity, weights)
 
     by_set, by_single = [], []
     for person in label.unique():

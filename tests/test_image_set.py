@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from deep3dface.camera import Camera
-from deep3dface.fit.image_set import fit_identity, fit_landmarks_set, landmark_rms
+from deep3dface.fit.image_set import fit_identity, fit_landmarks_set, held_out_rms
 from deep3dface.fit.landmark_fit import LAMBDA_EXP, LAMBDA_ID
 from deep3dface.fit.losses import LANDMARK_WEIGHTS
 from deep3dface.image_set import (FaceDescriber, PhotoObservation, SetObserver, reconstruct_identity,
@@ -83,11 +83,7 @@ def test_set_identity_explains_held_out_photos_better_than_single_photos(model, 
     single = fit_identity(model, pixels, camera, groups=torch.arange(len(pixels))).single.id.double()
 
     def held_out(i, identity):
-        free = fit_landmarks_set(model, pixels[i:i + 1], camera, iterations=20)
-        start = free.to(torch.float64).replace(id=identity[None])
-        fit = fit_landmarks_set(model, pixels[i:i + 1], camera, weights, initial=start, update_identity=False,
-                                iterations=30)
-        return landmark_rms(model, fit, pixels[i:i + 1], camera, weights).item()
+        return held_out_rms(model, pixels[i:i + 1], camera, identity, weights)
 
     n = len(pixels)
     by_single = np.mean([held_out(i, single[j]) for i in range(n) for j in range(n) if i != j])

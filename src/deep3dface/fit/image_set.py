@@ -23,7 +23,6 @@ the visible outline, not where the named 3D point is.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -32,6 +31,7 @@ from ..camera import AXIS_FLIP, Camera
 from ..morphable.geometry import rotation_matrix
 from ..morphable.model import MorphableModel
 from ..types import Coefficients
+from ..threads import torch_threads
 from .landmark_fit import LAMBDA_EXP, LAMBDA_ID, fit_landmarks
 from .losses import LANDMARK_WEIGHTS
 from .rigid import orthographic_pose
@@ -79,20 +79,7 @@ class SetFit:
         return (self.rms ** 2 - self.single_rms ** 2).clamp_min(0).sqrt()
 
 
-@contextmanager
-def _one_thread():
-    """Run small dense algebra on one thread: these (P, ≤ 60, ≤ 60) blocks gain nothing from
-    intra-op threads, and on a busy 2-core machine two threads made a 5-photo fit 40× slower
-    (8.4 s against 0.2 s, measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-@_one_thread()
+@torch_threads(1)
 def fit_identity(model: MorphableModel, pixels: torch.Tensor, camera: Camera, scores: torch.Tensor | None = None,
                  groups: torch.Tensor | None = None, config: SetFitConfig = SetFitConfig()) -> SetFit:
     """(P, 68, 2) crop-pixel landmarks of P photos (and the landmarker's (P,) scores) -> the robust
@@ -120,7 +107,7 @@ def fit_identity(model: MorphableModel, pixels: torch.Tensor, camera: Camera, sc
     return SetFit(coeffs, weights, rms, single_rms, single)
 
 
-@_one_thread()
+@torch_threads(1)
 def fit_landmarks_set(model: MorphableModel, pixels: torch.Tensor, camera: Camera, weights: torch.Tensor | None = None,
                       groups: torch.Tensor | None = None, iterations: int = 20, lambda_id: float = LAMBDA_ID,
                       lambda_exp: float = LAMBDA_EXP, initial: Coefficients | None = None,
@@ -332,3 +319,14 @@ def _group_mean(values: torch.Tensor, weights: torch.Tensor, groups: torch.Tenso
     n_groups = int(groups.max()) + 1
     onehot = (groups[None] == torch.arange(n_groups)[:, None]).to(values.dtype)
     return (onehot @ (values * w[:, None])) / (onehot @ w)[:, None]
+
+
+def held_out_rms(model, pixels: torch.Tensor, camera, identity: torch.Tensor, weights: torch.Tensor,
+                 iterations: int = 30) -> float:
+    """Landmark RMS of one photo's points (1, K, 2) explained with a given identity (K_id,):
+    pose and expression fitted, identity fixed (how well an identity generalises to a photo)."""
+    free = fit_landmarks_set(model, pixels, camera, iterations=20)
+    start = free.to(torch.float64).replace(id=identity[None])
+    fit = fit_landmarks_set(model, pixels, camera, weights, initial=start, update_identity=False,
+                            iterations=iterations)
+    return landmark_rms(model, fit, pixels, camera, weights).item()
