@@ -58,19 +58,47 @@ def test_video_command_tracks_fits_and_writes(tmp_path, frames):
     assert (out / "neutral.obj").read_bytes().startswith(b"# deep3dface mesh, unit: decimetre")
 
 
-def test_still_head_does_not_jitter(tmp_path, frames):
+def test_still_head_does_not_jitter(tmp_path, faces):
+    """A still head at the frames' own 1280×720: the smoothed fit must move less than the raw one.
+
+    (Smoothing coefficients that each lived in their own frame's crop, which the alignment's
+    int casts shift by whole pixels, once made the smoothed fit jitter 5x more than the raw fit.)"""
     from deep3dface.image_set import SetObserver
     from deep3dface.morphable import load_model
     from deep3dface.video import reconstruct_video
 
+    frame = Image.open(faces / "video_3ddfa_obama" / "frame_000.jpg").convert("RGB")
     clip = tmp_path / "still.mp4"
-    _encode(clip, [frames[0]] * 10, rate=25)
+    with av.open(str(clip), "w") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt, stream.bit_rate = *frame.size, "yuv420p", 8_000_000
+        for _ in range(12):
+            container.mux(stream.encode(av.VideoFrame.from_image(frame)))
+        container.mux(stream.encode())
     result = reconstruct_video(clip, SetObserver.create(descriptors=False), load_model("default"))
-    smoothed = result.projected(smoothed=True).numpy()
-    raw = np.stack([f.landmarks68.double().numpy() for f in result.frames])
-    # the tracker settles within a few frames (the first box is the detector's); after that neither
-    # the landmarks nor the smoothed fit move by more than a fraction of a pixel
-    assert landmark_jitter(raw[3:]) < 0.5 and landmark_jitter(smoothed[3:]) < 0.5
-    assert np.abs(smoothed[1:] - smoothed[:-1]).max() < 1.0  # pixels of a 640×360 frame
+    assert len(result.fitted) == 12
+    # one camera for the clip: every frame shares the alignment
+    assert torch.equal(result.matrices, result.matrices[:1].expand_as(result.matrices))
+    # the tracker settles within a few frames (the first box is the detector's): skip them
+    raw, smoothed = result.projected(smoothed=False).numpy()[3:], result.projected(smoothed=True).numpy()[3:]
+    detected = np.stack([f.landmarks68.double().numpy() for f in result.frames])[3:]
+    assert landmark_jitter(raw) < 0.5 and landmark_jitter(detected) < 0.5  # the landmarker's own noise
+    assert landmark_jitter(smoothed) < 0.5 * landmark_jitter(raw)
+    assert np.abs(smoothed[1:] - smoothed[:-1]).max() < 0.5  # pixels of the 1280×720 frame
+    # and it converges to where the raw fits are, not somewhere else
+    assert np.linalg.norm(smoothed[-1] - raw.mean(0), axis=1).mean() < 0.5
     assert torch.allclose(five_points(result.frames[0].landmarks68.double())[0],
                           result.frames[0].landmarks68[36:42].double().mean(0))
+
+
+def test_clip_alignment_is_one_isotropic_median_alignment():
+    from deep3dface.video import clip_alignment
+
+    scales, shifts = torch.tensor([0.634, 0.636, 0.637]), torch.tensor([[-279.0, -62.0], [-280.0, -63.0], [-281.0, -62.0]])
+    matrices = torch.eye(3, dtype=torch.float64).repeat(3, 1, 1)
+    matrices[:, 0, 0], matrices[:, 1, 1] = scales, scales + 0.001
+    matrices[:, :2, 2] = shifts
+    clip = clip_alignment(matrices)
+    assert clip.shape == (3, 3, 3) and torch.equal(clip[0], clip[2])
+    assert clip[0, 0, 0] == clip[0, 1, 1] == pytest.approx(0.6365)
+    assert clip[0, :2, 2].tolist() == [-280.0, -62.0]

@@ -17,8 +17,9 @@ Per clip:
    strong low-pass on a still head (no jitter), little lag when it moves fast.  Causal, so it could
    run live; parameters in frames per second, per coefficient unit (radians, decimetres, N(0, 1)).
 
-Points are photo pixels, corner origin, y down (DESIGN.md §2); coefficients are in the crop camera
-of each frame's alignment; ``FrameResult.camera`` images them into the frame.
+Points are photo pixels, corner origin, y down (DESIGN.md §2); coefficients of every frame are in
+one crop camera, that of the clip's alignment (``clip_alignment``: a video has one camera);
+``VideoReconstruction.projected`` images them into the frames.
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ class VideoReconstruction:
     raw: Coefficients | None        # per tracked frame (rows in ``fitted`` order), unsmoothed
     smoothed: Coefficients | None
     fitted: tuple[int, ...]         # indices into ``frames`` of the frames with a face
-    matrices: torch.Tensor | None   # (F, 3, 3) photo -> crop of each fitted frame
+    matrices: torch.Tensor | None   # (F, 3, 3) photo -> crop of each fitted frame (one clip-wide alignment)
 
     def projected(self, smoothed: bool = True) -> torch.Tensor:
         """(F, 68, 2) fitted keypoints in frame pixels, for the fitted frames."""
@@ -145,7 +146,7 @@ def reconstruct_tracked(frames: tuple[TrackedFrame, ...], model: MorphableModel,
         return VideoReconstruction(model, size, rate, identity, neutral_mesh(model, identity), frames,
                                    None, None, (), None)
     marks = torch.stack([frames[i].landmarks68.double() for i in fitted])
-    matrices = torch.stack([alignment_for(five_points(m).numpy(), size).matrix for m in marks])
+    matrices = clip_alignment(torch.stack([alignment_for(five_points(m).numpy(), size).matrix for m in marks]))
     crop = _apply(matrices, marks)
     camera = Camera.crop(dtype=torch.float64)
     sample = np.unique(np.linspace(0, len(fitted) - 1, min(config.identity_frames, len(fitted))).round().astype(int))
@@ -260,6 +261,22 @@ def five_points(ibug68: torch.Tensor) -> torch.Tensor:
     return torch.stack([ibug68[36:42].mean(0), ibug68[42:48].mean(0), ibug68[30], ibug68[48], ibug68[54]])
 
 
+def clip_alignment(matrices: torch.Tensor) -> torch.Tensor:
+    """(F, 3, 3) per-frame photo -> crop alignments -> (F, 3, 3) copies of one clip-wide alignment:
+    the median scale and translation of the frames'.
+
+    A video has one camera, so every frame is fitted in one crop camera.  Per-frame alignments
+    would give each frame its own focal length and principal point, and they move in whole crop
+    pixels (the reference's int32 casts): a still head's crop jumps by a pixel from frame to frame,
+    each frame's translation compensates the jump, and coefficients smoothed across frames no longer
+    match any frame's camera (a smoothed still clip jittered 5x more than the raw fit)."""
+    median = matrices.median(dim=0).values
+    scale = 0.5 * (median[0, 0] + median[1, 1])  # alignments are isotropic up to the int casts
+    clip = torch.tensor([[scale, 0.0, median[0, 2]], [0.0, scale, median[1, 2]], [0.0, 0.0, 1.0]],
+                        dtype=matrices.dtype)
+    return clip.expand(len(matrices), 3, 3).clone()
+
+
 def one_euro(values: np.ndarray, times: np.ndarray, min_cutoff: float = 1.0, beta: float = 0.3,
              derivative_cutoff: float = 1.0, motion: np.ndarray | None = None) -> np.ndarray:
     """One-euro filter (Casiez et al. 2012) along axis 0 of (T, D) values sampled at ``times`` (s).
@@ -300,5 +317,5 @@ def landmark_jitter(points: np.ndarray) -> float:
     return float(np.linalg.norm(points[2:] - 2 * points[1:-1] + points[:-2], axis=-1).mean())
 
 
-__all__ = ["TrackedFrame", "VideoConfig", "VideoReconstruction", "five_points", "landmark_jitter", "one_euro",
-           "read_frames", "reconstruct_tracked", "reconstruct_video", "track", "write_video_outputs"]
+__all__ = ["TrackedFrame", "VideoConfig", "VideoReconstruction", "clip_alignment", "five_points", "landmark_jitter",
+           "one_euro", "read_frames", "reconstruct_tracked", "reconstruct_video", "track", "write_video_outputs"]
