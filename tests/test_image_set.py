@@ -125,6 +125,39 @@ def test_failed_landmarks_are_dropped(model, observed):
     assert [d.name for d in result.dropped] == ["scrambled"] and "landmark fit failed" in result.dropped[0].reason
 
 
+def test_shared_albedo_predicts_a_held_out_photo_better_than_single_photo_albedos(model, observed, faces):
+    """One albedo from three photos, with the fourth photo's light fitted to it, explains that
+    photo's colours better than the albedo fitted to any one of the other photos alone."""
+    from deep3dface.align import align
+    from deep3dface.fit.appearance import estimate_lighting, sample_photo
+    from deep3dface.fit.fitter import FitConfig, FitTargets, fit_faces
+    from deep3dface.fit.shared_albedo import fit_shared_appearance
+    from deep3dface.morphable.shading import irradiance
+
+    chosen = [max(observed[n].faces, key=lambda f: f.landmark_score) for n in OBAMA]
+    crops = torch.stack([align(_small(faces / "identity_face_recognition" / n), f.detection.landmarks5)[0]
+                         for n, f in zip(OBAMA, chosen)])
+    pixels = torch.stack([f.crop_landmarks for f in chosen])
+    geometry_fit = fit_identity(model, pixels, Camera.crop(dtype=torch.float64)).coefficients.to(torch.float32)
+    own = fit_faces(model, FitTargets(crops, pixels.float()), FitConfig(landmarks=None, photometric=None), geometry_fit)
+    shared = fit_shared_appearance(model, crops, own.coefficients)
+    assert shared.albedo.shape == (model.num_vertices, 3) and torch.isfinite(shared.gamma).all()
+    geometry = model(own.coefficients)
+    observed_colours = sample_photo(crops, Camera.crop().screen(geometry.vertices)[..., :2])
+
+    def colour_error(i, albedo):  # mean colour distance on photo i's visible skin, its light refitted
+        w, n = shared.weights[i:i + 1], geometry.normals[i:i + 1]
+        light = irradiance(n, estimate_lighting(observed_colours[i:i + 1], albedo[None], n, w))
+        return float(((albedo * light - observed_colours[i:i + 1]).norm(dim=-1) * w).sum() / w.sum())
+
+    by_set, by_single = [], []
+    for i in range(len(OBAMA)):
+        rest = [j for j in range(len(OBAMA)) if j != i]
+        by_set.append(colour_error(i, fit_shared_appearance(model, crops[rest], own.coefficients[rest]).albedo))
+        by_single += [colour_error(i, own.albedo[j]) for j in rest]
+    assert np.mean(by_set) < 0.9 * np.mean(by_single)
+
+
 def test_fit_set_command_is_resumable(tmp_path, faces, capsys):
     from deep3dface.cli import main
 
@@ -149,6 +182,42 @@ def test_fit_set_command_is_resumable(tmp_path, faces, capsys):
     assert (out / "kit" / "summary.json").stat().st_mtime_ns == kit_time
     summary = json.loads((out / "obama" / "summary.json").read_text())
     assert [u["photo"] for u in summary["used"]] == ["obama-480p", "obama_small"] and summary["unit"] == "decimetre"
+    # one texture map per person, fused from its photos, listed in the summary
+    assert summary["files"] == {"neutral": "neutral.obj", "textured_glb": "neutral_textured.glb",
+                                "textured_obj": "neutral_textured.obj", "textured_mtl": "neutral_textured.mtl",
+                                "texture": "neutral_textured.png"}
+    assert all((out / "obama" / name).is_file() for name in summary["files"].values())
+    texture = Image.open(out / "obama" / "neutral_textured.png")
+    assert texture.size == (1024, 1024) and b"neutral_textured.png" in (out / "obama" / "neutral_textured.mtl").read_bytes()
+
+
+def test_reconstruct_set_gives_one_albedo_and_one_fused_texture(faces):
+    """Two photos turned to opposite sides: one albedo for both, and a texture map that takes each
+    texel from the photos that see it (where both see it well, a blend of the two)."""
+    from deep3dface import Reconstructor
+    from deep3dface.image_set_outputs import set_texture
+
+    photos = [_small(faces / "identity_face_recognition" / n) for n in OBAMA[2:]]
+    result = Reconstructor().reconstruct_set(photos, names=["obama2", "obama1"])
+    assert result.used == ("obama2", "obama1")
+    yaws = [p.angles_deg[1] for p in result.photos]
+    assert yaws[0] < -5 < 5 < yaws[1]  # the photos show opposite sides of the face
+    assert result.albedo.shape == (result.model.num_vertices, 3)
+    assert all(torch.equal(face.albedo, result.albedo) for face in result.faces)
+    assert np.allclose(result.neutral.colours, result.albedo.double().numpy())
+    assert not torch.equal(result.faces[0].coefficients.gamma, result.faces[1].coefficients.gamma)  # own lights
+
+    size = 256
+    fused = set_texture(result.faces, photos, size)
+    alone = [face.texture(photo, size) for face, photo in zip(result.faces, photos)]
+    assert (fused.weight >= torch.maximum(alone[0].weight, alone[1].weight) - 1e-6).all()
+    both = (alone[0].weight > 0.99) & (alone[1].weight > 0.99)
+    assert both.sum() > 0.1 * fused.coverage.sum()  # the middle of the face
+    low = torch.minimum(alone[0].albedo, alone[1].albedo)[:, both]
+    high = torch.maximum(alone[0].albedo, alone[1].albedo)[:, both]
+    assert ((fused.albedo[:, both] >= low - 1e-5) & (fused.albedo[:, both] <= high + 1e-5)).all()
+    # each side comes from the photo that sees it: far more texels than either photo alone
+    assert (fused.weight > 0.99).sum() > 1.2 * max((a.weight > 0.99).sum() for a in alone)
 
 
 def _contents(folder):

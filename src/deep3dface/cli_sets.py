@@ -5,11 +5,15 @@ file listing photos, one a line, either ``PATH`` (the person is the photo's fold
 ``PERSON<TAB>PATH`` (relative paths are relative to the list file).  Per person, in OUT/<person>/:
 
 * ``neutral.obj``: the shared identity with zero expression, canonical pose, model space and unit
-  (decimetres for the shipped models), the model's vertex order: comparable across people;
+  (decimetres for the shipped models), the model's vertex order: comparable across people; its
+  vertex colours are the person's one albedo (one albedo and per-photo lights: fit.shared_albedo);
+* ``neutral_textured.glb`` / ``.obj`` + ``.mtl`` + ``.png``: the same mesh with the person's one
+  albedo texture map fused from all used photos (deep3dface.image_set_outputs), when the model
+  has a UV chart;
 * per used photo the files of ``deep3dface reconstruct`` (``<stem>.json``, meshes, ``.mat``,
   overlays; see deep3dface.outputs), all with the shared identity;
-* ``summary.json`` (written last): photos used (weights, residuals, pose) and dropped (reasons),
-  the identity coefficients.
+* ``summary.json`` (written last): the person's files (``files``: role -> name), photos used
+  (weights, residuals, pose) and dropped (reasons), the identity coefficients.
 
 Resumable: a person whose summary.json exists is skipped; an interrupted person is redone from the
 start, and the fit is deterministic, so the files it had written are rewritten identically.  Every
@@ -54,8 +58,9 @@ def read_sets(root: str | Path) -> dict[str, list[Path]]:
 def cmd_fit_set(args: argparse.Namespace) -> int:
     """Reconstruct one identity per person from a facebank folder or a list of photos (see
     deep3dface.cli_sets).  Exit code: the number of people with no usable photo (capped at 100)."""
-    from .export import export_mesh, write_output
+    from .export import write_output
     from .image_set import SetConfig
+    from .image_set_outputs import person_files
     from .io.images import read_image
     from .outputs import photo_outputs, unique_stems, write_photo_outputs
     from .pipeline import Reconstructor
@@ -71,13 +76,15 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
             continue
         stems = unique_stems(photos)
         result = recon.reconstruct_set(photos, names=stems, config=SetConfig(), appearance=args.appearance)
-        for face, fit in zip(result.faces, result.photos):
-            path = photos[stems.index(fit.name)]
-            photo = read_image(path) if args.overlay else _blank(face.image_size)
-            _, blobs = photo_outputs(str(path), fit.name, photo, [face], recon.model_name, overlay_file=args.overlay)
+        paths = [photos[stems.index(fit.name)] for fit in result.photos]
+        for face, fit, path in zip(result.faces, result.photos, paths):
+            _, blobs = photo_outputs(str(path), fit.name, read_image(path), [face], recon.model_name,
+                                     overlay_file=args.overlay)
             write_photo_outputs(out, blobs, overwrite=True)  # a rerun rewrites an interrupted person's files
-        write_output(out / "neutral.obj", export_mesh(result.neutral, "obj"), overwrite=True)
-        summary = {"person": person, "photos": [str(p) for p in photos], **result.summary()}
+        files, blobs = person_files(result, lambda i: read_image(paths[i]))
+        for name, data in blobs.items():
+            write_output(out / name, data, overwrite=True)
+        summary = {"person": person, "photos": [str(p) for p in photos], "files": files, **result.summary()}
         write_output(out / "summary.json", json.dumps(summary, indent=1).encode(), overwrite=True)
         failed += not result.photos
         _say(args, f"{person}: {len(result.photos)} photo(s) used, {len(result.dropped)} dropped"
@@ -134,8 +141,3 @@ def _say(args, text: str) -> None:
     if not args.quiet:
         print(text, file=sys.stderr)
 
-
-def _blank(size):
-    import torch
-
-    return torch.zeros(3, size[1], size[0])

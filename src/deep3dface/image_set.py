@@ -116,6 +116,7 @@ class IdentityReconstruction:
     dropped: tuple[DroppedPhoto, ...]
     fit: SetFit | None
     faces: tuple = ()               # per used photo: pipeline.FaceReconstruction (appearance fitted)
+    albedo: torch.Tensor | None = None  # (N, 3) the person's one albedo (fit.shared_albedo), if fitted
 
     @property
     def used(self) -> tuple[str, ...]:
@@ -233,13 +234,14 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
                     config: SetConfig = SetConfig(), appearance: bool = True) -> IdentityReconstruction:
     """``Reconstructor.reconstruct_set``: photos (paths or (3, H, W) tensors) of one person -> one
     identity, and per used photo a ``FaceReconstruction`` whose geometry keeps the shared identity
-    (the pipeline's appearance stage fits its albedo and light; its landmark stage is skipped).
-    ``appearance=False`` skips that stage too (the model's mean albedo, no light): geometry only,
+    and the person's one albedo (``fit.shared_albedo``) under the photo's own light (``albedo``).
+    ``appearance=False`` skips the appearance (the model's mean albedo, no light): geometry only,
     and much faster (the per-vertex albedo solve dominates a set's time on CPU)."""
     from dataclasses import replace
 
     from .align import align
     from .fit.fitter import FitTargets, fit_faces
+    from .fit.shared_albedo import fit_shared_appearance
     from .pipeline import FaceReconstruction
 
     describer = FaceDescriber() if FaceDescriber.available() else None
@@ -262,31 +264,38 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
     if not appearance:
         stages = replace(stages, appearance=None, photometric=None)
     fitted = fit_faces(reconstructor.model, targets, stages, coeffs)
+    coeffs, albedo, shared = fitted.coefficients, fitted.albedo, None
+    if stages.appearance is not None:  # one albedo for the person, one light per photo
+        shared = fit_shared_appearance(reconstructor.model, targets.crops, coeffs, result.fit.photo_weights,
+                                       stages.appearance)
+        coeffs = coeffs.replace(gamma=shared.gamma.to(coeffs.gamma), tex=shared.tex.to(coeffs.tex).expand_as(coeffs.tex))
+        albedo = None if albedo is None else shared.albedo.expand(len(result.photos), -1, -1)
     faces = []
     for i, p in enumerate(result.photos):
-        marks = _landmark_result(p.face)
         faces.append(FaceReconstruction(
             model=reconstructor.model, image_size=p.image_size, detection=p.face.detection,
-            alignment=p.face.alignment, landmarks=marks, coefficients=fitted.coefficients[i],
-            albedo=None if fitted.albedo is None else fitted.albedo[i], camera=p.camera,
+            alignment=p.face.alignment, landmarks=_landmark_result(p.face), coefficients=coeffs[i],
+            albedo=None if albedo is None else albedo[i], camera=p.camera,
             landmarks68=p.landmarks68, landmark_error=float(fitted.landmark_error[i]), flags=fitted.flags[i]))
-    return replace(result, faces=tuple(faces))
+    shared_albedo = None if shared is None else shared.albedo
+    return replace(result, faces=tuple(faces), albedo=shared_albedo,
+                   neutral=neutral_mesh(reconstructor.model, result.identity, shared_albedo))
 
 
 def _landmark_result(face: FaceObservation):
     from .detect.landmarks import LandmarkResult
-
-    return LandmarkResult(points=face.landmarks68, z=None, score=face.landmark_score, ibug68=face.landmarks68,
-                          backend="set")
+    return LandmarkResult(face.landmarks68, None, face.landmark_score, face.landmarks68, backend="set")
 
 
-def neutral_mesh(model: MorphableModel, identity: torch.Tensor) -> Mesh:
-    """The identity with zero expression, canonical pose, model units and vertex order."""
+def neutral_mesh(model: MorphableModel, identity: torch.Tensor, albedo: torch.Tensor | None = None) -> Mesh:
+    """The identity with zero expression, canonical pose, model units and vertex order; ``albedo``
+    (N, 3) in [0, 1] becomes the vertex colours."""
     with torch.no_grad():
         ident = identity.to(model.mean_shape)[None]
         shape = model.shape(ident, torch.zeros(1, model.layout.exp, dtype=ident.dtype))
         normals = model.normals(shape)
-    return Mesh(shape[0].double().numpy(), model.triangles.numpy(), None, normals[0].double().numpy(), model.unit)
+    colours = None if albedo is None else albedo.detach().double().clamp(0, 1).numpy()
+    return Mesh(shape[0].double().numpy(), model.triangles.numpy(), colours, normals[0].double().numpy(), model.unit)
 
 
 def _result(model, photos, fit: SetFit, dropped, camera: Camera) -> IdentityReconstruction:
