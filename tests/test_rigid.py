@@ -63,3 +63,22 @@ def test_fit_landmarks_explains_a_synthetic_face(conformance):
     # pitch trades off against identity with landmarks alone; yaw and roll are well determined
     torch.testing.assert_close(fitted.angle[:, 1:], coeffs.angle[:, 1:], atol=0.06, rtol=0)
     torch.testing.assert_close(fitted.angle[:, 0], coeffs.angle[:, 0], atol=0.1, rtol=0)
+
+
+def test_fit_landmarks_batch_equals_one_face_at_a_time(conformance):
+    """Faces are independent: a batch gives each face the answer it gets alone (the Jacobian is
+    taken per face under vmap, so no face's data leaks into another's step)."""
+    from deep3dface.fit.landmark_fit import fit_landmarks
+
+    model = load_model(conformance / "tiny_bfm", dtype=torch.float64)
+    generator = torch.Generator().manual_seed(11)
+    coeffs = model.zero_coefficients(4).replace(
+        id=torch.randn(4, 80, generator=generator, dtype=torch.float64),
+        exp=0.8 * torch.randn(4, 64, generator=generator, dtype=torch.float64),
+        angle=0.4 * torch.randn(4, 3, generator=generator, dtype=torch.float64))
+    camera = Camera.crop(dtype=torch.float64)
+    target = camera.project(model(coeffs).landmarks)
+    target = target + 0.5 * torch.randn(target.shape, generator=generator, dtype=torch.float64)
+    batched = fit_landmarks(model, target, camera, iterations=6).to_vector()
+    alone = torch.cat([fit_landmarks(model, target[i:i + 1], camera, iterations=6).to_vector() for i in range(4)])
+    torch.testing.assert_close(batched, alone, atol=1e-8, rtol=0)
