@@ -16,15 +16,20 @@ Protocol (one JSON line):
 * held-out: each photo of a person with ≥ 3 photos is fitted (pose + expression) under the identity of
   the set of that person's other photos, and under each other single photo's identity: RMS landmark
   residual in crop pixels (lower: the identity explains an unseen photo better).
+* points: the 68 iBUG points plus MediaPipe's 468 through the dense correspondence, residual-
+  reweighted per point (``fit.image_set``); ``--no-dense`` / ``--no-robust-points`` measure without.
 * video: landmark jitter (mean second difference, px/frame²) of the detected points, the raw fit and
   the smoothed fit over the 8 frames encoded as a clip (frames 7 apart: real motion dominates), and
   over a still clip (one frame repeated at 25 fps): there it is pure jitter.
 """
 from __future__ import annotations
 
+import argparse
+import functools
 import json
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit  # noqa: E402
 
 from deep3dface.camera import Camera  # noqa: E402
-from deep3dface.fit.image_set import fit_identity, held_out_rms  # noqa: E402
+from deep3dface.fit.image_set import SetFitConfig, fit_identity, held_out_rms  # noqa: E402
 from deep3dface.fit.losses import LANDMARK_WEIGHTS  # noqa: E402
-from deep3dface.image_set import SetObserver  # noqa: E402
+from deep3dface.image_set import SetObserver, dense_points  # noqa: E402
 from deep3dface.morphable import load_model  # noqa: E402
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
@@ -54,19 +59,27 @@ def photos() -> list[tuple[str, Path]]:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--no-dense", action="store_true", help="fit the 68 points only")
+    parser.add_argument("--no-robust-points", action="store_true", help="no per-point residual reweighting")
+    parser.add_argument("--no-video", action="store_true", help="skip the video jitter measurement")
+    args = parser.parse_args()
     model = load_model("default")
     camera = Camera.crop(dtype=torch.float64)
     observer = SetObserver.create(descriptors=False)
-    people, pixels = [], []
+    people, chosen = [], []
     for person, path in photos():
         obs = observer.observe(path)
         if obs.faces:
             people.append(person)
-            pixels.append(max(obs.faces, key=lambda f: f.landmark_score).crop_landmarks)
-    pixels = torch.stack(pixels)
+            chosen.append(max(obs.faces, key=lambda f: f.landmark_score))
+    pixels = torch.stack([f.crop_landmarks for f in chosen])
+    dense = None if args.no_dense else dense_points(model, chosen)
+    config = SetFitConfig(robust_points=not args.no_robust_points)
+    fit_people = functools.partial(fit_identity, model, camera=camera, config=config)  # groups: people
     names = sorted(set(people))
     label = torch.tensor([names.index(p) for p in people])
-    single = fit_identity(model, pixels, camera, groups=torch.arange(len(pixels)))
+    single = fit_people(pixels, dense=dense, groups=torch.arange(len(pixels)))
     halves, half_label, seen = [], [], {}
     for person in people:
         k = seen.get(person, 0)
@@ -76,13 +89,14 @@ def main() -> None:
             halves.append(key)
         half_label.append(halves.index(key))
     groups = torch.tensor(half_label)
-    sets = fit_identity(model, pixels, camera, groups=groups)
+    sets = fit_people(pixels, dense=dense, groups=groups)
     set_ids = torch.stack([sets.coefficients.id[groups == g][0] for g in range(len(halves))]).double()
     set_people = torch.tensor([names.index(p) for p, _ in halves])
     front = model.front_vertices
     mesh = lambda ids: neutral_front(model, ids, front)  # noqa: E731
     result = {
-        "photos": len(pixels), "people": len(names),
+        "photos": len(pixels), "people": len(names), "dense_points": dense is not None,
+        "robust_points": config.robust_points,
         "identity_ratio_single": ratio(pairwise(single.single.id.double()), label),
         "identity_ratio_set": ratio(pairwise(set_ids), set_people),
         "mesh_ratio_single": ratio(mesh_distances(mesh(single.single.id.double())), label),
@@ -90,8 +104,9 @@ def main() -> None:
     }
     result.update(mesh_means(mesh_distances(mesh(single.single.id.double())), label, "single"))
     result.update(mesh_means(mesh_distances(mesh(set_ids)), set_people, "set"))
-    result.update(held_out(model, pixels, label, single.single.id.double(), camera))
-    result.update(video_jitter(observer, model))
+    result.update(held_out(model, pixels, dense, label, single.single.id.double(), camera, fit_people))
+    if not args.no_video:
+        result.update(video_jitter(observer, model))
     emit("identity", **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()})
 
 
@@ -134,7 +149,7 @@ def mesh_means(distances: np.ndarray, label: torch.Tensor, name: str) -> dict:
             f"mesh_mm_between_{name}": float(distances[~same].mean())}
 
 
-def held_out(model, pixels, label, single_ids, camera) -> dict:
+def held_out(model, pixels, dense, label, single_ids, camera, fit_people) -> dict:
     weights = LANDMARK_WEIGHTS.double()[None]
 
     def rms(i, identity):
@@ -147,7 +162,8 @@ def held_out(model, pixels, label, single_ids, camera) -> dict:
             continue
         for i in members:
             rest = [j for j in members if j != i]
-            by_set.append(rms(i, fit_identity(model, pixels[rest], camera).identity.double()))
+            rest_dense = None if dense is None else replace(dense, pixels=dense.pixels[rest])
+            by_set.append(rms(i, fit_people(pixels[rest], dense=rest_dense).identity.double()))
             by_single += [rms(i, single_ids[j]) for j in rest]
     return {"held_out_rms_px_set": float(np.mean(by_set)), "held_out_rms_px_single": float(np.mean(by_single)),
             "held_out_photos": len(by_set)}

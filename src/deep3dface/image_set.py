@@ -7,17 +7,17 @@
 
 Steps, each a function below:
 
-1. ``SetObserver.observe``: every face of a photo (MTCNN box, landmarks, Deep3D alignment, landmarks
-   in the 224 crop) and, when dlib and ``face-recognition-models`` are installed, dlib's 128-D face
+1. ``SetObserver.observe``: every face of a photo (MTCNN box, landmarks and the landmarker's own
+   points, e.g. MediaPipe's 468, Deep3D alignment, landmarks in the 224 crop) and, when dlib and ``face-recognition-models`` are installed, dlib's 128-D face
    descriptor (the wheel's ``dlib_face_recognition_resnet_model_v1.dat``, aligned by its
    ``shape_predictor_5_face_landmarks.dat``; located by path, the package is never imported).
-2. ``select_faces``: one face per photo, the one most consistent with the other photos (most
+2. ``select_faces`` (deep3dface.set_selection): one face per photo, the one most consistent with the other photos (most
    descriptor neighbours, then the smallest median distance; without descriptors the best-scored
    face); photos outside the largest group of mutually consistent photos are dropped as
    "another person".  Measured on the shared sets: same person 0.05–0.52, different people ≥ 0.64, so
    dlib's own threshold 0.6 separates them.
 3. ``reconstruct_identity``: drops failed landmarks (landmarker score, single-photo fit residual),
-   fits the robust joint model (``fit.image_set.fit_identity``), drops photos the shared identity
+   fits the robust joint model (``fit.image_set.fit_identity``, with the dense points), drops photos the shared identity
    cannot explain (excess residual far beyond the others'), refits, and builds the result.
 
 Photos are named by the caller (the file stem for the CLI); points follow DESIGN.md §2 (corner
@@ -38,10 +38,11 @@ import torch
 from .align import Alignment, alignment_for
 from .camera import Camera
 from .detect.types import Detection
-from .fit.image_set import SetFit, SetFitConfig, fit_identity
+from .fit.image_set import DensePoints, SetFit, SetFitConfig, fit_identity
 from .detect.landmarks import landmarks_of
 from .io.images import read_image, to_uint8
 from .morphable.model import MorphableModel
+from .set_selection import outlier_reasons, select_faces  # noqa: F401 (public here too)
 from .types import Coefficients, Mesh
 
 DESCRIPTOR_FILES = ("dlib_face_recognition_resnet_model_v1.dat", "shape_predictor_5_face_landmarks.dat")
@@ -55,6 +56,7 @@ class SetConfig:
     min_landmark_score: float = 0.5  # landmarker confidence below which a face's landmarks failed
     max_rms: float = 6.0            # crop px: a single-photo fit worse than this means failed landmarks
     max_excess: float = 3.0         # crop px RMS a photo may fit the shared identity worse than its own
+    dense: bool = True              # fit MediaPipe's 468 points too (through detect.correspondence) when present
     fit: SetFitConfig = field(default_factory=SetFitConfig)
 
 
@@ -67,6 +69,7 @@ class FaceObservation:
     landmark_score: float
     alignment: Alignment
     descriptor: np.ndarray | None   # (128,) dlib face descriptor, or None without dlib
+    points: torch.Tensor | None = None  # (K, 2) photo pixels: the landmarker's own points (468: MediaPipe)
 
     @property
     def crop_landmarks(self) -> torch.Tensor:
@@ -193,7 +196,7 @@ class SetObserver:
             marks = landmarks_of(self.landmarker, photo, detection)
             alignment = alignment_for(detection.landmarks5.double().numpy(), (width, height))
             descriptor = None if rgb is None else self.describer(rgb, detection.box)
-            faces.append(FaceObservation(detection, marks.ibug68, float(marks.score), alignment, descriptor))
+            faces.append(FaceObservation(detection, marks.ibug68, float(marks.score), alignment, descriptor, marks.points))
         return PhotoObservation(name, (width, height), tuple(faces))
 
 
@@ -218,7 +221,8 @@ def reconstruct_identity(model: MorphableModel, observations: list[PhotoObservat
     while photos:
         pixels = torch.stack([face.crop_landmarks for _, face in photos])
         scores = torch.tensor([face.landmark_score for _, face in photos], dtype=torch.float64)
-        fit = fit_identity(model, pixels, camera, scores, config=config.fit)
+        dense = dense_points(model, [face for _, face in photos]) if config.dense else None
+        fit = fit_identity(model, pixels, camera, scores, config=config.fit, dense=dense)
         reasons = outlier_reasons(fit.single_rms, fit.excess, config.max_rms, config.max_excess)
         if not reasons:
             return _result(model, photos, fit, dropped, camera)
@@ -287,6 +291,21 @@ def _landmark_result(face: FaceObservation):
     return LandmarkResult(face.landmarks68, None, face.landmark_score, face.landmarks68, backend="set")
 
 
+def dense_points(model: MorphableModel, faces: list[FaceObservation]) -> DensePoints | None:
+    """The faces' MediaPipe points in their crops with the model's dense correspondence, or None
+    where a face lacks them (another landmarker) or the model has no correspondence."""
+    from .detect.correspondence import NUM_POINTS
+    from .pipeline import _dense_correspondence  # the pipeline's one lookup (None without data)
+
+    if not faces or any(f.points is None or len(f.points) != NUM_POINTS for f in faces):
+        return None
+    correspondence = _dense_correspondence(model)
+    if correspondence is None:
+        return None
+    pixels = torch.stack([f.alignment.to_crop(f.points.double()) for f in faces])
+    return DensePoints(pixels, correspondence.vertex_ids, correspondence.weights, correspondence.contour)
+
+
 def neutral_mesh(model: MorphableModel, identity: torch.Tensor, albedo: torch.Tensor | None = None) -> Mesh:
     """The identity with zero expression, canonical pose, model units and vertex order; ``albedo``
     (N, 3) in [0, 1] becomes the vertex colours."""
@@ -322,82 +341,3 @@ def _descriptor_folder() -> Path | None:
 
 def _face_size(face: FaceObservation) -> float:
     return face.detection.eye_distance
-
-
-# -- pure functions --------------------------------------------------------------------------------
-def select_faces(descriptors: list[list[np.ndarray | None]], sizes: list[list[float]],
-                 threshold: float) -> tuple[dict[int, int], dict[int, str]]:
-    """Pick one face per photo and find the photos of another person.
-
-    descriptors[p][f]: face f of photo p (None without a descriptor); sizes[p][f]: its size.
-    Returns ({photo: chosen face}, {photo: reason it is dropped}).  A face's support is the number
-    of other photos holding a face within ``threshold`` of it; each photo keeps its best-supported
-    face (then the smallest median distance, then the largest).  The kept faces are linked when
-    within ``threshold``; photos outside the largest linked group (ties: the group of the earliest
-    photo) show someone else."""
-    count = len(descriptors)
-    if count == 0:
-        return {}, {}
-    if any(d is None for faces in descriptors for d in faces):
-        return {p: int(np.argmax(sizes[p])) for p in range(count)}, {}
-    flat = [(p, f) for p in range(count) for f in range(len(descriptors[p]))]
-    vectors = np.stack([descriptors[p][f] for p, f in flat])
-    distance = np.linalg.norm(vectors[:, None] - vectors[None], axis=-1)
-    owner = np.array([p for p, _ in flat])
-    chosen = {}
-    for p in range(count):
-        best = None
-        for i in np.flatnonzero(owner == p):
-            nearest = [distance[i, owner == q].min() for q in range(count) if q != p]
-            support = sum(d < threshold for d in nearest)
-            median = float(np.median(nearest)) if nearest else 0.0
-            key = (-support, median, -sizes[p][flat[i][1]])
-            if best is None or key < best[0]:
-                best = (key, flat[i][1], i)
-        chosen[p] = best
-    index = np.array([chosen[p][2] for p in range(count)])
-    linked = distance[np.ix_(index, index)] < threshold
-    component = _components(linked)
-    sizes_of = np.bincount(component)
-    keep = int(np.argmax(sizes_of))  # argmax takes the first maximum: the group of the earliest photo
-    members = component == keep
-    rejected = {}
-    for p in np.flatnonzero(~members):
-        gap = float(np.median(distance[index[p], index[members]]))
-        rejected[int(p)] = (f"another person: face descriptor distance {gap:.2f} to the set "
-                            f"(same person below {threshold})")
-    return {p: chosen[p][1] for p in range(count) if members[p]}, rejected
-
-
-def _components(linked: np.ndarray) -> np.ndarray:
-    """Connected-component labels of a symmetric boolean adjacency matrix, numbered in order."""
-    label = -np.ones(len(linked), dtype=int)
-    current = 0
-    for start in range(len(linked)):
-        if label[start] >= 0:
-            continue
-        stack = [start]
-        label[start] = current
-        while stack:
-            node = stack.pop()
-            for other in np.flatnonzero(linked[node] & (label < 0)):
-                label[other] = current
-                stack.append(other)
-        current += 1
-    return label
-
-
-def outlier_reasons(single_rms: torch.Tensor, excess: torch.Tensor, max_rms: float, max_excess: float) -> dict[int, str]:
-    """Photos whose landmarks failed (their own fit is bad) or that the shared identity cannot
-    explain (their excess residual beyond ``max_excess`` and beyond 4 robust deviations of the set)."""
-    reasons = {}
-    median = float(excess.median())
-    spread = 1.4826 * float((excess - median).abs().median())
-    limit = max(max_excess, median + 4 * spread)
-    for i, (own, extra) in enumerate(zip(single_rms.tolist(), excess.tolist())):
-        if own > max_rms:
-            reasons[i] = f"landmark fit failed: RMS residual {own:.1f} crop px > {max_rms}"
-        elif len(excess) > 2 and extra > limit:
-            reasons[i] = (f"inconsistent with the shared identity: {extra:.1f} crop px worse than its own fit "
-                          f"(limit {limit:.1f})")
-    return reasons

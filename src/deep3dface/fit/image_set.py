@@ -19,6 +19,19 @@ less reliable, and the paper's C-Net learns the same preference) and the photo's
 joint fit (iteratively reweighted: a photo the shared identity cannot explain counts less).  Jaw
 points whose model vertex faces away from the camera get zero weight: a 2D landmarker puts them on
 the visible outline, not where the named 3D point is.
+
+Points: the 68 iBUG points and, when given (``DensePoints``), MediaPipe's 468 points at their
+corresponding vertices, weighted as the single-photo pipeline weights them (their total equal to
+the 68's; outline points only on faces turned less than 30°).  Measured on the shared same-person
+sets (benchmarks/identity.py): within/between identity distance 0.64 -> 0.60 for sets, 0.82 -> 0.77
+for single photos, and a held-out photo's 536 points are predicted better (median 1.49 -> 1.37 px).
+
+``robust_points`` (off by default) reweights each point in the joint rounds by how far its residual
+departs from the same point's mean residual over the person's photos (Cauchy, the photo's median
+departure as scale; each photo's total weight kept): an occluded or misplaced point in one photo
+stops pulling the shared identity, a landmark definition shared by all photos stays.  It lowers the
+set ratio further (0.60 -> 0.55) but predicts held-out photos worse (median 1.37 -> 1.41 px), so
+the consistency it buys is partly lost detail: not the default.
 """
 from __future__ import annotations
 
@@ -32,11 +45,15 @@ from ..morphable.geometry import rotation_matrix
 from ..morphable.model import MorphableModel
 from ..types import Coefficients
 from ..threads import torch_threads
-from .landmark_fit import LAMBDA_EXP, LAMBDA_ID, fit_landmarks
+from .landmark_fit import LAMBDA_EXP, LAMBDA_ID
 from .losses import LANDMARK_WEIGHTS
+from .keypoint_residuals import landmark_rms, point_residuals, visible_points  # noqa: F401 (public here too)
 from .rigid import orthographic_pose
 
-JAW = slice(0, 17)
+#: Cauchy scale in robust standard deviations (95 % efficiency under Gaussian noise, Holland & Welsch
+#: 1977), and the median 2D distance of a point with N(0, σ²) coordinates in σ (Rayleigh: √(2 ln 2))
+CAUCHY_SCALE = 2.385
+RAYLEIGH_MEDIAN = 1.1774
 
 
 @dataclass(frozen=True)
@@ -50,6 +67,29 @@ class SetFitConfig:
     residual_scale: float = 2.0     # crop px: Cauchy scale of a photo's RMS landmark residual
     min_yaw_weight: float = 0.3     # weight of a profile photo relative to a frontal one
     visible_cosine: float = 0.0     # a jaw point counts when its normal's z (towards camera) exceeds this
+    dense_weight: float = 1.0       # total weight of the dense points relative to the 68 (as the pipeline's fit)
+    contour_max_yaw: float = 30.0   # degrees: dense outline points count only on faces turned less than this
+    robust_points: bool = False     # reweight points by their departure from the person's other photos (notes)
+
+
+@dataclass(frozen=True, eq=False)
+class DensePoints:
+    """More landmarks at known model vertices: MediaPipe's 468 points (``detect.correspondence``)."""
+
+    pixels: torch.Tensor            # (P, K, 2) crop pixels
+    vertex_ids: torch.Tensor        # (K,) model vertices
+    weights: torch.Tensor           # (K,) reliability of each point
+    contour: torch.Tensor           # (K,) bool: face-outline points (they slide as the head turns)
+
+    def point_weights(self, yaw: torch.Tensor | None, config: "SetFitConfig") -> torch.Tensor:
+        """(P, K) fitting weights summing to ``68 · dense_weight`` per photo; outline points only
+        where the fitted |yaw| (radians; None: not fitted yet) is below ``contour_max_yaw``."""
+        count = self.pixels.shape[0]
+        w = self.weights.double().expand(count, -1)
+        frontal = (torch.zeros(count, dtype=torch.bool) if yaw is None
+                   else yaw.double().abs() < math.radians(config.contour_max_yaw))
+        w = torch.where(self.contour[None] & ~frontal[:, None], torch.zeros_like(w), w)
+        return w * (68.0 * config.dense_weight / w.sum(1, keepdim=True).clamp_min(1e-12))
 
 
 @dataclass(frozen=True, eq=False)
@@ -81,17 +121,51 @@ class SetFit:
 
 @torch_threads(1)
 def fit_identity(model: MorphableModel, pixels: torch.Tensor, camera: Camera, scores: torch.Tensor | None = None,
-                 groups: torch.Tensor | None = None, config: SetFitConfig = SetFitConfig()) -> SetFit:
-    """(P, 68, 2) crop-pixel landmarks of P photos (and the landmarker's (P,) scores) -> the robust
-    joint fit; ``groups`` (P,) labels several people solved at once (default: one person).
-    Deterministic: the same input gives the same output bit for bit."""
+                 groups: torch.Tensor | None = None, config: SetFitConfig = SetFitConfig(),
+                 dense: DensePoints | None = None) -> SetFit:
+    """(P, 68, 2) crop-pixel landmarks of P photos (and the landmarker's (P,) scores, and optionally
+    dense points) -> the robust joint fit; ``groups`` (P,) labels several people solved at once
+    (default: one person).  Deterministic: the same input gives the same output bit for bit.
+    Residuals and photo confidences are measured on the 68 points."""
     count = pixels.shape[0]
     groups = torch.zeros(count, dtype=torch.long) if groups is None else torch.as_tensor(groups, dtype=torch.long)
     scores = torch.ones(count, dtype=torch.float64) if scores is None else torch.as_tensor(scores).double()
     base = LANDMARK_WEIGHTS.double().expand(count, -1)
     alone = torch.arange(count)
-    fit = lambda w, g, start: fit_landmarks_set(  # noqa: E731
-        model, pixels, camera, w, g, config.iterations, config.lambda_id, config.lambda_exp, start)
+    targets, vertex_ids = pixels, None
+    if dense is not None:
+        targets = torch.cat([pixels.double(), dense.pixels.double()], 1)
+        vertex_ids = torch.cat([model.keypoints, dense.vertex_ids.to(model.keypoints)])
+
+    def point_weights(weights68, coeffs):
+        if dense is None:
+            return weights68
+        return torch.cat([weights68, dense.point_weights(None if coeffs is None else coeffs.angle[:, 1], config)], 1)
+
+    robust = torch.ones(targets.shape[:2], dtype=torch.float64)
+
+    def fit(weights68, g, start, photo=None):
+        w = point_weights(weights68, start) * robust * (1.0 if photo is None else photo[:, None])
+        return fit_landmarks_set(model, targets, camera, w, g, config.iterations, config.lambda_id, config.lambda_exp,
+                                 start, vertex_ids)
+
+    def point_robustness(coeffs, photo):
+        """Cauchy weights of each point from how far its residual departs from the same point's
+        mean residual over the person's photos (a landmark definition that differs from the
+        model's vertex is shared by all photos and stays; an occluded or misplaced point in one
+        photo is not), the scale from the photo's median departure; rescaled so each photo's
+        total data weight stays what the priors are calibrated for.  One photo alone: all 1."""
+        if not config.robust_points:
+            return robust
+        w = point_weights(base * visible, coeffs) * photo[:, None]
+        residuals = point_residuals(model, coeffs, targets, camera, vertex_ids)          # (P, K, 2)
+        onehot = (groups[None] == groups[:, None]).double()                              # (P, P) same person
+        mean = torch.einsum("pq,qk,qkc->pkc", onehot, w, residuals) / (onehot @ w).clamp_min(1e-12)[..., None]
+        departure = (residuals - mean).norm(dim=-1)
+        sigma = torch.stack([d[u].median() if u.any() else d.new_tensor(0.0) for d, u in zip(departure, w > 0)])
+        cauchy = 1.0 / (1.0 + (departure / (CAUCHY_SCALE * sigma[:, None] / RAYLEIGH_MEDIAN).clamp_min(1e-9)) ** 2)
+        return cauchy * (w.sum(1, keepdim=True) / (w * cauchy).sum(1, keepdim=True).clamp_min(1e-12))
+
     single = fit(base, alone, None)
     visible = visible_points(model, single, config.visible_cosine)
     single = fit(base * visible, alone, single)
@@ -100,10 +174,11 @@ def fit_identity(model: MorphableModel, pixels: torch.Tensor, camera: Camera, sc
     mean_id = _group_mean(single.id.double(), weights, groups)
     coeffs = single.replace(id=mean_id[groups].to(single.id))
     for _ in range(config.rounds):
-        coeffs = fit(base * visible * weights[:, None], groups, coeffs)
+        coeffs = fit(base * visible, groups, coeffs, weights)
         visible = visible_points(model, coeffs, config.visible_cosine)
         rms = landmark_rms(model, coeffs, pixels, camera, base * visible)
         weights = photo_confidence(scores, coeffs.angle[:, 1], rms, config)
+        robust = point_robustness(coeffs, weights)
     return SetFit(coeffs, weights, rms, single_rms, single)
 
 
@@ -265,45 +340,6 @@ def _schur_step(r, j_id, j_local, identity, lambda_id, lam, data: _Data, update_
     step_id = torch.linalg.solve(S, rhs)
     step_local = -(D_inv_g[..., 0] + (D_inv_Bt @ step_id[data.groups][..., None])[..., 0])
     return step_id, step_local
-
-
-def landmark_rms(model: MorphableModel, coeffs: Coefficients, pixels: torch.Tensor, camera: Camera,
-                 weights: torch.Tensor) -> torch.Tensor:
-    """(P,) weighted RMS distance (pixels) between the fitted keypoints and the targets."""
-    with torch.no_grad():
-        shape = _vertex_shape(model, coeffs, model.keypoints)
-        posed = shape @ rotation_matrix(coeffs.angle.double()).transpose(1, 2) + coeffs.trans.double()[:, None]
-        cam = Camera(camera.K.double(), camera.width, camera.height, camera.distance)
-        squared = ((cam.project(posed) - pixels.double()) ** 2).sum(-1)
-    w = weights.double()
-    return ((squared * w).sum(1) / w.sum(1).clamp_min(1e-12)).sqrt()
-
-
-def visible_points(model: MorphableModel, coeffs: Coefficients, min_cosine: float = 0.0) -> torch.Tensor:
-    """(P, 68) 1 for points to fit, 0 for jaw points whose vertex normal faces away from the camera.
-
-    Only the triangles around the keypoints are evaluated (the model's normals are the normalised
-    sum of the adjacent unit face normals, ``geometry.vertex_normals``)."""
-    with torch.no_grad():
-        ring = model.point_buf[model.keypoints]                         # (68, V), padded with F
-        valid = ring < len(model.triangles)
-        corners = model.triangles[ring.clamp_max(len(model.triangles) - 1)]  # (68, V, 3)
-        used, local = torch.unique(corners, return_inverse=True)
-        shape = _vertex_shape(model, coeffs, used)[:, local]           # (P, 68, V, 3, 3)
-        v0, v1, v2 = shape.unbind(-2)
-        face = torch.nn.functional.normalize(torch.linalg.cross(v0 - v1, v1 - v2, dim=-1), dim=-1, eps=1e-12)
-        normals = torch.nn.functional.normalize((face * valid[..., None]).sum(2), dim=-1, eps=1e-12)
-        normals = normals @ rotation_matrix(coeffs.angle.double()).transpose(1, 2)
-    visible = torch.ones(normals.shape[:2], dtype=torch.float64)
-    visible[:, JAW] = (normals[:, JAW, 2] > min_cosine).double()
-    return visible
-
-
-def _vertex_shape(model: MorphableModel, coeffs: Coefficients, vertex_ids: torch.Tensor) -> torch.Tensor:
-    """(P, V, 3) float64 unposed shape at the given vertices only."""
-    rows = (3 * vertex_ids[:, None] + torch.arange(3)).reshape(-1)
-    offset = coeffs.id.double() @ model.id_basis[rows].double().T + coeffs.exp.double() @ model.exp_basis[rows].double().T
-    return model.mean_shape[vertex_ids].double() + offset.view(coeffs.batch_size, -1, 3)
 
 
 def photo_confidence(scores: torch.Tensor, yaw: torch.Tensor, rms: torch.Tensor, config: SetFitConfig) -> torch.Tensor:
