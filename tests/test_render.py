@@ -207,6 +207,22 @@ def test_numba_analytic_gradient_equals_torch_autograd(dtype):
     torch.testing.assert_close(grads[0], grads[1], atol=TOL[dtype], rtol=TOL[dtype])
 
 
+@pytest.mark.parametrize("used", ["barycentrics", "depth"])
+def test_numba_gradient_when_the_loss_uses_one_output(used):
+    """The other output's gradient arrives as None (no zero-filled tensor): read as zero."""
+    screen, triangles = random_scene(3)
+    weights = torch.randn(2, 20, 28, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    grads = []
+    for backend in FAST:
+        s = screen.clone().requires_grad_()
+        raster = rasterize(s, triangles, (20, 28), backend=backend)
+        value = raster.barycentrics if used == "barycentrics" else torch.where(raster.mask, raster.depth, 0)[..., None]
+        (value * weights).sum().backward()
+        grads.append(s.grad)
+    assert grads[0].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], atol=TOL[torch.float64], rtol=TOL[torch.float64])
+
+
 @pytest.mark.parametrize("batch", [(), (2,), (1,)], ids=["shared", "batched", "one"])
 def test_interpolate_backends_agree_and_are_zero_when_empty(batch, dtype):
     screen, triangles = random_scene(2, faces=30, dtype=dtype)
@@ -222,6 +238,19 @@ def test_interpolate_backends_agree_and_are_zero_when_empty(batch, dtype):
         outs.append((out, s.grad, a.grad))
     for x, y in zip(*outs):
         torch.testing.assert_close(x, y, atol=100 * TOL[dtype], rtol=TOL[dtype])
+
+
+def test_interpolate_backward_takes_an_expanded_gradient():
+    """.sum() hands back a stride-0 gradient: the numba backward reads it in place, same result."""
+    screen, triangles = random_scene(2, faces=30)
+    grads = []
+    for backend in FAST:
+        s, a = screen.clone().requires_grad_(), torch.rand(screen.shape[1], 3, dtype=torch.float64,
+                                                           generator=torch.Generator().manual_seed(0)).requires_grad_()
+        interpolate(a, rasterize(s, triangles, (20, 28), backend=backend), triangles, backend=backend).sum().backward()
+        grads.append((s.grad, a.grad))
+    for x, y in zip(*grads):
+        torch.testing.assert_close(x, y, atol=100 * TOL[torch.float64], rtol=TOL[torch.float64])
 
 
 def clear_scene():

@@ -192,9 +192,9 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> np.ndarra
     if held is None:
         held = _SCRATCH.buffers = {}
     size = math.prod(shape)
-    buffer = held.get(name)
-    if buffer is None or buffer.dtype != dtype or buffer.numel() < size:
-        buffer = held[name] = torch.empty(size, dtype=dtype)
+    buffer = held.get((name, dtype))
+    if buffer is None or buffer.numel() < size:
+        buffer = held[name, dtype] = torch.empty(size, dtype=dtype)
     return buffer[:size].view(shape).numpy()
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from numba import prange
 
-from ._numba import rasterize_shaded
+from ._numba import _scratch, rasterize_shaded
 
 
 @numba.njit(cache=True, inline="always")
@@ -57,10 +57,12 @@ def _pixel_grad(screen, n, k0, k1, k2, px, py, gb0, gb1, gb2, gdepth, g):  # pra
 
 
 @numba.njit(cache=True, parallel=True)
-def _backward(screen, tris, ids, gbary, gdepth, parts, out):  # pragma: no cover - compiled
+def _backward(screen, tris, ids, gbary, gdepth, use_bary, use_depth, parts, out):  # pragma: no cover - compiled
     """screen (B, N, 3), ids (B, H, W), gbary (B, H, W, 3), gdepth (B, H, W) -> out (B, N, 3), any
-    float dtypes (computed in float64).  parts (B, P, N, 3) f64 scratch: task (face n, part p)
-    takes rows p·H/P ... of face n and accumulates into parts[n, p]: no write races."""
+    float dtypes (computed in float64).  A gradient that autograd did not supply (``use_bary`` or
+    ``use_depth`` False) is read as zero and its array may be any (B', H', W'[, 3]) placeholder:
+    no zero-filled tensors per call.  parts (B, P, N, 3) f64 scratch: task (face n, part p) takes
+    rows p·H/P ... of face n and accumulates into parts[n, p]: no write races."""
     batch, height, width = ids.shape
     count, vertices = parts.shape[1], parts.shape[2]
     for task in prange(batch * count):
@@ -72,9 +74,11 @@ def _backward(screen, tris, ids, gbary, gdepth, parts, out):  # pragma: no cover
             for j in range(width):
                 f = ids[n, i, j]
                 if f >= 0:
-                    _pixel_grad(screen, n, tris[f, 0], tris[f, 1], tris[f, 2], j + 0.5, py,
-                                np.float64(gbary[n, i, j, 0]), np.float64(gbary[n, i, j, 1]),
-                                np.float64(gbary[n, i, j, 2]), np.float64(gdepth[n, i, j]), g)
+                    gb0 = np.float64(gbary[n, i, j, 0]) if use_bary else 0.0
+                    gb1 = np.float64(gbary[n, i, j, 1]) if use_bary else 0.0
+                    gb2 = np.float64(gbary[n, i, j, 2]) if use_bary else 0.0
+                    gd = np.float64(gdepth[n, i, j]) if use_depth else 0.0
+                    _pixel_grad(screen, n, tris[f, 0], tris[f, 1], tris[f, 2], j + 0.5, py, gb0, gb1, gb2, gd, g)
     for k in prange(batch * vertices):
         n, v = k // vertices, k % vertices
         for c in range(3):
@@ -92,6 +96,8 @@ class NumbaRaster(torch.autograd.Function):
         ids, bary, depth = rasterize_shaded(screen.detach(), triangles, height, width, near, cull)
         ctx.save_for_backward(screen, triangles, ids)
         ctx.mark_non_differentiable(ids)
+        # an output the loss does not use comes back as None, not as a zero-filled tensor
+        ctx.set_materialize_grads(False)
         return ids, bary, depth
 
     @staticmethod
@@ -100,11 +106,14 @@ class NumbaRaster(torch.autograd.Function):
         screen, triangles, ids = ctx.saved_tensors
         screen = screen.detach().contiguous()
         batch, vertices = screen.shape[:2]
-        grad_bary = torch.zeros(ids.shape + (3,), dtype=screen.dtype) if grad_bary is None else grad_bary
-        grad_depth = torch.zeros(ids.shape, dtype=screen.dtype) if grad_depth is None else grad_depth
+        placeholder = screen.new_zeros((1, 1, 1, 3))
+        use_bary, use_depth = grad_bary is not None, grad_depth is not None
+        grad_bary = grad_bary.contiguous() if use_bary else placeholder
+        grad_depth = grad_depth.contiguous() if use_depth else placeholder[..., 0]
         # rows of a face split between threads when the batch is smaller than the thread count
-        parts = torch.empty((batch, max(1, numba.get_num_threads() // batch), vertices, 3), dtype=torch.float64)
+        count = max(1, numba.get_num_threads() // batch)
+        parts = _scratch("grad_parts", (batch, count, vertices, 3), torch.float64)
         out = torch.empty_like(screen)
-        _backward(screen.numpy(), triangles.contiguous().numpy(), ids.numpy(), grad_bary.contiguous().numpy(),
-                  grad_depth.contiguous().numpy(), parts.numpy(), out.numpy())
+        _backward(screen.numpy(), triangles.contiguous().numpy(), ids.numpy(), grad_bary.numpy(), grad_depth.numpy(),
+                  use_bary, use_depth, parts, out.numpy())
         return out, None, None, None, None, None

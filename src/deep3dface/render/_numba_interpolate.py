@@ -9,6 +9,8 @@ import numba
 import torch
 from numba import prange
 
+from ._numba import _scratch
+
 
 @numba.njit(cache=True, parallel=True)
 def _forward(attr, tris, ids, bary, out):  # pragma: no cover - compiled
@@ -105,9 +107,12 @@ class InterpolateCPU(torch.autograd.Function):
         batch = ids.shape[0]
         # rows of a face split between threads when the batch is smaller than the thread count
         count = max(1, numba.get_num_threads() // batch)
-        parts = attributes.new_empty((batch, count) + tuple(attributes.shape[1:]))
+        parts = _scratch("interpolate_parts", (batch, count) + tuple(attributes.shape[1:]), attributes.dtype)
         grad_attr = torch.empty_like(attributes)
         grad_bary = torch.empty_like(barycentrics)
-        _backward(grad.contiguous().numpy(), attributes.numpy(), triangles.numpy(), ids.numpy(),
-                  barycentrics.numpy(), parts.numpy(), grad_attr.numpy(), grad_bary.numpy())
+        # an expanded gradient (from a plain .sum()) goes in as it is, strides and all: copying
+        # it is a torch op, whose OpenMP workers then compete with this kernel's threads
+        grad = grad if grad.is_contiguous() or min(grad.stride()) == 0 else grad.contiguous()
+        _backward(grad.numpy(), attributes.numpy(), triangles.numpy(), ids.numpy(),
+                  barycentrics.numpy(), parts, grad_attr.numpy(), grad_bary.numpy())
         return grad_attr, grad_bary, None, None
