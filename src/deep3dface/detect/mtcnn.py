@@ -17,15 +17,14 @@ landmark's x plus its mirror partner's x in the horizontally flipped photo is W 
 over 352 AFLW2000-3D faces (|yaw| < 30°); pixel-centre coordinates would give W - 1.
 ``_to_corner`` is the one place where the convention changes.
 
-Fallback pass (ours, not the reference's).  The reference cascade misses faces that are strongly
-rolled (> ~35 deg), in near profile, or so large that the frame cuts them (AFLW2000-3D dev: 17 of
-500).  Only for the images where the first pass finds nothing, ``MTCNNConfig.fallback`` runs the
-cascade once more, on all *views* of those images in one batch: each view is the photo turned by
-an angle (0 included) and placed on a black canvas with a border (P-Net's windows cannot reach past
-the image edge; the border lets a face cut by the frame sit inside a window, as the crops of the
-later stages are padded black anyway), with somewhat lower thresholds.  Boxes and points are mapped
-back to the photo, the views' faces merged by NMS.  A photo where the first pass finds a face costs
-exactly what it did; the result then equals the reference's.
+Fallback pass (ours, not the reference's): only for the images where the first pass finds nothing,
+``MTCNNConfig.fallback`` runs the cascade again on turned, bordered views, with lower thresholds, for
+faces within a plausible range of sizes for the photo's subject (mtcnn_fallback.py).  A photo where the first pass finds a face costs
+exactly what it did; its faces then equal the reference's (up to their order).
+
+Order of the faces (ours): most prominent first by default (``MTCNNConfig.rank_by``, see
+``prominent_first``), not best score first as the reference: the score saturates near 1 for any
+clear face, so among clear faces it cannot tell the photo's subject from a bystander.
 """
 from __future__ import annotations
 
@@ -33,9 +32,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from deep3dface.detect.mtcnn_fallback import NORMALISE as _NORMALISE
+from deep3dface.detect.mtcnn_fallback import FallbackConfig, merge_views, rotated_view, within_size
 from deep3dface.detect.mtcnn_nets import ONet, PNet, RNet, pretrained_nets
 from deep3dface.detect.nms import batched_nms
 from deep3dface.detect.resample import SummedAreaTables
@@ -45,24 +45,8 @@ _STRIDE, _CELL = 2, 12  # P-Net sees a 12x12 window every 2 pixels
 
 
 @dataclass(frozen=True)
-class FallbackConfig:
-    """The views of the second pass (see the module docstring).  Measured on the AFLW2000-3D dev
-    photos (benchmarks/detect_accuracy.py): each of border, rotations and lower thresholds recovers
-    faces the others do not."""
-
-    #: view angles in degrees (a view turned by a shows a face rolled by -a upright); MTCNN
-    #: tolerates about +-35 deg of roll, so steps of 30 give every roll up to 105 deg a view where
-    #: the face is within 15 deg of upright, and neighbouring views that confirm it
-    angles: tuple[float, ...] = (0.0, -30.0, 30.0, -60.0, 60.0, -90.0, 90.0)
-    border: float = 0.25                 # black border on each side, fraction of the longer side
-    thresholds: tuple[float, float, float] = (0.5, 0.6, 0.6)  # P-, R-, O-Net
-    nms: float = 0.3                     # IoU: faces of different views that are one face
-    roll_tolerance: float = 25.0         # degrees: two views' faces agree on the face's roll
-
-
-@dataclass(frozen=True)
 class MTCNNConfig:
-    """Cascade settings; the defaults are the reference's, plus the fallback pass."""
+    """Cascade settings; the defaults are the reference's, plus the fallback pass and the order."""
 
     min_face_size: float = 20.0          # smallest face (pixels) the pyramid looks for
     scale_factor: float = 0.709          # ratio between pyramid levels
@@ -71,9 +55,18 @@ class MTCNNConfig:
     nms_pnet: float = 0.7                # IoU, across levels
     nms_rnet: float = 0.7                # IoU
     nms_onet: float = 0.7                # intersection over the smaller box
-    max_faces: int | None = None         # keep the best-scoring faces per image
+    max_faces: int | None = None         # keep the first faces per image, in the order of rank_by
     #: second pass on the images where the first finds nothing (None: the reference, no second pass)
     fallback: FallbackConfig | None = FallbackConfig()
+    #: "prominence": largest, most central face first (``prominent_first``); "score": the reference
+    rank_by: str = "prominence"
+
+    def __post_init__(self) -> None:
+        if self.rank_by not in RANKINGS:
+            raise ValueError(f"rank_by must be one of {RANKINGS}, got {self.rank_by!r}")
+
+
+RANKINGS = ("prominence", "score")
 
 
 def pyramid_scales(height: int, width: int, min_face_size: float, factor: float) -> list[float]:
@@ -84,10 +77,6 @@ def pyramid_scales(height: int, width: int, min_face_size: float, factor: float)
         scales.append(m * factor ** len(scales))
         minl *= factor
     return scales
-
-
-#: MTCNN's input normalisation, (v - 127.5) / 128 for v in 0..255, as gain and bias on [0, 1] pixels
-_NORMALISE = (255.0 / 128.0, -127.5 / 128.0)
 
 
 def _rerec(boxes: torch.Tensor) -> torch.Tensor:
@@ -160,61 +149,55 @@ class MTCNN(nn.Module):
         if missing and self.config.fallback is not None:
             for i, faces in zip(missing, self._fallback([images[i] for i in missing], self.config.fallback)):
                 found[i] = faces
+        if self.config.rank_by == "prominence":
+            found = [prominent_first(faces, im.shape[-1], im.shape[-2]) for faces, im in zip(found, images)]
+        if self.config.max_faces is not None:
+            found = [faces[:self.config.max_faces] for faces in found]
         return found
 
-    def _cascade(self, images: list[torch.Tensor], thresholds: tuple[float, float, float]) -> list[list[Detection]]:
-        """The reference cascade on (3, H, W) images with the given thresholds."""
+    def _cascade(self, images: list[torch.Tensor], thresholds: tuple[float, float, float],
+                 min_face_sizes: list[float] | None = None) -> list[list[Detection]]:
+        """The reference cascade on (3, H, W) images with the given thresholds, all faces by score;
+        ``min_face_sizes`` per image (default: the config's)."""
         if not images:
             return []
+        if min_face_sizes is None:
+            min_face_sizes = [self.config.min_face_size] * len(images)
         tables = SummedAreaTables.from_images(images)
-        cand = self._stage_one(tables, thresholds[0])
+        cand = self._stage_one(tables, thresholds[0], min_face_sizes)
         cand = self._stage_two(tables, cand, thresholds[1])
         cand, points = self._stage_three(tables, cand, thresholds[2])
         return self._detections(cand, points, len(images))
 
     def _fallback(self, images: list[torch.Tensor], cfg: FallbackConfig) -> list[list[Detection]]:
-        """The second pass: all views of all images in one batch, faces mapped back and merged."""
-        views, to_photo, owner = [], [], []
+        """The second pass (mtcnn_fallback.py): all views of all images in one batch, looking for
+        faces of ``min_face_fraction`` to ``max_face_fraction`` of each photo's shorter side; faces
+        mapped back and merged."""
+        views, to_photo, owner, min_sizes = [], [], [], []
         for i, image in enumerate(images):
+            min_size = max(self.config.min_face_size, cfg.min_face_fraction * min(image.shape[-2:]))
             for angle in cfg.angles:
                 view, matrix = rotated_view(image, angle, cfg.border)
                 views.append(view)
                 to_photo.append(matrix)
                 owner.append(i)
-        boxes, scores, points, image_index, view_index, upright = [], [], [], [], [], []
-        for v, (faces, matrix, i) in enumerate(zip(self._cascade(views, cfg.thresholds), to_photo, owner)):
-            for d in faces:
-                view_index.append(v)
-                eyes = d.landmarks5[1] - d.landmarks5[0]
-                upright.append(float(eyes[0] / torch.linalg.vector_norm(eyes)) ** 2)  # cos² of roll in view
-                box, pts = map_detection(d.box.double(), d.landmarks5.double(), matrix)
-                boxes.append(box)
-                points.append(pts)
-                scores.append(d.score)
-                image_index.append(i)
-        out: list[list[Detection]] = [[] for _ in images]
-        if not boxes:
-            return out
-        boxes, points = torch.stack(boxes), torch.stack(points)
-        scores, image_index = torch.tensor(scores, dtype=torch.float64), torch.tensor(image_index)
-        votes = view_votes(boxes, points, scores, torch.tensor(view_index), torch.tensor(upright, dtype=torch.float64),
-                           cfg.nms, cfg.roll_tolerance)
-        for k in batched_nms(boxes, votes, image_index, cfg.nms).tolist():  # most votes first
-            faces = out[int(image_index[k])]
-            if self.config.max_faces is None or len(faces) < self.config.max_faces:
-                faces.append(Detection(box=boxes[k].float(), score=float(scores[k]), landmarks5=points[k].float()))
-        return out
+                min_sizes.append(min_size)
+        merged = merge_views(self._cascade(views, cfg.thresholds, min_sizes), to_photo, owner, len(images), cfg)
+        return [within_size(faces, image, cfg) for faces, image in zip(merged, images)]
 
     def detect(self, image: torch.Tensor) -> list[Detection]:
         """Faces in one (3, H, W) image, best first."""
         return self([image])[0]
 
     # -- stage 1: P-Net on the pyramid ------------------------------------------------------------
-    def _stage_one(self, tables: SummedAreaTables, threshold: float) -> _Candidates:
+    def _stage_one(self, tables: SummedAreaTables, threshold: float, min_face_sizes: list[float]) -> _Candidates:
         cfg = self.config
         maps = []  # per pyramid level: (box offsets (4, h, w), face probability (h, w), scale, image)
         for b, (H, W) in enumerate(zip(tables.heights.tolist(), tables.widths.tolist())):
+            # a larger smallest face drops the finest levels; the others stay the reference's
             for scale in pyramid_scales(H, W, cfg.min_face_size, cfg.scale_factor):
+                if scale * min_face_sizes[b] > _CELL * (1 + 1e-9):
+                    continue
                 level = tables.resize(b, (math.ceil(H * scale), math.ceil(W * scale)), *_NORMALISE)
                 reg, prob = self.pnet(level[None])
                 maps.append((reg[0], prob[0, 1], scale, b))
@@ -285,83 +268,17 @@ class MTCNN(nn.Module):
         scores, image = cand.scores.float().cpu(), cand.image.cpu()
         out: list[list[Detection]] = [[] for _ in range(n_images)]
         for i in torch.argsort(scores, descending=True, stable=True).tolist():
-            faces = out[int(image[i])]
-            if self.config.max_faces is None or len(faces) < self.config.max_faces:
-                faces.append(Detection(box=boxes[i], score=float(scores[i]), landmarks5=points[i]))
+            out[int(image[i])].append(Detection(box=boxes[i], score=float(scores[i]), landmarks5=points[i]))
         return out
 
 
-# -- fallback views -------------------------------------------------------------------------------
-def rotated_view(image: torch.Tensor, angle: float, border: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The image (3, H, W) turned by ``angle`` degrees (clockwise on screen: a face rolled by -angle
-    becomes upright) on a black canvas that holds all of it plus ``border`` x the longer side on
-    each side; bilinear.  Returns the view and the (3, 3) float64 matrix mapping view pixels to
-    photo pixels (corner convention both)."""
-    height, width = image.shape[-2:]
-    a = math.radians(angle)
-    cos, sin = math.cos(a), math.sin(a)
-    pad = border * max(height, width)
-    out_w = math.ceil(abs(cos) * width + abs(sin) * height + 2 * pad - 1e-9)
-    out_h = math.ceil(abs(sin) * width + abs(cos) * height + 2 * pad - 1e-9)
-    # photo = R^-1 (view - view_centre) + photo_centre, R turning by +angle on screen (y down)
-    to_photo = torch.tensor([[cos, sin, 0.0], [-sin, cos, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
-    to_photo[:2, 2] = torch.tensor([width / 2, height / 2], dtype=torch.float64) - (
-        to_photo[:2, :2] @ torch.tensor([out_w / 2, out_h / 2], dtype=torch.float64))
-    if angle == 0.0:  # a pure translation by whole pixels: copy, no resampling
-        shift_x, shift_y = (out_w - width) // 2, (out_h - height) // 2
-        to_photo[:2, 2] = torch.tensor([-shift_x, -shift_y], dtype=torch.float64)
-        view = F.pad(image, (shift_x, out_w - width - shift_x, shift_y, out_h - height - shift_y))
-        return view, to_photo
-    ys = torch.arange(out_h, dtype=torch.float64) + 0.5
-    xs = torch.arange(out_w, dtype=torch.float64) + 0.5
-    centres = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), -1)               # (h, w, 2) view pixels
-    photo = centres @ to_photo[:2, :2].T + to_photo[:2, 2]
-    grid = photo / torch.tensor([width, height], dtype=torch.float64) * 2 - 1      # align_corners=False
-    view = F.grid_sample(image[None], grid[None].to(image), mode="bilinear", padding_mode="zeros",
-                         align_corners=False)[0]
-    return view, to_photo
-
-
-def view_votes(boxes: torch.Tensor, points: torch.Tensor, scores: torch.Tensor, view: torch.Tensor,
-               upright: torch.Tensor, iou: float, roll_tolerance: float) -> torch.Tensor:
-    """Rank the faces found in the views of the fallback pass: photo boxes (N, 4), points (N, 5, 2),
-    scores (N,), view (N,) a view id unique across images, upright (N,) cos² of the face's roll in
-    its view.  A face's votes are its score times ``upright`` plus the scores of the faces of
-    *other* views at the same place (IoU > ``iou``) whose eye lines give the same roll in the photo
-    (within ``roll_tolerance`` degrees).
-
-    Why: O-Net also scores a face turned by 60-90 deg highly (image00311 and 00204 of the AFLW dev
-    photos: 0.93 and 0.99), with points then wrong by 30-50 % of the face size; such a view's roll
-    agrees with no other view's, while a real face upright in one view is also found, with the same
-    roll, in a neighbouring one.  Within such a group the face nearest upright in its view wins: its
-    points are the most accurate (MTCNN was trained on upright faces)."""
-    from deep3dface.detect.nms import pairwise_overlap
-
-    eyes = points[:, 1] - points[:, 0]
-    roll = torch.atan2(eyes[:, 1], eyes[:, 0])
-    turn = torch.remainder(roll[:, None] - roll[None, :] + math.pi, 2 * math.pi) - math.pi
-    agree = ((pairwise_overlap(boxes, "iou") > iou) & (turn.abs() < math.radians(roll_tolerance))
-             & (view[:, None] != view[None, :]))
-    return scores * upright + agree.to(scores.dtype) @ scores
-
-
-def map_detection(box: torch.Tensor, points: torch.Tensor, to_photo: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A view's box (4,) and points (5, 2) -> photo pixels.  The points map exactly; a turned box is
-    no longer axis-aligned, so the photo box is the square of the view box's size about its mapped
-    centre (MTCNN's boxes are near-square; the enclosing box would grow by up to 41 %)."""
-    linear, shift = to_photo[:2, :2], to_photo[:2, 2]
-    centre = ((box[:2] + box[2:]) / 2) @ linear.T + shift
-    half = (box[2:] - box[:2]) / 2
-    if abs(float(linear[0, 1])) > 1e-9:  # turned: a square of the mean side
-        half = half.mean().expand(2)
-    return torch.cat([centre - half, centre + half]), points @ linear.T + shift
-
-
+# -- order of the faces ------------------------------------------------------------------------
 def prominent_first(faces: list[Detection], width: int, height: int) -> list[Detection]:
     """Faces ordered by prominence, ``area - 2 · |box centre - image centre|²`` (insightface's
-    choice of the main face), instead of by score.  For a pipeline that reconstructs one face per
-    photo: on the AFLW2000-3D dev photos it picks the annotated face in 3 of the 6 photos where the
-    best-scoring face is another one (a small sharp face in the background), and loses none."""
+    choice of the main face), instead of by score; the detector's default order.  On the AFLW2000-3D
+    dev photos it picks the annotated face in 3 of the 4 photos where the first pass's best-scoring
+    face is another one (a bystander's, scored 1.0 like the subject's; the fourth annotates a head
+    seen from behind), and loses none."""
     def prominence(face: Detection) -> float:
         x0, y0, x1, y1 = (float(v) for v in face.box)
         offset = ((x0 + x1) / 2 - width / 2) ** 2 + ((y0 + y1) / 2 - height / 2) ** 2
