@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--model", default="default", help="'default' or a BFM_model_front.mat (or its folder)")
     p.add_argument("--checkpoint", default=None, help="R-Net checkpoint (either published format)")
-    p.add_argument("--max-faces", type=int, default=None, help="at most this many faces per photo, by score")
+    p.add_argument("--max-faces", type=int, default=None, help="at most this many faces per photo, most prominent (largest, most central) first")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")

@@ -1,7 +1,7 @@
 """The Reconstructor: photo in, 3D faces out.  The one object most users need.
 
     from deep3dface import Reconstructor
-    faces = Reconstructor().reconstruct("photo.jpg")       # list[FaceReconstruction], by score
+    faces = Reconstructor().reconstruct("photo.jpg")       # list[FaceReconstruction], most prominent first
     faces[0].landmarks68, faces[0].mesh(), faces[0].overlay(photo)
 
 Per photo: MTCNN finds faces (box, score, 5 points) → Deep3D alignment → 224 crop and its
@@ -179,7 +179,8 @@ class Reconstructor:
             self.rnet = prepare_for_inference(rnet)
 
     def reconstruct(self, image: str | Path | torch.Tensor) -> list[FaceReconstruction]:
-        """All faces of one photo (a path or a (3, H, W) float tensor), by detector score."""
+        """All faces of one photo (a path or a (3, H, W) float tensor), most prominent (largest,
+        most central) first (``MTCNNConfig.rank_by``)."""
         with self._threads():
             return self._reconstruct(image)
 
