@@ -6,7 +6,7 @@ model's projected keypoints (``fit``) and for the 2D landmarker alone (``landmar
 gain shows.  A photo whose face is not found counts as a miss (left out of the NME, counted).
 The face used is the detection nearest the GT centre (the protocol scores landmarks, not detection).
 
-    python benchmarks/aflw.py [--limit N] [--every K] [--photometric ITER]
+    python benchmarks/aflw.py [--limit N] [--every K] [--min-yaw DEG] [--photometric ITER]
 """
 from __future__ import annotations
 
@@ -58,12 +58,14 @@ def main() -> None:
     parser.add_argument("--photometric", type=int, default=None, help="photometric iterations (default: config)")
     parser.add_argument("--march", action="store_true", help="let visible jaw keypoints march to the silhouette")
     parser.add_argument("--no-dense", action="store_true", help="fit the 68 points only (not the 468)")
+    parser.add_argument("--min-yaw", type=float, default=0.0, help="only photos with |yaw| >= this (degrees)")
     parser.add_argument("--per-face", type=Path, default=None, help="write per-face NMEs as JSON here")
     args = parser.parse_args()
     torch.manual_seed(0)
     faces_dir = shared_faces()
     manifest = json.loads((faces_dir / "manifest.json").read_text())
-    images = [m for m in manifest["images"] if m["source"] == "aflw2000_3d"][:: args.every][: args.limit]
+    images = [m for m in manifest["images"] if m["source"] == "aflw2000_3d" and abs(m["yaw_deg"]) >= args.min_yaw]
+    images = images[:: args.every][: args.limit]
     fit = FitConfig(landmarks=LandmarkStage(march_contour=args.march))
     if args.photometric is not None:
         fit = FitConfig(landmarks=fit.landmarks, photometric=PhotometricStage(iterations=args.photometric))

@@ -113,6 +113,31 @@ def test_hidden_jaw_points_are_down_weighted_on_profiles():
     assert (projected - target).norm(dim=-1).mean() < (plain_projected - target).norm(dim=-1).mean()
 
 
+def test_a_face_the_landmarker_loses_is_fitted_to_the_detector_points(recon, faces):
+    """AFLW2000-3D image00188 (|yaw| 74): MediaPipe's mesh lands beside the face (its face score
+    ~0.001); the fit falls back to MTCNN's 5 points, says so, and lands far nearer the truth."""
+    from dataclasses import replace
+
+    manifest = json.loads((faces / "manifest.json").read_text())
+    item = next(i for i in manifest["images"] if i["id"] == "aflw2000_3d/image00188")
+    photo, gt = read_image(faces / item["path"]), np.asarray(item["faces"][0]["landmarks68"]) + 0.5
+    detection = min(recon.detector.detect(photo),
+                    key=lambda d: np.linalg.norm(d.box.view(2, 2).mean(0).numpy() - gt.mean(0)))
+    face = recon.reconstruct_detections(photo, [detection])[0]
+    assert face.landmarks.score < recon.config.min_landmark_score
+    assert any("5 points" in flag for flag in face.flags)
+    trusting = Reconstructor(config=replace(recon.config, min_landmark_score=0.0))
+    trusted = trusting.reconstruct_detections(photo, [detection])[0]
+    assert not any("5 points" in flag for flag in trusted.flags)
+    assert bbox_nme(face.landmarks68.double().numpy(), gt) < 0.5 * bbox_nme(trusted.landmarks68.double().numpy(), gt)
+    # the five stand-in keypoints sit on the detector's points
+    five = face.detection.landmarks5.double().numpy()
+    kp = face.landmarks68.double().numpy()
+    centres = np.stack([kp[[36, 39]].mean(0), kp[[42, 45]].mean(0), kp[30], kp[48], kp[54]])
+    iod = np.linalg.norm(five[0] - five[1])
+    assert np.linalg.norm(centres - five, axis=1).mean() < 0.25 * iod
+
+
 def test_no_face_gives_an_empty_list(recon):
     assert recon.reconstruct(torch.full((3, 160, 200), 0.5)) == []
 

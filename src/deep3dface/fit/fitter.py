@@ -100,6 +100,8 @@ class FitTargets:
     dense_weights:  (B, K) per point weights (0 excludes), or None
     dense_contour:  (K,) bool, points on the face outline (they slide over the surface as the head
                     turns: used only while the fit's |yaw| < ``LandmarkStage.contour_max_yaw``)
+    landmark_weights: (B, 68) per-point weights replacing the paper's ``LANDMARK_WEIGHTS``, or None
+                    (e.g. ``five_point_targets``' for a face the landmarker lost)
     """
 
     crops: torch.Tensor
@@ -108,6 +110,31 @@ class FitTargets:
     dense_vertex_ids: torch.Tensor | None = None
     dense_weights: torch.Tensor | None = None
     dense_contour: torch.Tensor | None = None
+    landmark_weights: torch.Tensor | None = None
+
+
+#: iBUG-68 rows that stand in for a detector's 5 points (MTCNN order: image-left eye centre,
+#: image-right eye centre, nose tip, mouth corners): both corners of an eye aim at its centre, so
+#: their midpoint lands there.
+FIVE_POINT_ROWS = ((36, 0), (39, 0), (42, 1), (45, 1), (30, 2), (48, 3), (54, 4))
+
+
+def five_point_targets(five: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(5, 2) detector points (crop pixels) -> (68, 2) targets and (68,) weights (1 on the seven
+    stand-in rows, 0 elsewhere): the fallback when the landmarker has not found the face."""
+    targets = torch.zeros(68, 2, dtype=five.dtype)
+    weights = torch.zeros(68, dtype=five.dtype)
+    for row, point in FIVE_POINT_ROWS:
+        targets[row] = five[point]
+        weights[row] = 1.0
+    return targets, weights
+
+
+def _base_weights(targets: FitTargets) -> torch.Tensor:
+    batch = targets.landmarks.shape[0]
+    if targets.landmark_weights is not None:
+        return targets.landmark_weights.to(targets.landmarks).clone()
+    return LANDMARK_WEIGHTS.to(targets.landmarks).expand(batch, -1).clone()
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,7 +159,7 @@ def _fit_faces(model, targets, config, initial) -> FitResult:
     batch = targets.landmarks.shape[0]
     flags: list[list[str]] = [[] for _ in range(batch)]
     coeffs = initial if initial is not None else model.zero_coefficients(batch)
-    weights68 = LANDMARK_WEIGHTS.to(targets.landmarks).expand(batch, -1).clone()
+    weights68 = _base_weights(targets)
     albedo = None
     if config.landmarks is not None:
         coeffs, weights68 = _landmark_stage(model, targets, config.landmarks, camera, initial, flags)
@@ -152,7 +179,7 @@ def _fit_faces(model, targets, config, initial) -> FitResult:
 
 def _landmark_stage(model, targets, stage, camera, initial, flags):
     batch = targets.landmarks.shape[0]
-    weights68 = LANDMARK_WEIGHTS.to(targets.landmarks).expand(batch, -1).clone()
+    weights68 = _base_weights(targets)
     ids68 = model.keypoints  # shared by the batch until marching gives each face its own
     coeffs = initial
     fitted = None
@@ -163,7 +190,7 @@ def _landmark_stage(model, targets, stage, camera, initial, flags):
         fitted = _keep_finite(fitted, coeffs if coeffs is not None else model.zero_coefficients(batch), flags,
                               "landmark fit diverged")
         visible = _keypoint_visibility(model, fitted, stage.visible_cosine)
-        weights68 = LANDMARK_WEIGHTS.to(targets.landmarks).expand(batch, -1).clone()
+        weights68 = _base_weights(targets)
         jaw = torch.tensor(JAW)
         weights68[:, jaw] = torch.where(visible[:, jaw], weights68[:, jaw],
                                         torch.full_like(weights68[:, jaw], stage.hidden_contour_weight))
