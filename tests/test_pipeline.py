@@ -167,3 +167,20 @@ def test_photometric_stage_pulls_a_perturbed_face_back():
     after = (fitted.angle - truth.angle).abs().sum() + (fitted.trans - truth.trans).abs().sum()
     assert after < 0.5 * before
     assert flags == [[]]
+
+
+def test_keypoint_geometry_equals_the_full_model():
+    """The fit's cheap keypoint normals (one-ring only) are the full model's, at random coefficients."""
+    from deep3dface.fit.fitter import keypoint_geometry
+
+    model = load_model("default", dtype=torch.float64)
+    generator = torch.Generator().manual_seed(3)
+    coeffs = model.zero_coefficients(3).replace(
+        id=torch.randn(3, model.layout.id, generator=generator, dtype=torch.float64),
+        exp=torch.randn(3, model.layout.exp, generator=generator, dtype=torch.float64),
+        angle=0.6 * torch.randn(3, 3, generator=generator, dtype=torch.float64),
+        trans=0.1 * torch.randn(3, 3, generator=generator, dtype=torch.float64))
+    full = model(coeffs)
+    points, normals = keypoint_geometry(model, coeffs)
+    torch.testing.assert_close(points, full.vertices[:, model.keypoints], atol=1e-12, rtol=0)
+    torch.testing.assert_close(normals, full.normals[:, model.keypoints], atol=1e-12, rtol=0)

@@ -29,6 +29,7 @@ import torch
 
 from ..camera import Camera
 from ..morphable.data import ModelData
+from ..morphable.geometry import rotation_matrix, vertex_normals
 from ..morphable.model import MorphableModel
 from ..morphable.shading import irradiance
 from ..morphable.topology import graph_laplacian, mirror_vertex_map
@@ -263,12 +264,51 @@ def _landmark_system(model, targets, weights68, ids68, stage, coeffs):
 def _keypoint_visibility(model, coeffs, cosine):
     """(B, 68) bool: keypoint normal faces the camera by more than ``cosine``."""
     with torch.no_grad():
-        geometry = model(coeffs.to(model.mean_shape.dtype))
-        points = geometry.vertices[:, model.keypoints]
-        normals = geometry.normals[:, model.keypoints]
+        points, normals = keypoint_geometry(model, coeffs)
         view = torch.tensor([0.0, 0.0, Camera.crop().distance], dtype=points.dtype) - points
         facing = (normals * torch.nn.functional.normalize(view, dim=-1)).sum(-1)
     return facing > cosine
+
+
+def keypoint_geometry(model: MorphableModel, coeffs: Coefficients) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, 68, 3) posed keypoints and their unit normals in camera-facing model space, equal to
+    ``model(coeffs)``'s ``vertices`` and ``normals`` at ``model.keypoints``, from the keypoints'
+    one-ring only (a few hundred of the model's vertices: the fit asks this every round)."""
+    ring = _keypoint_ring(model.data)
+    dtype = model.mean_shape.dtype
+    coeffs = coeffs.to(dtype)
+    rows = (3 * ring.vertices[:, None] + torch.arange(3)).reshape(-1)
+    offset = coeffs.id @ model.id_basis[rows].T + coeffs.exp @ model.exp_basis[rows].T
+    shape = offset.view(coeffs.batch_size, -1, 3) + model.mean_shape[ring.vertices]
+    normals = vertex_normals(shape, ring.triangles, ring.point_buf)[:, ring.keypoints]
+    rotation = rotation_matrix(coeffs.angle)
+    points = shape[:, ring.keypoints] @ rotation.transpose(1, 2) + coeffs.trans[:, None]
+    return points, normals @ rotation.transpose(1, 2)
+
+
+@dataclass(frozen=True, eq=False)
+class _Ring:
+    vertices: torch.Tensor   # (U,) model vertex ids of the keypoints' triangles
+    triangles: torch.Tensor  # (T, 3) those triangles, indexing ``vertices``
+    point_buf: torch.Tensor  # (U, V) each local vertex's triangles among them, padded with T
+    keypoints: torch.Tensor  # (68,) the keypoints, indexing ``vertices``
+
+
+@lru_cache(maxsize=4)
+def _keypoint_ring(data: ModelData) -> _Ring:
+    faces = data.point_buf[data.keypoints]
+    faces = np.unique(faces[faces < len(data.triangles)])
+    vertices, local = np.unique(data.triangles[faces], return_inverse=True)
+    triangles = local.reshape(-1, 3)
+    point_buf = np.full((len(vertices), data.point_buf.shape[1]), len(triangles))
+    fill = np.zeros(len(vertices), dtype=np.int64)
+    for t, corners in enumerate(triangles):  # keypoints get all their triangles; others a subset
+        for v in corners:
+            point_buf[v, fill[v]] = t
+            fill[v] += 1
+    keypoints = np.searchsorted(vertices, data.keypoints)
+    as_long = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.int64)  # noqa: E731
+    return _Ring(as_long(vertices), as_long(triangles), as_long(point_buf), as_long(keypoints))
 
 
 def _appearance_stage(model, targets, stage, camera, coeffs, flags):
