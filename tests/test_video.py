@@ -77,6 +77,8 @@ def test_still_head_does_not_jitter(tmp_path, faces):
         container.mux(stream.encode())
     result = reconstruct_video(clip, SetObserver.create(descriptors=False), load_model("default"))
     assert len(result.fitted) == 12
+    # every tracked frame keeps MediaPipe's 468 points: the identity and per-frame fits use them too
+    assert all(tuple(f.points.shape) == (468, 2) for f in result.frames)
     # one camera for the clip: every frame shares the alignment
     assert torch.equal(result.matrices, result.matrices[:1].expand_as(result.matrices))
     # the tracker settles within a few frames (the first box is the detector's): skip them

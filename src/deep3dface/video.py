@@ -59,6 +59,7 @@ class TrackedFrame:
     landmarks68: torch.Tensor | None  # (68, 2) photo pixels, None where no face was found
     score: float
     redetected: bool                # the detector ran on this frame
+    points: torch.Tensor | None = None  # (K, 2) the landmarker's own points (MediaPipe: 468), photo pixels
 
 
 @dataclass(frozen=True, eq=False)
@@ -128,7 +129,7 @@ def track(frames, observer: SetObserver, min_score: float = 0.5) -> Iterator[Tra
             yield TrackedFrame(index, seconds, None, 0.0 if marks is None else float(marks.score), redetected)
             continue
         previous = marks.ibug68.double()
-        yield TrackedFrame(index, seconds, marks.ibug68.float(), float(marks.score), redetected)
+        yield TrackedFrame(index, seconds, marks.ibug68.float(), float(marks.score), redetected, marks.points.float())
 
 
 def reconstruct_video(path: str | Path, observer: SetObserver, model: MorphableModel,
@@ -151,14 +152,21 @@ def reconstruct_tracked(frames: tuple[TrackedFrame, ...], model: MorphableModel,
     camera = Camera.crop(dtype=torch.float64)
     sample = np.unique(np.linspace(0, len(fitted) - 1, min(config.identity_frames, len(fitted))).round().astype(int))
     scores = torch.tensor([frames[fitted[i]].score for i in sample], dtype=torch.float64)
-    identity = fit_identity(model, crop[sample], camera, scores, config=SetFitConfig()).identity.double()
+    dense = _dense_points(model, [frames[i] for i in fitted], matrices)
+    identity = fit_identity(model, crop[sample], camera, scores, config=SetFitConfig(),
+                            dense=None if dense is None else dense.select(sample)).identity.double()
     count = len(fitted)
-    start = model.zero_coefficients(count).to(torch.float64).replace(id=identity.expand(count, -1))
     base = LANDMARK_WEIGHTS.double().expand(count, -1)
     free = fit_landmarks_set(model, crop, camera, base, groups=torch.arange(count), iterations=20)
     start = free.to(torch.float64).replace(id=identity.expand(count, -1))  # per-frame pose to start from
-    raw = fit_landmarks_set(model, crop, camera, base * visible_points(model, start), torch.arange(count),
-                            iterations=20, initial=start, update_identity=False)
+    # pose and expression from the 68 and, where the landmarker gave them, its dense points
+    targets, ids, weights = crop, None, base * visible_points(model, start)
+    if dense is not None:
+        targets = torch.cat([crop, dense.pixels.double()], 1)
+        ids = torch.cat([model.keypoints, dense.vertex_ids.to(model.keypoints)])
+        weights = torch.cat([weights, dense.point_weights(start.angle[:, 1], SetFitConfig())], 1)
+    raw = fit_landmarks_set(model, targets, camera, weights, torch.arange(count), iterations=20, initial=start,
+                            vertex_ids=ids, update_identity=False)
     times = np.array([frames[i].time for i in fitted])
     # one cutoff per frame for every coefficient, driven by how fast the landmarks move (in eye
     # distances per second): filtering angle, translation and expression with different cutoffs
@@ -256,6 +264,22 @@ def _frame_size(path) -> tuple[int, int]:
 
 
 # -- pure functions --------------------------------------------------------------------------------
+def _dense_points(model: MorphableModel, frames: list[TrackedFrame], matrices: torch.Tensor):
+    """The frames' MediaPipe points in the clip's crop with the model's dense correspondence
+    (``image_set.DensePoints``), or None where a frame lacks them or the model has none."""
+    from .detect.correspondence import NUM_POINTS
+    from .fit.image_set import DensePoints
+    from .pipeline import _dense_correspondence
+
+    if any(f.points is None or len(f.points) != NUM_POINTS for f in frames):
+        return None
+    correspondence = _dense_correspondence(model)
+    if correspondence is None:
+        return None
+    pixels = _apply(matrices, torch.stack([f.points.double() for f in frames]))
+    return DensePoints(pixels, correspondence.vertex_ids, correspondence.weights, correspondence.contour)
+
+
 def five_points(ibug68: torch.Tensor) -> torch.Tensor:
     """(68, 2) -> (5, 2) in the detector's order: eye centres, nose tip, mouth corners."""
     return torch.stack([ibug68[36:42].mean(0), ibug68[42:48].mean(0), ibug68[30], ibug68[48], ibug68[54]])

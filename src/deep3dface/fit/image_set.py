@@ -91,6 +91,10 @@ class DensePoints:
         w = torch.where(self.contour[None] & ~frontal[:, None], torch.zeros_like(w), w)
         return w * (68.0 * config.dense_weight / w.sum(1, keepdim=True).clamp_min(1e-12))
 
+    def select(self, rows) -> "DensePoints":
+        """The same points for a subset of the photos (``rows``: indices or a mask)."""
+        return DensePoints(self.pixels[torch.as_tensor(rows)], self.vertex_ids, self.weights, self.contour)
+
 
 @dataclass(frozen=True, eq=False)
 class SetFit:
