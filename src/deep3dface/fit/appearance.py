@@ -79,6 +79,27 @@ def estimate_albedo(observed: torch.Tensor, irradiance: torch.Tensor, weights: t
     return torch.as_tensor(out, dtype=observed.dtype, device=observed.device)
 
 
+def albedo_normal_equations(albedo_basis: torch.Tensor, mean_albedo: torch.Tensor, observed: torch.Tensor,
+                            irradiance: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted least squares for albedo-basis coefficients, per photo: (3N, K) basis, (N, 3) mean,
+    (B, N, 3) observed colours and irradiances, (B, N) weights -> (B, K, K) and (B, K) normal
+    equations of ``observed ≈ (mean + basis·tex) · irradiance``.  Summed over photos they are one
+    person's shared albedo (``shared_albedo``)."""
+    basis = albedo_basis.view(mean_albedo.shape[0], 3, -1)          # (N, 3, K)
+    design = basis[None] * irradiance[..., None]                     # (B, N, 3, K)
+    residual = observed - mean_albedo * irradiance
+    w = weights[..., None, None]
+    return (torch.einsum("bnck,bncl->bkl", design * w, design), torch.einsum("bnck,bnc->bk", design * w, residual))
+
+
+def solve_with_prior(lhs: torch.Tensor, rhs: torch.Tensor, ridge: float = 1.0) -> torch.Tensor:
+    """(..., K, K), (..., K) normal equations -> (..., K) coefficients, with a ridge of ``ridge`` %
+    of the mean diagonal: the albedo prior in proportion to the data, whatever its amount."""
+    scale = lhs.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]
+    eye = torch.eye(lhs.shape[-1], dtype=lhs.dtype)
+    return torch.linalg.solve(lhs + ridge * 1e-2 * scale * eye, rhs[..., None])[..., 0]
+
+
 def _solve_spd(system: sp.csr_matrix, rhs: np.ndarray, start: np.ndarray, rtol: float = 1e-4,
                max_iterations: int = 1000) -> np.ndarray:
     """The system is symmetric positive definite (data + Laplacian + symmetry + prior): Jacobi-

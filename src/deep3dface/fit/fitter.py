@@ -36,7 +36,7 @@ from ..morphable.topology import graph_laplacian, mirror_vertex_map
 from ..render import rasterize
 from ..threads import torch_threads
 from ..types import Coefficients
-from .appearance import estimate_albedo, estimate_lighting, sample_photo
+from .appearance import albedo_normal_equations, estimate_albedo, estimate_lighting, sample_photo, solve_with_prior
 from .landmark_fit import LAMBDA_EXP, LAMBDA_ID, fit_landmarks
 from .losses import LANDMARK_WEIGHTS
 
@@ -327,7 +327,8 @@ def _appearance_stage(model, targets, stage, camera, coeffs, flags):
             gamma = estimate_lighting(observed, albedo, geometry.normals, weights)
             light = irradiance(geometry.normals, gamma)
             if model.has_albedo_basis:
-                tex = _albedo_basis_fit(model, observed, light, weights)
+                tex = solve_with_prior(*albedo_normal_equations(model.albedo_basis, model.mean_albedo, observed,
+                                                                light, weights))
                 albedo = model.albedo(tex)
             else:
                 extras = _model_extras(model.data)
@@ -341,19 +342,6 @@ def _appearance_stage(model, targets, stage, camera, coeffs, flags):
             for f in flags:
                 f.append("albedo estimate not finite; mean albedo used")
     return fitted, (None if model.has_albedo_basis else albedo)
-
-
-def _albedo_basis_fit(model, observed, light, weights, ridge=1.0):
-    """Least-squares tex coefficients (B, K_tex) with the paper's prior weight relative to the data."""
-    basis = model.albedo_basis.view(model.num_vertices, 3, -1)  # (N, 3, K)
-    design = basis[None] * light[..., None]  # (B, N, 3, K)
-    residual = observed - model.mean_albedo * light
-    w = weights[..., None, None]
-    lhs = torch.einsum("bnck,bncl->bkl", design * w, design)
-    rhs = torch.einsum("bnck,bnc->bk", design * w, residual)
-    scale = lhs.diagonal(dim1=1, dim2=2).mean(1)[:, None, None]
-    eye = torch.eye(lhs.shape[-1], dtype=lhs.dtype)
-    return torch.linalg.solve(lhs + ridge * 1e-2 * scale * eye, rhs[..., None])[..., 0]
 
 
 def _vertex_weights(model, geometry, screen, size, grazing_cosine):

@@ -27,7 +27,7 @@ from ..camera import Camera
 from ..morphable.model import MorphableModel
 from ..morphable.shading import irradiance
 from ..types import Coefficients
-from .appearance import estimate_albedo, estimate_lighting, sample_photo
+from .appearance import albedo_normal_equations, estimate_albedo, estimate_lighting, sample_photo, solve_with_prior
 # the single-photo appearance stage's vertex weights and model operators: one definition of each
 from .fitter import AppearanceStage, _model_extras, _skin_weights, _vertex_weights
 
@@ -90,14 +90,8 @@ def shared_basis_fit(model: MorphableModel, observed: torch.Tensor, light: torch
                      ridge: float = 1.0) -> torch.Tensor:
     """(K_tex,) albedo coefficients explaining all photos at once: the summed normal equations of
     the single-photo basis fit, with its prior relative to the data."""
-    basis = model.albedo_basis.view(model.num_vertices, 3, -1)      # (N, 3, K)
-    design = basis[None] * light[..., None]                          # (P, N, 3, K)
-    residual = observed - model.mean_albedo * light
-    w = weights[..., None, None]
-    lhs = torch.einsum("pnck,pncl->kl", design * w, design)
-    rhs = torch.einsum("pnck,pnc->k", design * w, residual)
-    scale = lhs.diagonal().mean()
-    return torch.linalg.solve(lhs + ridge * 1e-2 * scale * torch.eye(len(lhs), dtype=lhs.dtype), rhs)
+    lhs, rhs = albedo_normal_equations(model.albedo_basis, model.mean_albedo, observed, light, weights)
+    return solve_with_prior(lhs.sum(0), rhs.sum(0), ridge)
 
 
 __all__ = ["SharedAppearance", "fit_shared_appearance", "shared_basis_fit", "shared_vertex_albedo"]
