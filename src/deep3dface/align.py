@@ -128,14 +128,15 @@ class Alignment:
 
     def to_crop(self, points):
         """Photo pixels (..., 2) -> crop pixels; numpy in, numpy out; torch in, torch out."""
-        return _apply(self.matrix, points)
+        return apply_matrix(self.matrix, points)
 
     def to_photo(self, points):
         """Crop pixels (..., 2) -> photo pixels."""
-        return _apply(self.inverse, points)
+        return apply_matrix(self.inverse, points)
 
 
-def _apply(matrix: torch.Tensor, points):
+def apply_matrix(matrix: torch.Tensor, points):
+    """A (3, 3) affine pixel map (last row 0, 0, 1) applied to points (..., 2); numpy in, numpy out."""
     as_numpy = not isinstance(points, torch.Tensor)
     p = torch.as_tensor(np.asarray(points, dtype=np.float64) if as_numpy else points)
     m = matrix.to(dtype=p.dtype if p.is_floating_point() else torch.float64, device=p.device)

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .align import Alignment, alignment_for
+from .align import Alignment, alignment_for, apply_matrix
 from .camera import Camera
 from .detect.types import Detection
 from .fit.image_set import DensePoints, SetFit, SetFitConfig, fit_identity
@@ -291,9 +291,11 @@ def _landmark_result(face: FaceObservation):
     return LandmarkResult(face.landmarks68, None, face.landmark_score, face.landmarks68, backend="set")
 
 
-def dense_points(model: MorphableModel, faces: list[FaceObservation]) -> DensePoints | None:
-    """The faces' MediaPipe points in their crops with the model's dense correspondence, or None
-    where a face lacks them (another landmarker) or the model has no correspondence."""
+def dense_points(model: MorphableModel, faces: list, matrices: torch.Tensor | None = None) -> DensePoints | None:
+    """The faces' MediaPipe points (``.points``, photo pixels) in their crops with the model's
+    dense correspondence, or None where a face lacks them (another landmarker) or the model has no
+    correspondence.  The crops are the faces' own ``.alignment``s, or ``matrices`` (P, 3, 3) photo
+    -> crop (a video's one clip-wide camera)."""
     from .detect.correspondence import NUM_POINTS
     from .pipeline import _dense_correspondence  # the pipeline's one lookup (None without data)
 
@@ -302,7 +304,9 @@ def dense_points(model: MorphableModel, faces: list[FaceObservation]) -> DensePo
     correspondence = _dense_correspondence(model)
     if correspondence is None:
         return None
-    pixels = torch.stack([f.alignment.to_crop(f.points.double()) for f in faces])
+    if matrices is None:
+        matrices = [f.alignment.matrix for f in faces]
+    pixels = torch.stack([apply_matrix(m, f.points.double()) for m, f in zip(matrices, faces)])
     return DensePoints(pixels, correspondence.vertex_ids, correspondence.weights, correspondence.contour)
 
 

@@ -24,8 +24,10 @@ import torch
 from .align import Alignment, align
 from .camera import Camera
 from .detect import MTCNN, Detection, MTCNNConfig
+from .detect.correspondence import point_weights
 from .detect.landmarks import LandmarkResult, create_landmarker, landmarks_of
 from .fit.fitter import FitConfig, FitResult, FitTargets, fit_faces, five_point_targets
+from .fit.losses import LANDMARK_WEIGHTS
 from .io.images import read_image
 from .morphable import load_model
 from .morphable.model import MorphableModel
@@ -224,18 +226,17 @@ class Reconstructor:
         weights = None
         lost = [m.score < self.config.min_landmark_score for m in marks]
         if any(lost):
-            from .fit.losses import LANDMARK_WEIGHTS
             weights = LANDMARK_WEIGHTS.expand(len(marks), -1).clone()
             for i in (i for i, is_lost in enumerate(lost) if is_lost):
                 landmarks[i], weights[i] = five_point_targets(alignments[i].to_crop(detections[i].landmarks5.double()).float())
-        targets = FitTargets(crops=crops, landmarks=landmarks, landmark_weights=weights)
+        dense = {}
         if self.dense is not None and self.config.dense:
-            dense_weights = (self.dense.weights * (68.0 / self.dense.weights.sum())).float().expand(len(marks), -1)
-            dense_weights = dense_weights * torch.tensor([0.0 if is_lost else 1.0 for is_lost in lost])[:, None]
-            targets = FitTargets(
-                crops=crops, landmarks=landmarks, landmark_weights=weights,
-                dense=torch.stack([a.to_crop(m.points.double()) for a, m in zip(alignments, marks)]).float(),
-                dense_vertex_ids=self.dense.vertex_ids, dense_weights=dense_weights, dense_contour=self.dense.contour)
+            # all points at yaw 0 (summing to 68); the fit drops the outline once it knows the yaw
+            dense_weights = point_weights(self.dense, torch.zeros(len(marks))).float()
+            dense = dict(dense=torch.stack([a.to_crop(m.points.double()) for a, m in zip(alignments, marks)]).float(),
+                         dense_vertex_ids=self.dense.vertex_ids, dense_contour=self.dense.contour,
+                         dense_weights=dense_weights * torch.tensor([0.0 if is_lost else 1.0 for is_lost in lost])[:, None])
+        targets = FitTargets(crops=crops, landmarks=landmarks, landmark_weights=weights, **dense)
         initial = None
         if self.rnet is not None:
             with torch.no_grad():

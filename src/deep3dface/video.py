@@ -37,7 +37,7 @@ from .camera import Camera
 from .detect.landmarks import box_from_ibug68, roll_from_eyes
 from .fit.image_set import SetFitConfig, fit_identity, fit_landmarks_set, visible_points
 from .fit.losses import LANDMARK_WEIGHTS
-from .image_set import SetObserver, neutral_mesh
+from .image_set import SetObserver, dense_points, neutral_mesh
 from .morphable.model import MorphableModel
 from .types import Coefficients, Mesh
 
@@ -152,7 +152,7 @@ def reconstruct_tracked(frames: tuple[TrackedFrame, ...], model: MorphableModel,
     camera = Camera.crop(dtype=torch.float64)
     sample = np.unique(np.linspace(0, len(fitted) - 1, min(config.identity_frames, len(fitted))).round().astype(int))
     scores = torch.tensor([frames[fitted[i]].score for i in sample], dtype=torch.float64)
-    dense = _dense_points(model, [frames[i] for i in fitted], matrices)
+    dense = dense_points(model, [frames[i] for i in fitted], matrices)
     identity = fit_identity(model, crop[sample], camera, scores, config=SetFitConfig(),
                             dense=None if dense is None else dense.select(sample)).identity.double()
     count = len(fitted)
@@ -162,9 +162,8 @@ def reconstruct_tracked(frames: tuple[TrackedFrame, ...], model: MorphableModel,
     # pose and expression from the 68 and, where the landmarker gave them, its dense points
     targets, ids, weights = crop, None, base * visible_points(model, start)
     if dense is not None:
-        targets = torch.cat([crop, dense.pixels.double()], 1)
-        ids = torch.cat([model.keypoints, dense.vertex_ids.to(model.keypoints)])
-        weights = torch.cat([weights, dense.point_weights(start.angle[:, 1], SetFitConfig())], 1)
+        targets, ids = dense.with_keypoints(crop, model.keypoints)
+        weights = dense.with_weights(weights, start.angle[:, 1], SetFitConfig())
     raw = fit_landmarks_set(model, targets, camera, weights, torch.arange(count), iterations=20, initial=start,
                             vertex_ids=ids, update_identity=False)
     times = np.array([frames[i].time for i in fitted])
@@ -264,22 +263,6 @@ def _frame_size(path) -> tuple[int, int]:
 
 
 # -- pure functions --------------------------------------------------------------------------------
-def _dense_points(model: MorphableModel, frames: list[TrackedFrame], matrices: torch.Tensor):
-    """The frames' MediaPipe points in the clip's crop with the model's dense correspondence
-    (``image_set.DensePoints``), or None where a frame lacks them or the model has none."""
-    from .detect.correspondence import NUM_POINTS
-    from .fit.image_set import DensePoints
-    from .pipeline import _dense_correspondence
-
-    if any(f.points is None or len(f.points) != NUM_POINTS for f in frames):
-        return None
-    correspondence = _dense_correspondence(model)
-    if correspondence is None:
-        return None
-    pixels = _apply(matrices, torch.stack([f.points.double() for f in frames]))
-    return DensePoints(pixels, correspondence.vertex_ids, correspondence.weights, correspondence.contour)
-
-
 def five_points(ibug68: torch.Tensor) -> torch.Tensor:
     """(68, 2) -> (5, 2) in the detector's order: eye centres, nose tip, mouth corners."""
     return torch.stack([ibug68[36:42].mean(0), ibug68[42:48].mean(0), ibug68[30], ibug68[48], ibug68[54]])

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 
 from ..camera import AXIS_FLIP, Camera
+from ..detect.correspondence import point_weights
 from ..morphable.geometry import rotation_matrix
 from ..morphable.model import MorphableModel
 from ..types import Coefficients
@@ -83,13 +84,21 @@ class DensePoints:
 
     def point_weights(self, yaw: torch.Tensor | None, config: "SetFitConfig") -> torch.Tensor:
         """(P, K) fitting weights summing to ``68 · dense_weight`` per photo; outline points only
-        where the fitted |yaw| (radians; None: not fitted yet) is below ``contour_max_yaw``."""
-        count = self.pixels.shape[0]
-        w = self.weights.double().expand(count, -1)
-        frontal = (torch.zeros(count, dtype=torch.bool) if yaw is None
-                   else yaw.double().abs() < math.radians(config.contour_max_yaw))
-        w = torch.where(self.contour[None] & ~frontal[:, None], torch.zeros_like(w), w)
-        return w * (68.0 * config.dense_weight / w.sum(1, keepdim=True).clamp_min(1e-12))
+        where the fitted |yaw| (radians; None: not fitted yet) is below ``contour_max_yaw``
+        (``detect.correspondence.point_weights``, which the single-photo pipeline uses too)."""
+        yaw_degrees = (torch.full((self.pixels.shape[0],), math.inf, dtype=torch.float64) if yaw is None
+                       else torch.rad2deg(yaw.double()))
+        return point_weights(self, yaw_degrees, config.contour_max_yaw, 68.0 * config.dense_weight)
+
+    def with_keypoints(self, pixels68: torch.Tensor, keypoints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(P, 68, 2) keypoint targets -> (P, 68 + K, 2) targets and (68 + K,) vertex ids: the 68
+        followed by the dense points, the layout ``with_weights`` and the set fits use."""
+        return (torch.cat([pixels68.double(), self.pixels.double()], 1),
+                torch.cat([keypoints, self.vertex_ids.to(keypoints)]))
+
+    def with_weights(self, weights68: torch.Tensor, yaw: torch.Tensor | None, config: "SetFitConfig") -> torch.Tensor:
+        """(P, 68) keypoint weights -> (P, 68 + K): followed by ``point_weights``."""
+        return torch.cat([weights68, self.point_weights(yaw, config)], 1)
 
     def select(self, rows) -> "DensePoints":
         """The same points for a subset of the photos (``rows``: indices or a mask)."""
@@ -136,15 +145,12 @@ def fit_identity(model: MorphableModel, pixels: torch.Tensor, camera: Camera, sc
     scores = torch.ones(count, dtype=torch.float64) if scores is None else torch.as_tensor(scores).double()
     base = LANDMARK_WEIGHTS.double().expand(count, -1)
     alone = torch.arange(count)
-    targets, vertex_ids = pixels, None
-    if dense is not None:
-        targets = torch.cat([pixels.double(), dense.pixels.double()], 1)
-        vertex_ids = torch.cat([model.keypoints, dense.vertex_ids.to(model.keypoints)])
+    targets, vertex_ids = (pixels, None) if dense is None else dense.with_keypoints(pixels, model.keypoints)
 
     def point_weights(weights68, coeffs):
         if dense is None:
             return weights68
-        return torch.cat([weights68, dense.point_weights(None if coeffs is None else coeffs.angle[:, 1], config)], 1)
+        return dense.with_weights(weights68, None if coeffs is None else coeffs.angle[:, 1], config)
 
     robust = torch.ones(targets.shape[:2], dtype=torch.float64)
 
