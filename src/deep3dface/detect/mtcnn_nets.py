@@ -27,7 +27,6 @@ from pathlib import Path
 import numba
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from deep3dface.assets import asset_file
