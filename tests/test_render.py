@@ -80,6 +80,27 @@ def test_numba_backend_in_parallel_chunks_and_bands(split):
     assert torch.equal(rasterize_shaded(screen, triangles, 20, 28, 1e-3, False, split)[0], ids)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_small_triangles_equal_the_reference(seed):
+    """Boxes of at most 2 x 2 pixel centres take the numba kernel's vectorised path: many small
+    triangles, vertices often on pixel centres or corners (edge ties), depths often equal."""
+    g = torch.Generator().manual_seed(seed)
+    faces = 600
+    centre = torch.rand(faces, 1, 2, generator=g, dtype=torch.float64) * torch.tensor([30.0, 22.0]) - 1
+    xy = centre + torch.rand(faces, 3, 2, generator=g, dtype=torch.float64) * 3 - 1.5
+    xy = torch.where(torch.rand(faces, 3, 1, generator=g) < 0.5, (xy * 2).round() / 2, xy)
+    z = torch.where(torch.rand(faces, 3, 1, generator=g) < 0.5, 2.0,
+                    torch.rand(faces, 3, 1, generator=g, dtype=torch.float64) + 1)
+    screen = torch.cat([xy, z], -1).reshape(1, -1, 3)
+    triangles = torch.arange(3 * faces).view(faces, 3)
+    for cull in (False, True):
+        ids, bary, depth = rasterize_reference(screen, triangles, 20, 28, cull=cull)
+        raster = rasterize(screen, triangles, (20, 28), cull_backfaces=cull, backend="numba")
+        assert torch.equal(raster.triangle_id, ids)
+        torch.testing.assert_close(raster.barycentrics, bary, atol=1e-10, rtol=0)
+        torch.testing.assert_close(raster.depth, depth, atol=1e-10, rtol=1e-10)
+
+
 def test_random_scene_exercises_the_special_cases():
     screen, triangles = random_scene(0)
     ids = rasterize(screen, triangles, (20, 28), backend="torch").triangle_id

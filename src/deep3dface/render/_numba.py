@@ -1,23 +1,25 @@
-"""Numba backend (CPU): a z-buffer kernel that bins triangles, then draws bands of rows in parallel.
+"""Numba backend (CPU): triangles classified in SIMD blocks, then drawn by bands of rows in parallel.
 
-One call runs three parallel phases per face of the batch:
+One call runs two parallel phases per face of the batch:
 
-1. vertices, split between threads: whether each may be drawn (depth in [near, inf), finite x and
-   y) and the pixel centres it spans (ceil / floor of x - 0.5 and y - 0.5);
-2. triangles, in contiguous ascending chunks (one per thread): the box of pixel centres from the
-   vertices' spans (integer min / max only); about half the triangles of a dense mesh at 224²
-   hold no centre and stop here; the others are appended, with their box, to the chunk's list;
-3. bands of rows, one task each: every listed triangle whose box meets the band is drawn into the
-   band's rows, chunk after chunk, so in ascending id order: a strict depth test keeps the lower
-   id on ties, exactly like a serial loop.  A winning fragment writes the outputs (id,
-   barycentrics, depth) at once, while the triangle's vertices are in registers: there is no
-   per-chunk z-buffer to merge and no second pass over the pixels.
+1. triangles, in contiguous chunks (one per thread), in blocks of ``BLOCK``: a scalar loop gathers
+   the block's vertices into a small array, then a branch-free loop (LLVM vectorises it: no gathers,
+   no branches, IEEE division) finds each triangle's box of pixel centres, whether it may be drawn
+   and, for a box of exactly one centre (most triangles of a dense mesh at 224²), the whole
+   fragment: coverage, depth and barycentrics.  A scalar loop then appends, without branches,
+   covered one-centre fragments to the chunk's ``single`` list and larger boxes to its ``multi``
+   list; the rest (about 70% at 224²: empty boxes, culled, uncovered centres) stop here;
+2. bands of rows, one task each: the fragments of the single lists that fall in the band are
+   depth-tested and written; the multi triangles are drawn into the band's rows (edge functions per
+   pixel) and a winning fragment writes the outputs at once, vertices in registers.
 
-No locks, no atomics: tasks write disjoint rows.  The arithmetic is the float64 expressions of
-``raster.py``'s docstring, written in the same order as the torch and reference backends (no
-fastmath: no FMA contraction or reassociation), hence identical ids.  Culling and zero-area tests
-are done in phase 3, where the coordinates are loaded anyway.  The kernels compile on first use
-and are cached on disk (``cache=True``).
+The depth test keeps the smaller (depth, triangle id) pair: the result of a serial loop in id order
+with a strict test, whatever the order fragments arrive in.  No locks, no atomics: tasks write
+disjoint rows.  The arithmetic is the float64 expressions of ``raster.py``'s docstring, written in
+the same order as the torch and reference backends (no fastmath: no FMA contraction or
+reassociation; vectorising does not change IEEE results), hence identical ids.  ``error_model=
+"numpy"``: a division by zero gives inf / NaN as in torch, without a check that blocks
+vectorisation.  The kernels compile on first use and are cached on disk (``cache=True``).
 """
 from __future__ import annotations
 
@@ -29,10 +31,9 @@ import numpy as np
 import torch
 from numba import prange
 
-#: span given to a vertex that may not be drawn: it adds nothing to a triangle's box of pixel
-#: centres, so a triangle of three such vertices has an empty box (the others are rejected by
-#: the ``ok`` flags once their box is found non-empty)
-_NO_SPAN = 2**30
+#: triangles per classification block: its gathered vertices (9 x BLOCK float64) and results stay in L1
+BLOCK = 256
+_VALUES = 6  # rows of a block's results: larger box, i0, i1, j0, j1, mask of covered centres
 
 
 @numba.njit(cache=True, inline="always")
@@ -41,44 +42,133 @@ def _load(screen, n, k):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, inline="always")
-def _prepare(screen, n, k0, k1, near, height, width, span, ok):  # pragma: no cover - compiled
-    """Vertices [k0, k1) of face n: ``ok`` and the span of pixel centres (ceil x, floor x, ceil y,
-    floor y of the coordinate - 0.5); a triangle's box is [min of the ceils, max of the floors],
-    ceil and floor being monotone."""
-    for k in range(k0, k1):
-        x, y, z = _load(screen, n, k)
-        good = (z >= near) & (z < np.inf) & (x - x == 0) & (y - y == 0)  # x - x is NaN for inf, NaN
-        ok[k] = good
-        if good:
-            # clamped first so that huge coordinates convert to int safely
-            cx, cy = min(max(x - 0.5, -1.0), width), min(max(y - 0.5, -1.0), height)
-            span[k, 0], span[k, 1], span[k, 2], span[k, 3] = math.ceil(cx), math.floor(cx), math.ceil(cy), math.floor(cy)
-        else:
-            span[k, 0], span[k, 1], span[k, 2], span[k, 3] = _NO_SPAN, -_NO_SPAN, _NO_SPAN, -_NO_SPAN
+def _edge_setup(xa, ya, xb, yb, orient):  # pragma: no cover - compiled
+    """Edge a -> b with its endpoints in canonical (lexicographic) order, by selects (not branches:
+    this runs in the vectorised loop): origin x, y, dx, dy, the sign that makes the inside
+    positive, and whether the oriented edge is a top or left edge."""
+    swap = (xa > xb) | ((xa == xb) & (ya > yb))
+    ox, oy = (xb if swap else xa), (yb if swap else ya)
+    qx, qy = (xa if swap else xb), (ya if swap else yb)
+    dx, dy = (xb - xa) * orient, (yb - ya) * orient
+    return ox, oy, qx - ox, qy - oy, (-orient if swap else orient), (dy < 0) | ((dy == 0) & (dx > 0))
 
 
 @numba.njit(cache=True, inline="always")
-def _bin(tris, f0, f1, height, width, span, ok, listed, box):  # pragma: no cover - compiled
-    """List triangles [f0, f1) whose box holds a pixel centre and whose vertices may be drawn:
-    ids into ``listed``, boxes (first row, last row, first col, last col) into ``box``.  Returns
-    (count, whether a vertex id was out of range: such triangles are skipped, never read)."""
-    vertices = span.shape[0]
-    count, bad = 0, False
-    for f in range(f0, f1):
-        a, b, c = tris[f, 0], tris[f, 1], tris[f, 2]
-        if not ((0 <= a) & (a < vertices) & (0 <= b) & (b < vertices) & (0 <= c) & (c < vertices)):
-            bad = True
-            continue
-        i0 = max(min(span[a, 2], span[b, 2], span[c, 2]), 0)
-        i1 = min(max(span[a, 3], span[b, 3], span[c, 3]), height - 1)
-        j0 = max(min(span[a, 0], span[b, 0], span[c, 0]), 0)
-        j1 = min(max(span[a, 1], span[b, 1], span[c, 1]), width - 1)
-        # written whatever the outcome, kept by advancing ``count``: a branch here would be
-        # mispredicted for about half the triangles (measured ~20% of this loop)
-        listed[count] = f
-        box[count, 0], box[count, 1], box[count, 2], box[count, 3] = i0, i1, j0, j1
-        count += (i0 <= i1) & (j0 <= j1) & ok[a] & ok[b] & ok[c]
-    return count, bad
+def _centre(e0, e1, e2, px, py):  # pragma: no cover - compiled
+    """The three edge functions at (px, py) and whether the centre is covered (never for NaN)."""
+    ax0, ay0, dx0, dy0, s0, tl0 = e0
+    ax1, ay1, dx1, dy1, s1, tl1 = e1
+    ax2, ay2, dx2, dy2, s2, tl2 = e2
+    w0 = s0 * (dx0 * (py - ay0) - dy0 * (px - ax0))
+    w1 = s1 * (dx1 * (py - ay1) - dy1 * (px - ax1))
+    w2 = s2 * (dx2 * (py - ay2) - dy2 * (px - ax2))
+    covered = (((w0 > 0) | ((w0 == 0) & tl0)) & ((w1 > 0) | ((w1 == 0) & tl1))
+               & ((w2 > 0) | ((w2 == 0) & tl2)) & ((w0 + w1) + w2 > 0))
+    return w0, w1, w2, covered
+
+
+@numba.njit(cache=True, error_model="numpy")
+def _classify(v, out, count, near, cull, height, width):  # pragma: no cover - compiled
+    """v (9, BLOCK) float64: x, y, z of the three vertices of ``count`` triangles (NaN for a bad
+    vertex id) -> out (_VALUES, BLOCK): 1 for a drawable triangle whose box holds more than 2 x 2
+    centres, else 0; box (i0, i1, j0, j1; 0 unless drawable); for a box of at most 2 x 2 centres,
+    the bit mask of the covered ones among (i0, j0), (i0, j0 + 1), (i0 + 1, j0), (i0 + 1, j0 + 1).  Branch-free and without divisions on purpose (vectorised; most triangles
+    stop here)."""
+    for k in range(count):
+        x0, y0, z0, x1, y1, z1 = v[0, k], v[1, k], v[2, k], v[3, k], v[4, k], v[5, k]
+        x2, y2, z2 = v[6, k], v[7, k], v[8, k]
+        # x - x is NaN for inf and NaN
+        good = ((z0 >= near) & (z0 < np.inf) & (x0 - x0 == 0) & (y0 - y0 == 0)
+                & (z1 >= near) & (z1 < np.inf) & (x1 - x1 == 0) & (y1 - y1 == 0)
+                & (z2 >= near) & (z2 < np.inf) & (x2 - x2 == 0) & (y2 - y2 == 0))
+        area2 = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
+        good = good & (area2 != 0) & ~(cull & (area2 > 0))
+        orient = 1.0 if area2 > 0 else -1.0
+        # box of pixel centres, clamped before the int conversion (huge coordinates)
+        j0 = max(math.ceil(min(max(min(min(x0, x1), x2) - 0.5, -1.0), width)), 0.0)
+        j1 = min(math.floor(min(max(max(max(x0, x1), x2) - 0.5, -1.0), width)), width - 1.0)
+        i0 = max(math.ceil(min(max(min(min(y0, y1), y2) - 0.5, -1.0), height)), 0.0)
+        i1 = min(math.floor(min(max(max(max(y0, y1), y2) - 0.5, -1.0), height)), height - 1.0)
+        drawn = good & (j0 <= j1) & (i0 <= i1)
+        small = drawn & (j1 - j0 <= 1.0) & (i1 - i0 <= 1.0)
+        e0 = _edge_setup(x1, y1, x2, y2, orient)
+        e1 = _edge_setup(x2, y2, x0, y0, orient)
+        e2 = _edge_setup(x0, y0, x1, y1, orient)
+        px, py = j0 + 0.5, i0 + 0.5
+        c0 = _centre(e0, e1, e2, px, py)[3]
+        c1 = _centre(e0, e1, e2, px + 1.0, py)[3]
+        c2 = _centre(e0, e1, e2, px, py + 1.0)[3]
+        c3 = _centre(e0, e1, e2, px + 1.0, py + 1.0)[3]
+        right, down = j0 < j1, i0 < i1
+        mask = ((1.0 if c0 else 0.0) + (2.0 if c1 & right else 0.0) + (4.0 if c2 & down else 0.0)
+                + (8.0 if c3 & right & down else 0.0))
+        out[0, k] = 1.0 if drawn & ~small else 0.0
+        out[5, k] = mask if small else 0.0
+        out[1, k], out[2, k] = (i0 if drawn else 0.0), (i1 if drawn else 0.0)
+        out[3, k], out[4, k] = (j0 if drawn else 0.0), (j1 if drawn else 0.0)
+
+
+@numba.njit(cache=True, inline="always")
+def _bin(screen, n, tris, f0, f1, near, cull, height, width, v, out, block_list, single_id, single_at,
+         single_value, multi_id, multi_box):  # pragma: no cover - compiled
+    """Classify triangles [f0, f1) of face n block by block: append the covered centres of boxes of
+    at most 2 x 2 centres, shaded, to the single list (few: their divisions are not worth
+    vectorising) and larger boxes to the multi list.  Returns (fragments, multis, whether a vertex
+    id was out of range: such triangles are skipped, never read)."""
+    vertices = screen.shape[1]
+    singles = multis = 0
+    bad = False
+    for b0 in range(f0, f1, BLOCK):
+        count = min(BLOCK, f1 - b0)
+        for k in range(count):
+            for m in range(3):
+                a = tris[b0 + k, m]
+                inside = (0 <= a) & (a < vertices)
+                bad |= not inside
+                x, y, z = _load(screen, n, a if inside else 0)
+                v[3 * m, k], v[3 * m + 1, k], v[3 * m + 2, k] = (x if inside else np.nan), y, z
+        _classify(v, out, count, near, cull, height, width)
+        # 4 k + centre of each covered centre, and positions of larger boxes: written whatever
+        # they are, kept by advancing the count (no mispredicted branches)
+        ones = larger = 0
+        for k in range(count):
+            mask = np.int64(out[5, k])
+            for c in range(4):
+                block_list[0, ones] = 4 * k + c
+                ones += (mask >> c) & 1
+            block_list[1, larger] = k
+            larger += out[0, k] == 1.0
+        for m in range(ones):
+            k, c = block_list[0, m] >> 2, block_list[0, m] & 3
+            x0, y0, z0, x1, y1, z1 = v[0, k], v[1, k], v[2, k], v[3, k], v[4, k], v[5, k]
+            x2, y2, z2 = v[6, k], v[7, k], v[8, k]
+            i, j = np.int32(out[1, k]) + (c >> 1), np.int32(out[3, k]) + (c & 1)
+            py, px = i + 0.5, j + 0.5
+            # the edge functions again, by the same expressions: storing them would stop LLVM
+            # from vectorising _classify (too many output streams)
+            orient = 1.0 if (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0) > 0 else -1.0
+            w0, w1, w2, _ = _centre(_edge_setup(x1, y1, x2, y2, orient), _edge_setup(x2, y2, x0, y0, orient),
+                                    _edge_setup(x0, y0, x1, y1, orient), px, py)
+            # raster.pixel_barycentrics' formula, operation for operation
+            e0 = (x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)
+            e1 = (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)
+            e2 = (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)
+            t = (e0 + e1) + e2
+            q0, q1, q2 = (e0 / t) / z0, (e1 / t) / z1, (e2 / t) / z2
+            inverse = (q0 + q1) + q2
+            single_id[singles] = b0 + k
+            single_at[singles, 0], single_at[singles, 1] = i, j
+            single_value[singles, 0] = ((w0 + w1) + w2) / ((w0 / z0 + w1 / z1) + w2 / z2)
+            single_value[singles, 1], single_value[singles, 2] = q0 / inverse, q1 / inverse
+            single_value[singles, 3], single_value[singles, 4] = q2 / inverse, 1.0 / inverse
+            singles += 1
+        for m in range(larger):
+            k = block_list[1, m]
+            multi_id[multis] = b0 + k
+            for c in range(4):
+                multi_box[multis, c] = np.int32(out[1 + c, k])
+            multis += 1
+    return singles, multis, bad
 
 
 @numba.njit(cache=True, inline="always")
@@ -99,21 +189,19 @@ def _edge(xa, ya, xb, yb, orient):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, inline="always")
-def _draw(screen, n, tris, cull, listed, box, count, r0, r1, zbuf, ids, bary, depth):  # pragma: no cover
-    """Draw the ``count`` listed triangles, in list order, into rows [r0, r1) of face n."""
+def _draw(screen, n, tris, multi_id, multi_box, count, r0, r1, zbuf, ids, bary, depth):  # pragma: no cover
+    """Draw the ``count`` listed larger-box triangles (drawable: checked by ``_classify``) into rows
+    [r0, r1) of face n; a winning fragment writes the outputs at once."""
     for k in range(count):
-        i0, i1 = max(box[k, 0], r0), min(box[k, 1], r1 - 1)
+        i0, i1 = max(multi_box[k, 0], r0), min(multi_box[k, 1], r1 - 1)
         if i0 > i1:
             continue
-        j0, j1 = box[k, 2], box[k, 3]
-        f = listed[k]
+        j0, j1 = multi_box[k, 2], multi_box[k, 3]
+        f = multi_id[k]
         x0, y0, z0 = _load(screen, n, tris[f, 0])
         x1, y1, z1 = _load(screen, n, tris[f, 1])
         x2, y2, z2 = _load(screen, n, tris[f, 2])
-        area2 = (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0)
-        if (area2 == 0) | (cull & (area2 > 0)):
-            continue
-        orient = 1.0 if area2 > 0 else -1.0
+        orient = 1.0 if (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0) > 0 else -1.0
         ax0, ay0, dx0, dy0, s0, tl0 = _edge(x1, y1, x2, y2, orient)
         ax1, ay1, dx1, dy1, s1, tl1 = _edge(x2, y2, x0, y0, orient)
         ax2, ay2, dx2, dy2, s2, tl2 = _edge(x0, y0, x1, y1, orient)
@@ -121,8 +209,6 @@ def _draw(screen, n, tris, cull, listed, box, count, r0, r1, zbuf, ids, bary, de
             py = i + 0.5
             for j in range(j0, j1 + 1):
                 px = j + 0.5
-                # all three edges, then one branch: most boxes hold one centre, so early exits
-                # per edge would only add mispredictions
                 w0 = s0 * (dx0 * (py - ay0) - dy0 * (px - ax0))
                 w1 = s1 * (dx1 * (py - ay1) - dy1 * (px - ax1))
                 w2 = s2 * (dx2 * (py - ay2) - dy2 * (px - ax2))
@@ -132,7 +218,7 @@ def _draw(screen, n, tris, cull, listed, box, count, r0, r1, zbuf, ids, bary, de
                         & ((w2 > 0) | ((w2 == 0) & tl2)) & (total > 0)):
                     continue
                 d = total / ((w0 / z0 + w1 / z1) + w2 / z2)
-                if d < zbuf[i, j]:  # strict: the lower id, drawn first, keeps ties
+                if (d < zbuf[i, j]) | ((d == zbuf[i, j]) & (f < ids[n, i, j])):
                     zbuf[i, j] = d
                     ids[n, i, j] = f
                     # raster.pixel_barycentrics' formula, operation for operation
@@ -146,24 +232,39 @@ def _draw(screen, n, tris, cull, listed, box, count, r0, r1, zbuf, ids, bary, de
                     depth[n, i, j] = 1.0 / inverse
 
 
-@numba.njit(cache=True, parallel=True)
-def _raster(screen, tris, near, cull, bands, span, ok, listed, box, counts, bad, zbuf, ids, bary, depth):  # pragma: no cover
-    """screen (B, N, 3) float32/64, tris (F, 3) int64; scratch span (B, N, 4) int32, ok (B, N)
-    bool, listed (B, T, L) int32 and box (B, T, L, 4) int32 with L >= ceil(F / T), counts (B, T)
-    int64, bad (B, T) bool, zbuf (B, H, W) float64, for T chunks of triangles; out ids (B, H, W),
-    bary (B, H, W, 3), depth (B, H, W).  False when a triangle refers to a vertex outside [0, N)
-    (checked here rather than with torch: a torch op just before would leave torch's OpenMP
-    workers spinning on the cores that this kernel's threads need)."""
-    batch, chunks = counts.shape
+@numba.njit(cache=True, inline="always")
+def _place(n, single_id, single_at, single_value, count, r0, r1, zbuf, ids, bary, depth):  # pragma: no cover
+    """Depth-test the ``count`` listed one-centre fragments that fall in rows [r0, r1) of face n."""
+    for k in range(count):
+        i, j = single_at[k, 0], single_at[k, 1]
+        if (i < r0) | (i >= r1):
+            continue
+        d, f = single_value[k, 0], single_id[k]
+        if (d < zbuf[i, j]) | ((d == zbuf[i, j]) & (f < ids[n, i, j])):
+            zbuf[i, j] = d
+            ids[n, i, j] = f
+            bary[n, i, j, 0], bary[n, i, j, 1], bary[n, i, j, 2] = single_value[k, 1], single_value[k, 2], single_value[k, 3]
+            depth[n, i, j] = single_value[k, 4]
+
+
+@numba.njit(cache=True, parallel=True, error_model="numpy")
+def _raster(screen, tris, near, cull, bands, v, out, block_list, single_id, single_at, single_value, multi_id, multi_box,
+            counts, bad, zbuf, ids, bary, depth):  # pragma: no cover
+    """screen (B, N, 3) float32/64, tris (F, 3) int64; per task scratch v (B, T, 9, BLOCK) and out
+    (B, T, _VALUES, BLOCK) float64, lists single_id (B, T, L) int32, single_at (B, T, L, 2) int32,
+    single_value (B, T, L, 5) float64, multi_id (B, T, L) int32, multi_box (B, T, L, 4) int32 with
+    L >= ceil(F / T), counts (B, T, 2) int64, bad (B, T) bool, zbuf (B, H, W) float64, for T chunks
+    of triangles; out ids (B, H, W), bary (B, H, W, 3), depth (B, H, W).  False when a triangle
+    refers to a vertex outside [0, N) (checked here rather than with torch: a torch op just before
+    would leave torch's OpenMP workers spinning on the cores that this kernel's threads need)."""
+    batch, chunks = bad.shape
     height, width = zbuf.shape[1], zbuf.shape[2]
-    faces, vertices = tris.shape[0], screen.shape[1]
+    faces = tris.shape[0]
     for task in prange(batch * chunks):
         n, t = task // chunks, task % chunks
-        _prepare(screen, n, vertices * t // chunks, vertices * (t + 1) // chunks, near, height, width, span[n], ok[n])
-    for task in prange(batch * chunks):
-        n, t = task // chunks, task % chunks
-        counts[n, t], bad[n, t] = _bin(tris, faces * t // chunks, faces * (t + 1) // chunks, height, width, span[n],
-                                       ok[n], listed[n, t], box[n, t])
+        counts[n, t, 0], counts[n, t, 1], bad[n, t] = _bin(
+            screen, n, tris, faces * t // chunks, faces * (t + 1) // chunks, near, cull, height, width, v[n, t],
+            out[n, t], block_list[n, t], single_id[n, t], single_at[n, t], single_value[n, t], multi_id[n, t], multi_box[n, t])
     for task in prange(batch * bands):
         n, r = task // bands, task % bands
         r0, r1 = height * r // bands, height * (r + 1) // bands
@@ -172,7 +273,10 @@ def _raster(screen, tris, near, cull, bands, span, ok, listed, box, counts, bad,
         bary[n, r0:r1] = 0.0
         depth[n, r0:r1] = np.inf
         for t in range(chunks):
-            _draw(screen, n, tris, cull, listed[n, t], box[n, t], counts[n, t], r0, r1, zbuf[n], ids, bary, depth)
+            _place(n, single_id[n, t], single_at[n, t], single_value[n, t], counts[n, t, 0], r0, r1, zbuf[n], ids,
+                   bary, depth)
+            _draw(screen, n, tris, multi_id[n, t], multi_box[n, t], counts[n, t, 1], r0, r1, zbuf[n], ids, bary,
+                  depth)
     for k in range(bad.size):
         if bad.flat[k]:
             return False
@@ -218,10 +322,15 @@ def rasterize_shaded(screen: torch.Tensor, triangles: torch.Tensor, height: int,
     bary = torch.empty((batch, height, width, 3), dtype=dtype)
     depth = torch.empty((batch, height, width), dtype=dtype)
     if not _raster(screen.contiguous().numpy(), triangles.contiguous().numpy(), near, cull, bands,
-                   _scratch("span", (batch, vertices, 4), torch.int32), _scratch("ok", (batch, vertices), torch.bool),
-                   _scratch("listed", (batch, chunks, per_chunk), torch.int32),
-                   _scratch("box", (batch, chunks, per_chunk, 4), torch.int32),
-                   _scratch("counts", (batch, chunks), torch.int64), _scratch("bad", (batch, chunks), torch.bool),
+                   _scratch("v", (batch, chunks, 9, BLOCK), torch.float64),
+                   _scratch("out", (batch, chunks, _VALUES, BLOCK), torch.float64),
+                   _scratch("block_list", (batch, chunks, 2, 4 * BLOCK), torch.int32),
+                   _scratch("single_id", (batch, chunks, 4 * per_chunk), torch.int32),
+                   _scratch("single_at", (batch, chunks, 4 * per_chunk, 2), torch.int32),
+                   _scratch("single_value", (batch, chunks, 4 * per_chunk, 5), torch.float64),
+                   _scratch("multi_id", (batch, chunks, per_chunk), torch.int32),
+                   _scratch("multi_box", (batch, chunks, per_chunk, 4), torch.int32),
+                   _scratch("counts", (batch, chunks, 2), torch.int64), _scratch("bad", (batch, chunks), torch.bool),
                    _scratch("zbuf", (batch, height, width), torch.float64), ids.numpy(), bary.numpy(), depth.numpy()):
         raise ValueError(f"triangle vertex ids must lie in [0, {vertices})")
     return ids, bary, depth
