@@ -69,8 +69,7 @@ def _centre(e0, e1, e2, px, py):  # pragma: no cover - compiled
 
 @numba.njit(cache=True, error_model="numpy")
 def _classify(v, out, count, near, cull, height, width):  # pragma: no cover - compiled
-    """v (9, BLOCK) float64: x, y, z of the three vertices of ``count`` triangles (NaN for a bad
-    vertex id) -> out (_VALUES, BLOCK): 1 for a drawable triangle whose box holds more than 2 x 2
+    """v (9, BLOCK) float64: x, y, z of the three vertices of ``count`` triangles -> out (_VALUES, BLOCK): 1 for a drawable triangle whose box holds more than 2 x 2
     centres, else 0; box (i0, i1, j0, j1; 0 unless drawable); for a box of at most 2 x 2 centres,
     the bit mask of the covered ones among (i0, j0), (i0, j0 + 1), (i0 + 1, j0), (i0 + 1, j0 + 1).  Branch-free and without divisions on purpose (vectorised; most triangles
     stop here)."""
@@ -108,25 +107,33 @@ def _classify(v, out, count, near, cull, height, width):  # pragma: no cover - c
         out[3, k], out[4, k] = (j0 if drawn else 0.0), (j1 if drawn else 0.0)
 
 
+@numba.njit(cache=True)
+def _id_range(tris, f0, f1):  # pragma: no cover - compiled
+    """Smallest and largest vertex id of triangles [f0, f1) (a vectorised reduction: checking each
+    id where it is read costs more than the classification)."""
+    lowest, highest = np.int64(0), np.int64(0)
+    flat = tris[f0:f1].ravel()
+    for k in range(flat.size):
+        lowest, highest = min(lowest, flat[k]), max(highest, flat[k])
+    return lowest, highest
+
+
 @numba.njit(cache=True, inline="always")
 def _bin(screen, n, tris, f0, f1, near, cull, height, width, v, out, block_list, single_id, single_at,
          single_value, multi_id, multi_box):  # pragma: no cover - compiled
     """Classify triangles [f0, f1) of face n block by block: append the covered centres of boxes of
     at most 2 x 2 centres, shaded, to the single list (few: their divisions are not worth
     vectorising) and larger boxes to the multi list.  Returns (fragments, multis, whether a vertex
-    id was out of range: such triangles are skipped, never read)."""
-    vertices = screen.shape[1]
+    id was out of range: then nothing is read or listed)."""
+    lowest, highest = _id_range(tris, f0, f1)
+    if (lowest < 0) | (highest >= screen.shape[1]):
+        return 0, 0, True  # the call fails: no need to draw the chunk's valid triangles
     singles = multis = 0
-    bad = False
     for b0 in range(f0, f1, BLOCK):
         count = min(BLOCK, f1 - b0)
         for k in range(count):
             for m in range(3):
-                a = tris[b0 + k, m]
-                inside = (0 <= a) & (a < vertices)
-                bad |= not inside
-                x, y, z = _load(screen, n, a if inside else 0)
-                v[3 * m, k], v[3 * m + 1, k], v[3 * m + 2, k] = (x if inside else np.nan), y, z
+                v[3 * m, k], v[3 * m + 1, k], v[3 * m + 2, k] = _load(screen, n, tris[b0 + k, m])
         _classify(v, out, count, near, cull, height, width)
         # 4 k + centre of each covered centre, and positions of larger boxes: written whatever
         # they are, kept by advancing the count (no mispredicted branches)
@@ -168,7 +175,7 @@ def _bin(screen, n, tris, f0, f1, near, cull, height, width, v, out, block_list,
             for c in range(4):
                 multi_box[multis, c] = np.int32(out[1 + c, k])
             multis += 1
-    return singles, multis, bad
+    return singles, multis, False
 
 
 @numba.njit(cache=True, inline="always")
