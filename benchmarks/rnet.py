@@ -1,44 +1,52 @@
-"""R-Net (ResNet-50 → 257 coefficients) on CPU: ms per face for B = 1 and B = 16, median over runs.
+"""R-Net (ResNet-50 → 257 coefficients) on CPU: ms per face for B = 1, 8 and 16, median over runs.
 
-Random weights (speed does not depend on them). Configurations, all under ``torch.inference_mode()``:
+Random weights (speed does not depend on them). Configurations, all under ``torch.inference_mode()``,
+timed interleaved (one run of each in turn) so that load from other processes hits them alike:
   eager_f32        the network as loaded (NCHW, BatchNorm separate)
-  prepared_f32     ``prepare_for_inference``: BatchNorm folded, channels_last weights
-  prepared_bf16    the same under ``torch.autocast("cpu", bfloat16)`` (AVX512-BF16 / AMX CPUs only
-                   gain); ``bf16_rel_error`` = max |bf16 − f32| / max |f32| on the B = 16 batch
-  compiled_*       ``torch.compile`` (inductor, freezing) of the prepared network; skipped with a
-                   reason when the compiler is unavailable or ``--no-compile`` is given
+  prepared_f32     ``prepare_for_inference(precision="float32")``: BatchNorm folded, channels_last
+  prepared_bf16    ``prepare_for_inference(precision="bfloat16")``: bfloat16 backbone, weights packed
+                   once for oneDNN (what "auto" picks on CPUs with AVX512-BF16 / AMX; elsewhere slow);
+                   ``bf16_rel_error`` = max |bf16 − f32| / max |f32| on the B = 16 batch
+  autocast_bf16    prepared_f32 under ``torch.autocast("cpu", bfloat16)`` (weights cast every call)
+  compiled_*       ``torch.compile`` (inductor, freezing) of prepared_f32; skipped with a reason when
+                   the compiler is unavailable or ``--no-compile`` is given
 
-Usage: python benchmarks/rnet.py [--variant recon|seed] [--no-compile]   -> one JSON line
+Usage: python benchmarks/rnet.py [--variant recon|seed] [--threads N] [--no-compile]   -> one JSON line
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, median_ms  # noqa: E402
+from _common import emit  # noqa: E402
 
 from deep3dface.nets.rnet import RNet, prepare_for_inference  # noqa: E402
 
-BATCHES = (1, 16)
+BATCHES = (1, 8, 16)
 
 
-def per_face_ms(fn, images: torch.Tensor, runs: dict[int, int], autocast: bool) -> dict[str, float]:
-    """{"B1": ms per face, "B16": ...} for ``fn`` on the first B images."""
-    out = {}
+def per_face_ms(configs: dict, images: torch.Tensor, runs: dict[int, int]) -> dict[str, dict[str, float]]:
+    """{name: {"B1": ms per face, ...}} for configs {name: (fn, autocast)}, runs interleaved."""
+    out = {name: {} for name in configs}
     for batch in BATCHES:
         x = images[:batch]
-        cast = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-
-        def step():
-            with torch.inference_mode(), cast:
-                fn(x)
-
-        out[f"B{batch}"] = round(median_ms(step, runs=runs[batch], warmup=2) / batch, 2)
+        times = {name: [] for name in configs}
+        for run in range(2 + runs[batch]):  # two warm-up rounds: oneDNN primitives, recompiles
+            for name, (fn, autocast) in configs.items():
+                cast = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+                with torch.inference_mode(), cast:
+                    start = time.perf_counter()
+                    fn(x)
+                    times[name].append((time.perf_counter() - start) * 1e3)
+        for name, values in times.items():
+            out[name][f"B{batch}"] = round(statistics.median(values[2:]) / batch, 2)
     return out
 
 
@@ -60,33 +68,34 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--variant", default="recon", choices=("recon", "seed"))
     parser.add_argument("--no-compile", action="store_true")
-    parser.add_argument("--runs", type=int, default=20, help="runs at B = 1 (B = 16 uses a quarter)")
+    parser.add_argument("--runs", type=int, default=20, help="runs at B = 1 (B = 8 and 16 use a quarter)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
-    runs = {1: args.runs, 16: max(3, args.runs // 4)}
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runs = {1: args.runs, 8: max(3, args.runs // 4), 16: max(3, args.runs // 4)}
     torch.manual_seed(0)
     model = RNet(args.variant).eval()
-    fast = prepare_for_inference(model)
+    fast = prepare_for_inference(model, precision="float32")
+    low = prepare_for_inference(model, precision="bfloat16")
     images = torch.rand(16, 3, 224, 224)
 
-    results = {"eager_f32": per_face_ms(model.vector, images, runs, False),
-               "prepared_f32": per_face_ms(fast.vector, images, runs, False),
-               "prepared_bf16": per_face_ms(fast.vector, images, runs, True)}
-    with torch.inference_mode():
-        reference = model.vector(images)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            low = fast.vector(images).float()
-    results["bf16_rel_error"] = float(f"{((low - reference).abs().max() / reference.abs().max()).item():.2e}")
-
+    configs = {"eager_f32": (model.vector, False), "prepared_f32": (fast.vector, False),
+               "prepared_bf16": (low.vector, False), "autocast_bf16": (fast.vector, True)}
+    results = {}
     if args.no_compile:
         results["compiled"] = "skipped: --no-compile"
     else:
         compiled, reason = compile_or_reason(fast.vector)
         if compiled is None:
             results["compiled"] = f"skipped: {reason}"
-        else:
-            # Each new batch size or autocast state recompiles during per_face_ms's warm-up, untimed.
-            results["compiled_f32"] = per_face_ms(compiled, images, runs, False)
-            results["compiled_bf16"] = per_face_ms(compiled, images, runs, True)
+        else:  # each new batch size or autocast state recompiles during the warm-up rounds, untimed
+            configs.update(compiled_f32=(compiled, False), compiled_bf16=(compiled, True))
+    results.update(per_face_ms(configs, images, runs))
+    with torch.inference_mode():
+        reference = model.vector(images)
+        error = (low.vector(images) - reference).abs().max() / reference.abs().max()
+    results["bf16_rel_error"] = float(f"{error.item():.2e}")
     emit("rnet_forward", variant=args.variant, unit="ms_per_face", **results)
 
 
