@@ -28,7 +28,9 @@ def _forward(attr, tris, ids, bary, out):  # pragma: no cover - compiled
         for j in range(width):
             f = ids[b, i, j]
             if f < 0:
-                out[b, i, j, :] = 0
+                # element by element: a slice assignment per pixel costs more than the shading
+                for c in range(channels):
+                    out[b, i, j, c] = 0.0
                 continue
             if f >= faces:
                 bad += 1
@@ -61,7 +63,7 @@ def _backward(grad, attr, tris, ids, bary, parts, grad_attr, grad_bary):  # prag
             for j in range(width):
                 f = ids[b, i, j]
                 if f < 0:
-                    grad_bary[b, i, j, :] = 0
+                    grad_bary[b, i, j, 0] = grad_bary[b, i, j, 1] = grad_bary[b, i, j, 2] = 0.0
                     continue
                 v0, v1, v2 = tris[f, 0], tris[f, 1], tris[f, 2]
                 w0, w1, w2 = bary[b, i, j, 0], bary[b, i, j, 1], bary[b, i, j, 2]
