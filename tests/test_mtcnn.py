@@ -212,6 +212,17 @@ def test_several_faces_in_either_order_and_max_faces(faces, detector):
         MTCNNConfig(rank_by="size")
 
 
+def test_detection_keeps_the_callers_torch_thread_count(detector):
+    """Numba's parallel kernels share torch's OpenMP runtime; they must not raise its thread count."""
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        detector([torch.rand(3, 90, 120)])
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(previous)
+
+
 def test_no_face_and_tiny_images(detector):
     assert detector([torch.full((3, 120, 90), 0.5), torch.rand(3, 8, 8)]) == [[], []]
     assert detector([]) == []

@@ -45,9 +45,9 @@ def _channels_last(x: torch.Tensor) -> torch.Tensor:
 # -- PReLU followed by max-pooling, fused -----------------------------------------------------------
 # Every pooling layer of the three nets follows a PReLU.  Torch runs them as two passes, and its
 # channels-last PReLU and max-pool kernels are slow on 10-64 channels: on one core, P-Net's first
-# PReLU + pool over a 640x480 photo's largest pyramid level took 4.2 ms, this kernel 1.0 ms (R-Net
-# 1.6x, O-Net 2.6x faster).  Max and PReLU are exact operations, so the result is bit-identical to
-# torch's (tests/test_mtcnn.py compares them).
+# PReLU + pool over a 640x480 photo's largest pyramid level took 4.2 ms, a first fused kernel 1.0 ms;
+# maxing rows before columns (below) is another 1.2-2.3x on the three nets' shapes.  Max and PReLU
+# are exact operations, so the result equals torch's (tests/test_mtcnn.py compares them).
 def pooled_length(n: int, kernel: int, stride: int) -> int:
     """Output length of torch's ``max_pool2d(..., ceil_mode=True)`` without padding."""
     out = math.ceil((n - kernel) / stride) + 1
@@ -60,27 +60,35 @@ def _prelu_max_pool_nb(x, weight, kernel, stride, out):  # pragma: no cover - co
     clipped at the far edges as in ceil mode) of prelu(x)."""
     B, H, W, C = x.shape
     Ho, Wo = out.shape[1], out.shape[2]
-    tiled = np.empty(W * C, np.float32)  # the slopes repeated along a row: the PReLU loop vectorises
+    n = W * C
+    tiled = np.empty(n, np.float32)  # the slopes repeated along a row: the PReLU loop vectorises
     for i in range(W):
         tiled[i * C:(i + 1) * C] = weight
+    column = np.empty(n, np.float32)  # max over the window's rows, per (x, channel)
     for task in range(B * Ho):
         b, oy = task // Ho, task % Ho
-        activated = np.empty(W * C, np.float32)
-        row_out = out[b, oy].reshape(Wo * C)
         y0 = oy * stride
-        for y in range(y0, min(y0 + kernel, H)):
-            row = x[b, y].reshape(W * C)
-            for i in range(W * C):
+        # Rows first, as whole contiguous rows (vectorised), then across the kernel's columns:
+        # 2-3x faster than maxing every row across columns.
+        row = x[b, y0].reshape(n)
+        for i in range(n):
+            v = row[i]
+            column[i] = v if v > 0 else v * tiled[i]  # torch's PReLU
+        for y in range(y0 + 1, min(y0 + kernel, H)):
+            row = x[b, y].reshape(n)
+            for i in range(n):
                 v = row[i]
-                activated[i] = v if v > 0 else v * tiled[i]  # torch's PReLU, to the sign of zero
-            for ox in range(Wo):
-                x0 = ox * stride
-                if y == y0:
-                    row_out[ox * C:(ox + 1) * C] = activated[x0 * C:(x0 + 1) * C]
-                for xx in range(x0, min(x0 + kernel, W)):
-                    for c in range(C):
-                        a, v = row_out[ox * C + c], activated[xx * C + c]
-                        row_out[ox * C + c] = v if v > a else a
+                a = v if v > 0 else v * tiled[i]
+                column[i] = a if a > column[i] else column[i]
+        row_out = out[b, oy].reshape(Wo * C)
+        for ox in range(Wo):
+            x0 = ox * stride
+            for c in range(C):  # a loop: numba's slice copy costs more than the copy, per ox
+                row_out[ox * C + c] = column[x0 * C + c]
+            for xx in range(x0 + 1, min(x0 + kernel, W)):
+                for c in range(C):
+                    a, v = row_out[ox * C + c], column[xx * C + c]
+                    row_out[ox * C + c] = v if v > a else a
 
 
 def prelu_max_pool(x: torch.Tensor, prelu: nn.PReLU, pool: nn.MaxPool2d) -> torch.Tensor:
@@ -116,7 +124,15 @@ class PNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = prelu_max_pool(self.conv1(_channels_last(x)), self.prelu1, self.pool1)
         x = self.prelu3(self.conv3(self.prelu2(self.conv2(x))))
-        return self.conv4_1(x), torch.softmax(self.conv4_2(x), dim=1)
+        # The two 1x1 heads as one (6, 32) x (32, pixels) product on the channels-last map (a view),
+        # giving NCHW outputs: 3x faster than two 1x1 convolutions (torch's im2col path) and a
+        # channels-last softmax over 2 channels.
+        B, C, h, w = x.shape
+        weight = torch.cat([self.conv4_1.weight, self.conv4_2.weight]).reshape(6, C)
+        bias = torch.cat([self.conv4_1.bias, self.conv4_2.bias])
+        out = torch.stack([torch.addmm(bias[:, None], weight, pixels.T)
+                           for pixels in x.permute(0, 2, 3, 1).reshape(B, h * w, C)])
+        return out[:, :4].view(B, 4, h, w), torch.softmax(out[:, 4:], dim=1).view(B, 2, h, w)
 
 
 def _flatten_whc(x: torch.Tensor) -> torch.Tensor:
