@@ -52,9 +52,25 @@ def test_blocks_give_the_same_answer(monkeypatch):
     boxes = random_boxes(300, generator, spread=60.0)
     scores = torch.rand(300, generator=generator)
     expected = naive_nms(boxes, scores, 0.4)
+    monkeypatch.setattr(nms_module, "_use_numba", lambda boxes: False)  # the torch path has the blocks
     for block in (1, 7, 64, 4096):
         monkeypatch.setattr(nms_module, "BLOCK", block)
         assert nms(boxes, scores, 0.4).tolist() == expected
+
+
+@pytest.mark.parametrize("kind", ["iou", "min"])
+def test_numba_loop_keeps_what_the_torch_path_keeps(monkeypatch, kind):
+    """Same boxes, exactly: integer-valued boxes (MTCNN's) with ties, duplicates and empty boxes."""
+    generator = torch.Generator().manual_seed(11)
+    boxes = torch.cat([random_boxes(400, generator, spread=80.0).round(), torch.tensor([[5.0, 5, 5, 9]] * 3)])
+    boxes = torch.cat([boxes, boxes[:20]])
+    scores = torch.rand(boxes.shape[0], generator=generator).round(decimals=2)
+    categories = torch.randint(0, 4, (boxes.shape[0],), generator=generator)
+    fast = [nms(boxes, scores, t, kind) for t in (0.0, 0.5, 0.7)], batched_nms(boxes, scores, categories, 0.5, kind)
+    monkeypatch.setattr(nms_module, "_use_numba", lambda boxes: False)
+    slow = [nms(boxes, scores, t, kind) for t in (0.0, 0.5, 0.7)], batched_nms(boxes, scores, categories, 0.5, kind)
+    assert [k.tolist() for k in fast[0]] == [k.tolist() for k in slow[0]]
+    assert fast[1].tolist() == slow[1].tolist()
 
 
 def test_kept_indices_are_sorted_by_decreasing_score_and_ties_are_stable():
