@@ -103,11 +103,12 @@ def test_hidden_jaw_points_are_down_weighted_on_profiles():
     corrupted = target.clone()
     corrupted[:, 11:17, 0] -= 25.0  # the far jaw (image right at this yaw) "seen" 25 px off
     crops = torch.zeros(1, 3, 224, 224)
-    result = fit_faces(model, FitTargets(crops, corrupted), FitConfig(appearance=None))
+    # exact synthetic points have no landmarker yaw bias to correct (test_yaw_correction_...)
+    result = fit_faces(model, FitTargets(crops, corrupted), FitConfig(landmarks=LandmarkStage(yaw_gain=0.0), appearance=None))
     projected = camera.project(model(result.coefficients).landmarks)
     assert (result.landmark_weights[0, 11:17] == 0).all() and (result.landmark_weights[0, :6] == 1).all()
     assert (projected - target).norm(dim=-1)[0, 11:17].mean() < 4.0
-    plain = fit_faces(model, FitTargets(crops, corrupted), FitConfig(landmarks=LandmarkStage(rounds=1,
+    plain = fit_faces(model, FitTargets(crops, corrupted), FitConfig(landmarks=LandmarkStage(rounds=1, yaw_gain=0.0,
                                                                      visible_cosine=-2.0), appearance=None))
     plain_projected = camera.project(model(plain.coefficients).landmarks)
     assert (projected - target).norm(dim=-1).mean() < (plain_projected - target).norm(dim=-1).mean()
@@ -130,7 +131,10 @@ def test_a_face_the_landmarker_loses_is_fitted_to_the_detector_points(recon, fac
     trusted = trusting.reconstruct_detections(photo, [detection])[0]
     assert not any("5 points" in flag for flag in trusted.flags)
     assert bbox_nme(face.landmarks68.double().numpy(), gt) < 0.5 * bbox_nme(trusted.landmarks68.double().numpy(), gt)
-    # the five stand-in keypoints sit on the detector's points
+    # the five stand-in keypoints sit on the detector's points (without the yaw correction, which
+    # turns this face further than its five points say)
+    exact = Reconstructor(config=replace(recon.config, fit=FitConfig(landmarks=LandmarkStage(yaw_gain=0.0))))
+    face = exact.reconstruct_detections(photo, [detection])[0]
     five = face.detection.landmarks5.double().numpy()
     kp = face.landmarks68.double().numpy()
     centres = np.stack([kp[[36, 39]].mean(0), kp[[42, 45]].mean(0), kp[30], kp[48], kp[54]])
@@ -184,3 +188,27 @@ def test_keypoint_geometry_equals_the_full_model():
     points, normals = keypoint_geometry(model, coeffs)
     torch.testing.assert_close(points, full.vertices[:, model.keypoints], atol=1e-12, rtol=0)
     torch.testing.assert_close(normals, full.normals[:, model.keypoints], atol=1e-12, rtol=0)
+
+
+def test_yaw_correction_turns_only_faces_beyond_the_knee():
+    """``LandmarkStage.yaw_gain``: a face whose landmarks (68 + dense) say |yaw| 50 deg is believed
+    to be turned 50 + gain·(50 − knee); one at 15 deg keeps the yaw its landmarks give."""
+    from deep3dface.detect.correspondence import dense_correspondence
+
+    model = load_model("default")
+    dense = dense_correspondence(model)
+    yaws = torch.tensor([50.0, -50.0, 15.0])
+    truth = model.zero_coefficients(3).replace(angle=torch.stack([torch.zeros(3), torch.deg2rad(yaws), torch.zeros(3)], 1),
+                                               trans=torch.tensor([[0.0, 0.0, 0.3]]).expand(3, -1))
+    camera = Camera.crop()
+    geometry = model(truth)
+    targets = FitTargets(torch.zeros(3, 3, 224, 224), camera.project(geometry.landmarks),
+                         dense=camera.project(geometry.vertices[:, dense.vertex_ids]), dense_vertex_ids=dense.vertex_ids,
+                         dense_weights=torch.ones(3, len(dense.vertex_ids)), dense_contour=dense.contour)
+    stage = LandmarkStage(yaw_gain=0.5, yaw_knee=30.0)
+    corrected = torch.rad2deg(fit_faces(model, targets, FitConfig(landmarks=stage, appearance=None)).coefficients.angle[:, 1])
+    plain = torch.rad2deg(fit_faces(model, targets, FitConfig(landmarks=LandmarkStage(yaw_gain=0.0), appearance=None))
+                          .coefficients.angle[:, 1])
+    torch.testing.assert_close(plain, yaws, atol=1.0, rtol=0)
+    torch.testing.assert_close(corrected[:2], torch.tensor([60.0, -60.0]), atol=1.0, rtol=0)
+    assert abs(float(corrected[2] - plain[2])) < 0.05  # two more rounds without a prior: the same yaw

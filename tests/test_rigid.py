@@ -82,3 +82,23 @@ def test_fit_landmarks_batch_equals_one_face_at_a_time(conformance):
     batched = fit_landmarks(model, target, camera, iterations=6).to_vector()
     alone = torch.cat([fit_landmarks(model, target[i:i + 1], camera, iterations=6).to_vector() for i in range(4)])
     torch.testing.assert_close(batched, alone, atol=1e-8, rtol=0)
+
+
+def test_fit_landmarks_angle_prior_holds_the_pose_it_is_given(conformance):
+    """A pose belief from elsewhere: a strong prior on yaw wins over the landmarks, a zero-weight
+    prior changes nothing, and pitch and roll stay free."""
+    from deep3dface.fit.landmark_fit import fit_landmarks
+
+    model = load_model(conformance / "tiny_bfm", dtype=torch.float64)
+    truth = model.zero_coefficients(1).replace(angle=torch.tensor([[0.1, 0.6, -0.05]], dtype=torch.float64))
+    camera = Camera.crop(dtype=torch.float64)
+    target = camera.project(model(truth).landmarks)
+    plain = fit_landmarks(model, target, camera, iterations=15)
+    believed = torch.tensor([[0.0, 0.8, 0.0]], dtype=torch.float64)
+    held = fit_landmarks(model, target, camera, iterations=15,
+                         angle_prior=(believed, torch.tensor([[0.0, 1e8, 0.0]], dtype=torch.float64)))
+    free = fit_landmarks(model, target, camera, iterations=15, angle_prior=(believed, torch.zeros(1, 3, dtype=torch.float64)))
+    assert abs(float(held.angle[0, 1]) - 0.8) < 2e-3
+    assert abs(float(plain.angle[0, 1]) - 0.6) < 0.03
+    torch.testing.assert_close(free.to_vector(), plain.to_vector(), atol=1e-9, rtol=0)
+    assert abs(float(held.angle[0, 2]) + 0.05) < 0.1  # roll still fitted, not pulled to the prior's 0

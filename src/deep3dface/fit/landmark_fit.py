@@ -24,13 +24,16 @@ LAMBDA_EXP = 3e-4 * 68 / 1.6e-3 * 0.8
 def fit_landmarks(model: MorphableModel, pixels: torch.Tensor, camera: Camera, weights: torch.Tensor | None = None,
                   vertex_ids: torch.Tensor | None = None, iterations: int = 10,
                   lambda_id: float = LAMBDA_ID, lambda_exp: float = LAMBDA_EXP,
-                  initial: Coefficients | None = None) -> Coefficients:
+                  initial: Coefficients | None = None,
+                  angle_prior: tuple[torch.Tensor, torch.Tensor] | None = None) -> Coefficients:
     """(B, K, 2) target pixels of the model vertices ``vertex_ids`` ((K,) shared or (B, K) per face;
     default: the 68 keypoints)
     -> Coefficients with id, exp, angle and trans fitted (tex and gamma zero, or ``initial``'s).
 
     Without ``initial`` the pose starts from a closed-form rigid fit of the mean shape; with it
-    (e.g. R-Net's answer or a previous round) every fitted group starts from its values."""
+    (e.g. R-Net's answer or a previous round) every fitted group starts from its values.
+    ``angle_prior``: ((B, 3) angles, (B, 3) weights) adds ``Σ w·(angle − prior)²`` (radians², in
+    units of Σ w_i d_i²) to the cost: a pose belief from elsewhere (a previous frame, a yaw model)."""
     vertex_ids = model.keypoints if vertex_ids is None else vertex_ids
     batch, k = pixels.shape[:2]
     dtype = torch.float64
@@ -50,17 +53,26 @@ def fit_landmarks(model: MorphableModel, pixels: torch.Tensor, camera: Camera, w
     root = weights.sqrt()
     reg = torch.cat([torch.full((n_id,), lambda_id ** 0.5), torch.full((n_exp,), lambda_exp ** 0.5)]).to(dtype)
 
-    def residuals(params, target, sqrt_w, *face_bases):
-        mean_k, id_k, exp_k = face_bases if face_bases else (mean, id_basis, exp_basis)
+    prior = angle_prior is not None
+    if prior:
+        prior_angles, prior_root = angle_prior[0].to(dtype), angle_prior[1].to(dtype).clamp_min(0).sqrt()
+
+    def residuals(params, target, sqrt_w, *rest):
+        if prior:
+            prior_a, prior_w, *rest = rest
+        mean_k, id_k, exp_k = rest if rest else (mean, id_basis, exp_basis)
         angles, trans = params[:, :3], params[:, 3:6]
         coeff = params[:, 6:]
         offset = (id_k @ coeff[:, :n_id, None] + exp_k @ coeff[:, n_id:, None])[..., 0]
         points = mean_k + offset.view(-1, k, 3)
         posed = points @ rotation_matrix(angles).transpose(1, 2) + trans[:, None]
         reprojection = ((cam.project(posed) - target) * sqrt_w[..., None]).flatten(1)
-        return torch.cat([reprojection, coeff * reg], 1)
+        terms = [reprojection, coeff * reg]
+        if prior:
+            terms.append((angles - prior_a) * prior_w)
+        return torch.cat(terms, 1)
 
-    data = (pixels, root) if shared else (pixels, root, mean, id_basis, exp_basis)
+    data = (pixels, root) + ((prior_angles, prior_root) if prior else ()) + (() if shared else (mean, id_basis, exp_basis))
     if initial is None:
         angles, trans = solve_pose(mean.expand(batch, -1, -1), pixels, cam, weights)
         start = torch.cat([angles, trans, torch.zeros(batch, n_id + n_exp, dtype=dtype)], 1)
