@@ -32,13 +32,12 @@ from ..morphable.data import ModelData
 from ..morphable.geometry import rotation_matrix, vertex_normals
 from ..morphable.model import MorphableModel
 from ..morphable.shading import irradiance
-from ..morphable.topology import graph_laplacian, mirror_vertex_map
-from ..render import rasterize
 from ..threads import torch_threads
 from ..types import Coefficients
 from .appearance import albedo_normal_equations, estimate_albedo, estimate_lighting, sample_photo, solve_with_prior
 from .landmark_fit import LAMBDA_EXP, LAMBDA_ID, fit_landmarks
 from .losses import LANDMARK_WEIGHTS
+from .vertex_evidence import albedo_operators, skin_weights, vertex_weights
 
 JAW = tuple(range(17))
 
@@ -350,9 +349,9 @@ def _appearance_stage(model, targets, stage, camera, coeffs, flags):
     with torch.no_grad():
         geometry = model(coeffs.to(dtype))
         screen = camera.screen(geometry.vertices)
-        weights = _vertex_weights(model, geometry, screen, targets.crops.shape[-2:], stage.grazing_cosine)
+        weights = vertex_weights(model, geometry, screen, targets.crops.shape[-2:], stage.grazing_cosine)
         observed = sample_photo(targets.crops.to(dtype), screen[..., :2])
-        skin = _skin_weights(targets.crops, screen, weights)
+        skin = skin_weights(targets.crops, screen, weights)
         weights = weights * skin
         albedo = geometry.albedo
         gamma = coeffs.gamma
@@ -365,7 +364,7 @@ def _appearance_stage(model, targets, stage, camera, coeffs, flags):
                                                                 light, weights))
                 albedo = model.albedo(tex)
             else:
-                extras = _model_extras(model.data)
+                extras = albedo_operators(model.data)
                 albedo = estimate_albedo(observed, light, weights, extras.laplacian, extras.mirror,
                                          model.mean_albedo[None], stage.smoothness, stage.symmetry,
                                          stage.prior_weight).clamp(0.0, 1.0)
@@ -376,38 +375,6 @@ def _appearance_stage(model, targets, stage, camera, coeffs, flags):
             for f in flags:
                 f.append("albedo estimate not finite; mean albedo used")
     return fitted, (None if model.has_albedo_basis else albedo)
-
-
-def _vertex_weights(model, geometry, screen, size, grazing_cosine):
-    """(B, N) visibility × view-cosine weight: a vertex counts where the rendered surface at its
-    pixel is the vertex's own (z-buffer test) and it faces the camera."""
-    raster = rasterize(screen, model.triangles, tuple(size))
-    height, width = size
-    px = screen[..., 0].floor().long().clamp(0, width - 1)
-    py = screen[..., 1].floor().long().clamp(0, height - 1)
-    batch = torch.arange(screen.shape[0])[:, None]
-    depth_at = raster.depth[batch, py, px]
-    inside = (screen[..., 0] >= 0) & (screen[..., 0] < width) & (screen[..., 1] >= 0) & (screen[..., 1] < height)
-    tolerance = 0.02 * screen[..., 2].mean(1, keepdim=True) / Camera.crop().distance  # 2 % of a decimetre
-    visible = inside & (screen[..., 2] <= depth_at + tolerance)
-    view = torch.tensor([0.0, 0.0, Camera.crop().distance], dtype=geometry.vertices.dtype) - geometry.vertices
-    cosine = (geometry.normals * torch.nn.functional.normalize(view, dim=-1)).sum(-1)
-    ramp = ((cosine - grazing_cosine) / (1 - grazing_cosine)).clamp(0, 1)
-    return visible.to(cosine.dtype) * ramp
-
-
-def _skin_weights(crops, screen, vertex_weights):
-    """Skin attention sampled at the vertices, its colour model adapted to the visible cheeks."""
-    from .skin import skin_probability
-    size = crops.shape[-2:]
-    sample = torch.zeros(crops.shape[0], 1, *size, dtype=torch.bool)
-    px = screen[..., 0].floor().long().clamp(0, size[1] - 1)
-    py = screen[..., 1].floor().long().clamp(0, size[0] - 1)
-    for b in range(crops.shape[0]):
-        seen = vertex_weights[b] > 0.5
-        sample[b, 0, py[b][seen], px[b][seen]] = True
-    probability = skin_probability(crops.float(), sample)
-    return sample_photo(probability.to(screen.dtype), screen[..., :2])[..., 0]
 
 
 def _landmark_error(model, coeffs, landmarks, weights, camera):
@@ -427,17 +394,3 @@ def _keep_finite(new: Coefficients, old: Coefficients, flags, message) -> Coeffi
     for b in torch.nonzero(~ok)[:, 0].tolist():
         flags[b].append(message)
     return Coefficients.from_vector(torch.where(ok[:, None], vector, previous), new.layout)
-
-
-@dataclass(frozen=True, eq=False)
-class _Extras:
-    laplacian: object
-    mirror: np.ndarray
-
-
-@lru_cache(maxsize=4)
-def _model_extras(data: ModelData) -> _Extras:
-    """Per-model sparse operators for the per-vertex albedo (built once per model)."""
-    laplacian = graph_laplacian(data.triangles, data.mean_shape.shape[0])
-    mirror, _ = mirror_vertex_map(data.mean_shape)
-    return _Extras(laplacian, mirror)

@@ -29,7 +29,8 @@ from ..morphable.shading import irradiance
 from ..types import Coefficients
 from .appearance import albedo_normal_equations, estimate_albedo, estimate_lighting, sample_photo, solve_with_prior
 # the single-photo appearance stage's vertex weights and model operators: one definition of each
-from .fitter import AppearanceStage, _model_extras, _skin_weights, _vertex_weights
+from .fitter import AppearanceStage
+from .vertex_evidence import albedo_operators, skin_weights, vertex_weights
 
 
 @dataclass(frozen=True, eq=False)
@@ -53,8 +54,8 @@ def fit_shared_appearance(model: MorphableModel, crops: torch.Tensor, coeffs: Co
     with torch.no_grad():
         geometry = model(coeffs.to(dtype))
         screen = camera.screen(geometry.vertices)
-        weights = _vertex_weights(model, geometry, screen, crops.shape[-2:], stage.grazing_cosine)
-        weights = weights * _skin_weights(crops, screen, weights) * confidence[:, None]
+        weights = vertex_weights(model, geometry, screen, crops.shape[-2:], stage.grazing_cosine)
+        weights = weights * skin_weights(crops, screen, weights) * confidence[:, None]
         observed = sample_photo(crops.to(dtype), screen[..., :2])
         normals = geometry.normals
         gamma, tex, albedo = coeffs.gamma.to(dtype), torch.zeros(coeffs.tex.shape[1], dtype=dtype), None
@@ -80,7 +81,7 @@ def shared_vertex_albedo(model: MorphableModel, observed: torch.Tensor, light: t
     # one pseudo-photo with weight W = Σ w, irradiance sqrt(Σ w e² / W) and colour Σ w e o / (W e)
     fused_light = torch.where(seen[:, None], (data / total.clamp_min(1e-12)[:, None]).sqrt(), 0.0)
     fused_colour = torch.where(fused_light > 0, product / (total[:, None] * fused_light).clamp_min(1e-12), 0.0)
-    extras = _model_extras(model.data)
+    extras = albedo_operators(model.data)
     albedo = estimate_albedo(fused_colour[None], fused_light[None], total[None], extras.laplacian, extras.mirror,
                              model.mean_albedo[None], stage.smoothness, stage.symmetry, stage.prior_weight)
     return albedo[0].clamp(0.0, 1.0)
