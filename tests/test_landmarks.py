@@ -194,6 +194,33 @@ def test_landmarks_of_a_detection_uses_its_eye_line(mediapipe, frontal):
     assert nme_bbox(result.ibug68.double().numpy(), gt) < 0.05
 
 
+def test_a_profile_lost_to_a_spurious_eye_line_is_tried_upright(mediapipe, faces):
+    """AFLW2000-3D image00460 (|yaw| 60): MTCNN's eye points tilt the eye line ~60 deg, MediaPipe
+    loses the face at that roll, finds it upright.  image00179: upright, MediaPipe confidently
+    finds the neighbouring face, which lies outside the box, so the retry is not taken."""
+    from deep3dface.detect import MTCNN
+    from deep3dface.detect.landmarks import landmarks_of
+    from deep3dface.io import read_image
+
+    manifest = {i["id"]: i for i in json.loads((faces / "manifest.json").read_text())["images"]}
+    detector = MTCNN.pretrained()
+    for name in ("image00460", "image00179"):
+        item = manifest[f"aflw2000_3d/{name}"]
+        image, gt = read_image(faces / item["path"]), np.asarray(item["faces"][0]["landmarks68"]) + 0.5
+        detection = min(detector.detect(image), key=lambda d: np.linalg.norm(d.box.view(2, 2).mean(0).numpy() - gt.mean(0)))
+        roll = roll_from_eyes(detection.landmarks5[0], detection.landmarks5[1])
+        at_roll = mediapipe(image, detection.box, roll=roll)
+        upright = mediapipe(image, detection.box, roll=0.0)
+        result = landmarks_of(mediapipe, image, detection)
+        assert abs(math.degrees(roll)) > 15 and at_roll.score < 0.05
+        if name == "image00460":
+            assert result.score >= 0.05 and nme_bbox(result.ibug68.double().numpy(), gt) < 0.15
+        else:
+            centre, box = upright.ibug68.mean(0), detection.box
+            assert upright.score > 0.5 and not (box[0] <= centre[0] <= box[2] and box[1] <= centre[1] <= box[3])
+            assert torch.equal(result.ibug68, at_roll.ibug68)
+
+
 def test_menpo_2d_photos(mediapipe, faces):
     from deep3dface.io import read_image
 

@@ -104,13 +104,26 @@ def check_inputs(image: torch.Tensor, box: torch.Tensor) -> None:
         raise ValueError(f"expected a box (4,) x0, y0, x1, y1 with x1 > x0 and y1 > y0, got {box.tolist()}")
 
 
-def landmarks_of(landmarker: Landmarker, image: torch.Tensor, detection) -> LandmarkResult:
+def landmarks_of(landmarker: Landmarker, image: torch.Tensor, detection, retry_below: float = 0.05,
+                 retry_roll_degrees: float = 15.0) -> LandmarkResult:
     """Landmarks of a detected face (a ``Detection``): its box, and its eye line as the roll.
 
     The roll helps even on upright photos (AFLW2000-3D dev, mediapipe: NME 3.17 -> 3.07 % at
-    |yaw| < 30, 6.26 -> 5.56 % at 30-60) and is what finds faces rolled beyond ~40 deg."""
+    |yaw| < 30, 6.26 -> 5.56 % at 30-60) and is what finds faces rolled beyond ~40 deg.  But on a
+    profile the detector's eye points can be anywhere, and a spurious roll loses the face: where
+    the score is below ``retry_below`` and the eye line is tilted more than ``retry_roll_degrees``,
+    the face is tried upright too, and that answer kept if it scores higher and its points centre
+    inside the detector's box (the upright crop can hold a neighbour's face)."""
     eyes = detection.landmarks5
-    return landmarker(image, detection.box, roll=roll_from_eyes(eyes[0], eyes[1]))
+    roll = roll_from_eyes(eyes[0], eyes[1])
+    found = landmarker(image, detection.box, roll=roll)
+    if found.score >= retry_below or abs(math.degrees(roll)) <= retry_roll_degrees:
+        return found
+    upright = landmarker(image, detection.box, roll=0.0)
+    centre = upright.ibug68.mean(0)
+    box = detection.box
+    inside = bool(box[0] <= centre[0] <= box[2]) and bool(box[1] <= centre[1] <= box[3])
+    return upright if upright.score > found.score and inside else found
 
 
 # -- the 468 -> 68 mapping ------------------------------------------------------------------------
