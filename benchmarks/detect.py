@@ -3,7 +3,7 @@
 The photos are the 25 conformance examples (real faces), resized with Pillow to each size; every
 run detects one photo (or, for ``batch8``, eight photos of one size in one call, per photo).
 
-Usage: python benchmarks/detect.py [--runs 3] [--device cpu|cuda]
+Usage: python benchmarks/detect.py [--runs 3] [--device cpu|cuda] [--threads N]
 """
 from __future__ import annotations
 
@@ -53,7 +53,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3, help="passes over the 25 photos per size")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     detector = MTCNN.pretrained().to(args.device)
     results = {}
     for name, size in SIZES.items():
