@@ -352,3 +352,21 @@ def test_cuda_torch_backend_equals_numba(dtype):
     attributes = torch.rand(screen.shape[1], 3, dtype=dtype)
     torch.testing.assert_close(interpolate(attributes.cuda(), cuda, triangles.cuda()).cpu(),
                                interpolate(attributes, cpu, triangles), atol=10 * TOL[dtype], rtol=0)
+
+
+def test_numba_rendering_keeps_the_callers_torch_thread_count():
+    """Numba's parallel kernels share torch's OpenMP runtime: rasterising, interpolating and their
+    gradients must leave a caller's ``torch.set_num_threads(1)`` (the pipeline's) as it was."""
+    screen, triangles = random_scene(0, dtype=torch.float64)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        s = screen.clone().requires_grad_()
+        raster = rasterize(s, triangles, (20, 28), backend="numba")
+        assert torch.get_num_threads() == 1
+        colours = interpolate(s, raster, triangles)
+        assert torch.get_num_threads() == 1
+        (colours.sum() + raster.barycentrics.sum()).backward()
+        assert torch.get_num_threads() == 1 and s.grad.abs().sum() > 0
+    finally:
+        torch.set_num_threads(previous)

@@ -19,12 +19,13 @@ Python loop over boxes), and torch gathers for any device (used on GPUs, and as 
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numba
 import numpy as np
 import torch
+
+from ..threads import numba_follows_torch
 
 
 # -- torch (any device) -------------------------------------------------------------------------
@@ -149,22 +150,6 @@ def _use_numba(tensor: torch.Tensor) -> bool:
     return tensor.device.type == "cpu"
 
 
-@contextmanager
-def torch_thread_count():
-    """Run numba's parallel kernels on torch's thread count, and leave that count as it was.
-
-    Numba's OpenMP layer shares torch's OpenMP runtime: its first parallel launch set the runtime's
-    thread count to all cores, so a caller's ``torch.set_num_threads(1)`` (the pipeline's default)
-    silently became 2 for everything after the first detection."""
-    count = torch.get_num_threads()
-    numba.set_num_threads(max(1, min(count, numba.config.NUMBA_NUM_THREADS)))
-    try:
-        yield
-    finally:
-        if torch.get_num_threads() != count:
-            torch.set_num_threads(count)
-
-
 @dataclass(frozen=True)
 class SummedAreaTables:
     """Summed-area tables of B images (sizes may differ), flattened into one (C, total) float64 tensor.
@@ -188,7 +173,7 @@ class SummedAreaTables:
         if _use_numba(images[0]):
             C = images[0].shape[0]
             flat = torch.empty(C, int(sizes.sum()), dtype=torch.float64)
-            with torch_thread_count():
+            with numba_follows_torch():
                 for im, o, size in zip(images, offsets.tolist(), sizes.tolist()):
                     table = flat.numpy()[:, o:o + size].reshape(C, im.shape[-2] + 1, im.shape[-1] + 1)  # a view
                     _table_nb(im.to(torch.float32).contiguous().numpy(), table)
@@ -207,7 +192,7 @@ class SummedAreaTables:
         H, W, o = int(self.heights[image]), int(self.widths[image]), int(self.offsets[image])
         if _use_numba(self.flat):
             out = np.empty((self.flat.shape[0], h, w), dtype=np.float32)
-            with torch_thread_count():
+            with numba_follows_torch():
                 _resize_nb(self.flat.numpy(), o, H, W, gain, bias, out)
             return torch.from_numpy(out)
         box = torch.tensor([[0.0, 0.0, W, H]], dtype=torch.float64, device=self.device)
@@ -221,7 +206,7 @@ class SummedAreaTables:
         if _use_numba(self.flat):
             out = np.empty((boxes.shape[0], self.flat.shape[0], size, size), dtype=np.float32)
             if boxes.shape[0]:
-                with torch_thread_count():
+                with numba_follows_torch():
                     _crops_nb(self.flat.numpy(), self.offsets.numpy(), self.heights.numpy(), self.widths.numpy(),
                               image_index.numpy(), boxes.to(torch.float64).contiguous().numpy(), size, gain, bias,
                               out)

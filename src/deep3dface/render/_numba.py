@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from numba import prange
 
+from ..threads import numba_follows_torch
+
 #: triangles per classification block: its gathered vertices (9 x BLOCK float64) and results stay in L1
 BLOCK = 256
 _VALUES = 6  # rows of a block's results: larger box, i0, i1, j0, j1, mask of covered centres
@@ -313,6 +315,14 @@ def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> np.ndarra
 def rasterize_shaded(screen: torch.Tensor, triangles: torch.Tensor, height: int, width: int, near: float,
                      cull: bool, split: tuple[int, int] | None = None,
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``_rasterize_shaded`` on torch's thread count (``threads.numba_follows_torch``)."""
+    with numba_follows_torch():
+        return _rasterize_shaded(screen, triangles, height, width, near, cull, split)
+
+
+def _rasterize_shaded(screen: torch.Tensor, triangles: torch.Tensor, height: int, width: int, near: float,
+                      cull: bool, split: tuple[int, int] | None = None,
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """From CPU screen (B, N, 3) float32/64 and triangles (F, 3) int64: ids (B, H, W) int64 (-1
     empty), barycentrics (B, H, W, 3) and depth (B, H, W) in screen's dtype (0 and +inf where empty),
     bit for bit the values of ``raster.pixel_barycentrics`` (no autograd here: see ``_numba_grad``).

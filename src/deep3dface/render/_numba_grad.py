@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from numba import prange
 
+from ..threads import numba_follows_torch
+
 from ._numba import _scratch, rasterize_shaded
 
 
@@ -110,10 +112,11 @@ class NumbaRaster(torch.autograd.Function):
         use_bary, use_depth = grad_bary is not None, grad_depth is not None
         grad_bary = grad_bary.contiguous() if use_bary else placeholder
         grad_depth = grad_depth.contiguous() if use_depth else placeholder[..., 0]
-        # rows of a face split between threads when the batch is smaller than the thread count
-        count = max(1, numba.get_num_threads() // batch)
-        parts = _scratch("grad_parts", (batch, count, vertices, 3), torch.float64)
         out = torch.empty_like(screen)
-        _backward(screen.numpy(), triangles.contiguous().numpy(), ids.numpy(), grad_bary.numpy(), grad_depth.numpy(),
-                  use_bary, use_depth, parts, out.numpy())
+        with numba_follows_torch():
+            # rows of a face split between threads when the batch is smaller than the thread count
+            count = max(1, numba.get_num_threads() // batch)
+            parts = _scratch("grad_parts", (batch, count, vertices, 3), torch.float64)
+            _backward(screen.numpy(), triangles.contiguous().numpy(), ids.numpy(), grad_bary.numpy(),
+                      grad_depth.numpy(), use_bary, use_depth, parts, out.numpy())
         return out, None, None, None, None, None

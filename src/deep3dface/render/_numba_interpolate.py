@@ -9,6 +9,8 @@ import numba
 import torch
 from numba import prange
 
+from ..threads import numba_follows_torch
+
 from ._numba import _scratch
 
 
@@ -96,7 +98,9 @@ class InterpolateCPU(torch.autograd.Function):
         attributes, barycentrics = attributes.contiguous(), barycentrics.contiguous()
         ids, triangles = ids.contiguous(), triangles.contiguous()
         out = torch.empty(ids.shape + attributes.shape[-1:], dtype=attributes.dtype)
-        if _forward(attributes.numpy(), triangles.numpy(), ids.numpy(), barycentrics.numpy(), out.numpy()):
+        with numba_follows_torch():
+            failed = _forward(attributes.numpy(), triangles.numpy(), ids.numpy(), barycentrics.numpy(), out.numpy())
+        if failed:
             raise ValueError("triangle or vertex ids out of range: not the mesh the raster was made from, "
                              "or fewer attributes than vertices")
         ctx.save_for_backward(attributes, barycentrics, ids, triangles)
@@ -105,16 +109,21 @@ class InterpolateCPU(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
-        attributes, barycentrics, ids, triangles = ctx.saved_tensors
-        batch = ids.shape[0]
-        # rows of a face split between threads when the batch is smaller than the thread count
-        count = max(1, numba.get_num_threads() // batch)
-        parts = _scratch("interpolate_parts", (batch, count) + tuple(attributes.shape[1:]), attributes.dtype)
-        grad_attr = torch.empty_like(attributes)
-        grad_bary = torch.empty_like(barycentrics)
-        # an expanded gradient (from a plain .sum()) goes in as it is, strides and all: copying
-        # it is a torch op, whose OpenMP workers then compete with this kernel's threads
-        grad = grad if grad.is_contiguous() or min(grad.stride()) == 0 else grad.contiguous()
-        _backward(grad.numpy(), attributes.numpy(), triangles.numpy(), ids.numpy(),
-                  barycentrics.numpy(), parts, grad_attr.numpy(), grad_bary.numpy())
-        return grad_attr, grad_bary, None, None
+        with numba_follows_torch():
+            return _interpolate_backward(ctx, grad)
+
+
+def _interpolate_backward(ctx, grad):
+    attributes, barycentrics, ids, triangles = ctx.saved_tensors
+    batch = ids.shape[0]
+    # rows of a face split between threads when the batch is smaller than the thread count
+    count = max(1, numba.get_num_threads() // batch)
+    parts = _scratch("interpolate_parts", (batch, count) + tuple(attributes.shape[1:]), attributes.dtype)
+    grad_attr = torch.empty_like(attributes)
+    grad_bary = torch.empty_like(barycentrics)
+    # an expanded gradient (from a plain .sum()) goes in as it is, strides and all: copying
+    # it is a torch op, whose OpenMP workers then compete with this kernel's threads
+    grad = grad if grad.is_contiguous() or min(grad.stride()) == 0 else grad.contiguous()
+    _backward(grad.numpy(), attributes.numpy(), triangles.numpy(), ids.numpy(),
+              barycentrics.numpy(), parts, grad_attr.numpy(), grad_bary.numpy())
+    return grad_attr, grad_bary, None, None
