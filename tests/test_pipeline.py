@@ -211,4 +211,5 @@ def test_yaw_correction_turns_only_faces_beyond_the_knee():
                           .coefficients.angle[:, 1])
     torch.testing.assert_close(plain, yaws, atol=1.0, rtol=0)
     torch.testing.assert_close(corrected[:2], torch.tensor([60.0, -60.0]), atol=1.0, rtol=0)
-    assert abs(float(corrected[2] - plain[2])) < 0.05  # one more round without a prior: the same yaw
+    # only the turned faces are refitted (faces are independent): the third is untouched
+    torch.testing.assert_close(corrected[2], plain[2], atol=1e-6, rtol=0)

@@ -21,7 +21,7 @@ the previous stage's values and are reported in ``FitResult.flags``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 
 import numpy as np
@@ -198,11 +198,28 @@ def _landmark_stage(model, targets, stage, camera, initial, flags):
         if stage.march_contour:
             ids68 = _marched_keypoints(model, fitted, camera)
         coeffs = fitted
-    prior = _yaw_prior(fitted, stage) if stage.yaw_gain > 0 and stage.yaw_rounds > 0 else None
-    if prior is not None and bool((prior[1] > 0).any()):
-        for _ in range(stage.yaw_rounds):  # every face: faces without a prior get more of the same
-            fitted, weights68 = _landmark_round(model, targets, weights68, ids68, stage, camera, fitted, flags, prior)
+    if stage.yaw_gain > 0 and stage.yaw_rounds > 0:
+        prior = _yaw_prior(fitted, stage)
+        turned = torch.nonzero(prior[1][:, 1] > 0)[:, 0]  # faces are independent: refit only these
+        if len(turned):
+            sub, sub_flags = _select(targets, turned), [flags[i] for i in turned.tolist()]
+            sub_ids = ids68 if ids68.ndim == 1 else ids68[turned]  # per face once marching
+            sub_fit, sub_w68 = fitted[turned], weights68[turned]
+            sub_prior = (prior[0][turned], prior[1][turned])
+            for _ in range(stage.yaw_rounds):
+                sub_fit, sub_w68 = _landmark_round(model, sub, sub_w68, sub_ids, stage, camera, sub_fit, sub_flags,
+                                                   sub_prior)
+            vector = fitted.to_vector().index_copy(0, turned, sub_fit.to_vector().to(fitted.id))
+            fitted = Coefficients.from_vector(vector, fitted.layout)
+            weights68 = weights68.index_copy(0, turned, sub_w68.to(weights68))
     return fitted, weights68
+
+
+def _select(targets: FitTargets, index: torch.Tensor) -> FitTargets:
+    """The faces ``index`` of a batch of targets (shared fields stay shared)."""
+    pick = lambda t: None if t is None else t[index]  # noqa: E731
+    return replace(targets, crops=targets.crops[index], landmarks=targets.landmarks[index], dense=pick(targets.dense),
+                   dense_weights=pick(targets.dense_weights), landmark_weights=pick(targets.landmark_weights))
 
 
 def _landmark_round(model, targets, weights68, ids68, stage, camera, coeffs, flags, prior=None):
