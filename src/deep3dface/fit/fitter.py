@@ -10,6 +10,8 @@ Stages (each can be switched off by setting it to ``None`` in ``FitConfig``):
    model vertices face away from the camera get ``hidden_contour_weight``: a 2D landmarker puts
    them on the visible outline, while the 3D point they name is hidden behind the face.  The fitted
    3D jaw, projected, is then the answer there ("3D-style" landmarks, as AFLW2000-3D annotates).
+   Faces the fit finds turned beyond ``yaw_knee`` get one more round with a prior on a larger
+   yaw: 2D landmarks see a turned face as turned less than it is (``LandmarkStage.yaw_gain``).
 2. ``AppearanceStage``: SH lighting and albedo in closed form (``appearance``): the albedo basis
    where the model has one, else a regularised per-vertex albedo; alternated a few rounds.
 3. ``PhotometricStage``: all of it refined together by Adam on the paper's loss (photometric over
