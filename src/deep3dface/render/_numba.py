@@ -70,6 +70,19 @@ def _centre(e0, e1, e2, px, py):  # pragma: no cover - compiled
     return w0, w1, w2, covered
 
 
+@numba.njit(cache=True, inline="always")
+def _barycentrics(x0, y0, z0, x1, y1, z1, x2, y2, z2, px, py):  # pragma: no cover - compiled
+    """Perspective-correct barycentrics and depth at (px, py): ``raster.pixel_barycentrics``'
+    formula, operation for operation (the fast path must equal it bit for bit)."""
+    e0 = (x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)
+    e1 = (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)
+    e2 = (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)
+    t = (e0 + e1) + e2
+    q0, q1, q2 = (e0 / t) / z0, (e1 / t) / z1, (e2 / t) / z2
+    inverse = (q0 + q1) + q2
+    return q0 / inverse, q1 / inverse, q2 / inverse, 1.0 / inverse
+
+
 @numba.njit(cache=True, error_model="numpy")
 def _classify(v, out, count, near, cull, height, width):  # pragma: no cover - compiled
     """v (9, BLOCK) float64: x, y, z of the three vertices of ``count`` triangles -> out (_VALUES, BLOCK): 1 for a drawable triangle whose box holds more than 2 x 2
@@ -159,18 +172,11 @@ def _bin(screen, n, tris, f0, f1, near, cull, height, width, v, out, block_list,
             orient = 1.0 if (x1 - x0) * (y2 - y0) - (x2 - x0) * (y1 - y0) > 0 else -1.0
             w0, w1, w2, _ = _centre(_edge_setup(x1, y1, x2, y2, orient), _edge_setup(x2, y2, x0, y0, orient),
                                     _edge_setup(x0, y0, x1, y1, orient), px, py)
-            # raster.pixel_barycentrics' formula, operation for operation
-            e0 = (x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)
-            e1 = (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)
-            e2 = (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)
-            t = (e0 + e1) + e2
-            q0, q1, q2 = (e0 / t) / z0, (e1 / t) / z1, (e2 / t) / z2
-            inverse = (q0 + q1) + q2
             single_id[singles] = b0 + k
             single_at[singles, 0], single_at[singles, 1] = i, j
             single_value[singles, 0] = ((w0 + w1) + w2) / ((w0 / z0 + w1 / z1) + w2 / z2)
-            single_value[singles, 1], single_value[singles, 2] = q0 / inverse, q1 / inverse
-            single_value[singles, 3], single_value[singles, 4] = q2 / inverse, 1.0 / inverse
+            (single_value[singles, 1], single_value[singles, 2], single_value[singles, 3],
+             single_value[singles, 4]) = _barycentrics(x0, y0, z0, x1, y1, z1, x2, y2, z2, px, py)
             singles += 1
         for m in range(larger):
             k = block_list[1, m]
@@ -231,15 +237,8 @@ def _draw(screen, n, tris, multi_id, multi_box, count, r0, r1, zbuf, ids, bary, 
                 if (d < zbuf[i, j]) | ((d == zbuf[i, j]) & (f < ids[n, i, j])):
                     zbuf[i, j] = d
                     ids[n, i, j] = f
-                    # raster.pixel_barycentrics' formula, operation for operation
-                    e0 = (x2 - x1) * (py - y1) - (y2 - y1) * (px - x1)
-                    e1 = (x0 - x2) * (py - y2) - (y0 - y2) * (px - x2)
-                    e2 = (x1 - x0) * (py - y0) - (y1 - y0) * (px - x0)
-                    t = (e0 + e1) + e2
-                    q0, q1, q2 = (e0 / t) / z0, (e1 / t) / z1, (e2 / t) / z2
-                    inverse = (q0 + q1) + q2
-                    bary[n, i, j, 0], bary[n, i, j, 1], bary[n, i, j, 2] = q0 / inverse, q1 / inverse, q2 / inverse
-                    depth[n, i, j] = 1.0 / inverse
+                    bary[n, i, j, 0], bary[n, i, j, 1], bary[n, i, j, 2], depth[n, i, j] = _barycentrics(
+                        x0, y0, z0, x1, y1, z1, x2, y2, z2, px, py)
 
 
 @numba.njit(cache=True, inline="always")
