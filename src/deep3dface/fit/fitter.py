@@ -66,7 +66,7 @@ class LandmarkStage:
     # where it says 60-70 (none beyond).  So after the rounds a fitted |yaw| above ``yaw_knee``
     # is believed to be |yaw| + ``yaw_gain``·(|yaw| − ``yaw_knee``), held by a prior of
     # ``yaw_prior_weight`` (per rad², against Σ w·d² in crop pixels) in ``yaw_rounds`` more
-    # rounds, run only when a face of the batch is that turned.  0 switches it off.
+    # rounds for those faces only.  0 switches it off.
     yaw_gain: float = 0.45         # chosen from 0.3 / 0.45 / 0.6: best or level on both halves of the dev photos
     yaw_knee: float = 25.0
     yaw_prior_weight: float = 1e6
@@ -201,13 +201,13 @@ def _landmark_stage(model, targets, stage, camera, initial, flags):
             ids68 = _marched_keypoints(model, fitted, camera)
         coeffs = fitted
     if stage.yaw_gain > 0 and stage.yaw_rounds > 0:
-        prior = _yaw_prior(fitted, stage)
-        turned = torch.nonzero(prior[1][:, 1] > 0)[:, 0]  # faces are independent: refit only these
+        # faces are independent: only the turned ones are refitted
+        turned = torch.nonzero(torch.rad2deg(fitted.angle[:, 1].double().abs()) > stage.yaw_knee)[:, 0]
         if len(turned):
             sub, sub_flags = _select(targets, turned), [flags[i] for i in turned.tolist()]
             sub_ids = ids68 if ids68.ndim == 1 else ids68[turned]  # per face once marching
             sub_fit, sub_w68 = fitted[turned], weights68[turned]
-            sub_prior = (prior[0][turned], prior[1][turned])
+            sub_prior = _yaw_prior(sub_fit, stage)
             for _ in range(stage.yaw_rounds):
                 sub_fit, sub_w68 = _landmark_round(model, sub, sub_w68, sub_ids, stage, camera, sub_fit, sub_flags,
                                                    sub_prior)
@@ -242,14 +242,15 @@ def _landmark_round(model, targets, weights68, ids68, stage, camera, coeffs, fla
 
 
 def _yaw_prior(coeffs, stage):
-    """``fit_landmarks``' angle prior correcting MediaPipe's yaw compression (``LandmarkStage.yaw_gain``)."""
+    """``fit_landmarks``' angle prior for faces turned beyond ``yaw_knee``: the landmarks' yaw
+    compression corrected (``LandmarkStage.yaw_gain``), pitch and roll left free."""
     yaw = coeffs.angle[:, 1].detach().double()
     degrees = torch.rad2deg(yaw.abs())
     believed = torch.deg2rad(degrees + stage.yaw_gain * (degrees - stage.yaw_knee).clamp_min(0)).clamp(max=torch.pi / 2)
     target = torch.zeros(len(yaw), 3, dtype=torch.float64)
     target[:, 1] = believed * yaw.sign()
     weights = torch.zeros(len(yaw), 3, dtype=torch.float64)
-    weights[:, 1] = torch.where(degrees > stage.yaw_knee, stage.yaw_prior_weight, 0.0)
+    weights[:, 1] = stage.yaw_prior_weight
     return target, weights
 
 
