@@ -33,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit, median_ms  # noqa: E402
 
-from deep3dface.detect import MTCNN, MTCNNConfig  # noqa: E402
+from deep3dface.detect import MTCNN  # noqa: E402
 from deep3dface.io import read_image  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"

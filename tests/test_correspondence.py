@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from deep3dface.detect import dense_correspondence
-from deep3dface.detect.correspondence import (CORRESPONDENCE_FILE, load_correspondence, point_weights,
+from deep3dface.detect.correspondence import (load_correspondence, point_weights,
                                               similarity, transfer)
 from deep3dface.morphable import load_model
 
