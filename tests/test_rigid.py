@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from deep3dface.camera import Camera
@@ -102,3 +103,31 @@ def test_fit_landmarks_angle_prior_holds_the_pose_it_is_given(conformance):
     assert abs(float(plain.angle[0, 1]) - 0.6) < 0.03
     torch.testing.assert_close(free.to_vector(), plain.to_vector(), atol=1e-9, rtol=0)
     assert abs(float(held.angle[0, 2]) + 0.05) < 0.1  # roll still fitted, not pulled to the prior's 0
+
+
+@pytest.mark.parametrize("per_face_ids, prior", [(False, False), (False, True), (True, True)])
+def test_landmark_problem_jacobian_equals_autodiff(conformance, per_face_ids, prior):
+    """The closed-form Jacobian fit_landmarks uses equals forward-mode autodiff of its residuals
+    (shared and per-face vertex ids, with and without an angle prior), at random parameters."""
+    from deep3dface.fit.landmark_fit import landmark_problem
+    from deep3dface.fit.solve import autodiff_jacobian
+
+    model = load_model(conformance / "tiny_bfm", dtype=torch.float64)
+    generator = torch.Generator().manual_seed(3)
+    batch, n = 3, model.id_basis.shape[1] + model.exp_basis.shape[1]
+    ids = model.keypoints
+    if per_face_ids:
+        ids = torch.stack([torch.randperm(model.num_vertices, generator=generator)[:40] for _ in range(batch)])
+    k = ids.shape[-1]
+    pixels = 112 + 30 * torch.randn(batch, k, 2, generator=generator, dtype=torch.float64)
+    weights = torch.rand(batch, k, generator=generator, dtype=torch.float64)
+    angle_prior = (0.3 * torch.randn(batch, 3, generator=generator, dtype=torch.float64),
+                   torch.rand(batch, 3, generator=generator, dtype=torch.float64) * 1e3) if prior else None
+    problem = landmark_problem(model, pixels, Camera.crop(), weights, ids, 12.75, 10.2, angle_prior)
+    params = torch.cat([0.4 * torch.randn(batch, 3, generator=generator, dtype=torch.float64),
+                        0.05 * torch.randn(batch, 3, generator=generator, dtype=torch.float64),
+                        torch.randn(batch, n, generator=generator, dtype=torch.float64)], 1)
+    closed = problem.jacobian(params, *problem.data)
+    reference = autodiff_jacobian(problem.residuals)(params, *problem.data)
+    assert closed.shape == reference.shape == (batch, 2 * k + n + (3 if prior else 0), 6 + n)
+    assert torch.allclose(closed, reference, rtol=1e-10, atol=1e-10 * float(reference.abs().max()))

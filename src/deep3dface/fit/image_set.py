@@ -42,7 +42,7 @@ import torch
 
 from ..camera import AXIS_FLIP, Camera
 from ..detect.correspondence import point_weights
-from ..morphable.geometry import rotation_matrix
+from ..morphable.geometry import rotation_derivatives, rotation_matrix
 from ..morphable.model import MorphableModel
 from ..types import Coefficients
 from ..threads import torch_threads
@@ -290,7 +290,7 @@ def _residuals(identity, local, data: _Data, jacobian: bool = False):
     d_uv = d_uv * root[..., None]
     d_shape = torch.einsum("pij,kjn->pkin", rotation, data.basis)                 # (P, K, 3, n)
     j_coeff = d_uv @ d_shape                                                     # (P, K, 2, n)
-    d_angles = torch.einsum("paij,pkj->pkia", _rotation_derivatives(local[:, :3]), shape)  # (P, K, 3, 3)
+    d_angles = torch.einsum("paij,pkj->pkia", rotation_derivatives(local[:, :3]), shape)  # (P, K, 3, 3)
     j_pose = torch.cat([d_uv @ d_angles, d_uv], -1)                              # (P, K, 2, 6)
     count, n_exp = local.shape[0], exp.shape[1]
     j_id = j_coeff[..., :data.n_id].reshape(count, -1, data.n_id)
@@ -299,24 +299,6 @@ def _residuals(identity, local, data: _Data, jacobian: bool = False):
                        torch.eye(n_exp, dtype=r.dtype).expand(count, -1, -1) * data.exp_reg], 2)
     return (r, torch.cat([j_id, torch.zeros(count, n_exp, data.n_id, dtype=r.dtype)], 1),
             torch.cat([j_local, prior], 1))
-
-
-def _rotation_derivatives(angles: torch.Tensor) -> torch.Tensor:
-    """(P, 3) -> (P, 3, 3, 3): dR/d(pitch, yaw, roll) of R = Rz·Ry·Rx."""
-    cos, sin = torch.cos(angles), torch.sin(angles)
-    zero, one = torch.zeros_like(cos[:, 0]), torch.ones_like(cos[:, 0])
-
-    def mat(*entries):
-        return torch.stack(entries, 1).view(-1, 3, 3)
-
-    (cx, cy, cz), (sx, sy, sz) = cos.unbind(1), sin.unbind(1)
-    rx = mat(one, zero, zero, zero, cx, -sx, zero, sx, cx)
-    ry = mat(cy, zero, sy, zero, one, zero, -sy, zero, cy)
-    rz = mat(cz, -sz, zero, sz, cz, zero, zero, zero, one)
-    drx = mat(zero, zero, zero, zero, -sx, -cx, zero, cx, -sx)
-    dry = mat(-sy, zero, cy, zero, zero, zero, -cy, zero, -sy)
-    drz = mat(-sz, -cz, zero, cz, -sz, zero, zero, zero, zero)
-    return torch.stack([rz @ ry @ drx, rz @ dry @ rx, drz @ ry @ rx], 1)
 
 
 def _group_sum(values: torch.Tensor, data: _Data) -> torch.Tensor:

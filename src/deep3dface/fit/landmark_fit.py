@@ -8,10 +8,13 @@ full solve costs milliseconds.  λ follows the paper's weights: landmark 1.6e-3 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 
-from ..camera import Camera
-from ..morphable.geometry import rotation_matrix
+from ..camera import AXIS_FLIP, Camera
+from ..morphable.geometry import rotation_derivatives, rotation_matrix
 from ..morphable.model import MorphableModel
 from ..types import Coefficients
 from .rigid import solve_pose
@@ -35,6 +38,42 @@ def fit_landmarks(model: MorphableModel, pixels: torch.Tensor, camera: Camera, w
     ``angle_prior``: ((B, 3) angles, (B, 3) weights) adds ``Σ w·(angle − prior)²`` (radians², in
     units of Σ w_i d_i²) to the cost: a pose belief from elsewhere (a previous frame, a yaw model)."""
     vertex_ids = model.keypoints if vertex_ids is None else vertex_ids
+    batch = pixels.shape[0]
+    dtype = torch.float64
+    problem = landmark_problem(model, pixels, camera, weights, vertex_ids, lambda_id, lambda_exp, angle_prior)
+    if initial is None:
+        angles, trans = solve_pose(problem.mean.expand(batch, -1, -1), problem.data[0], problem.camera, problem.weights)
+        start = torch.cat([angles, trans, torch.zeros(batch, problem.num_coefficients, dtype=dtype)], 1)
+        out = model.zero_coefficients(batch)
+    else:
+        start = torch.cat([initial.angle, initial.trans, initial.id, initial.exp], 1).to(dtype)
+        out = initial
+    params = levenberg_marquardt(problem.residuals, start, problem.data, iterations=iterations,
+                                 jacobian=problem.jacobian)
+    n_id = model.id_basis.shape[1]
+    cast = lambda t: t.to(out.id)  # noqa: E731
+    return out.replace(angle=cast(params[:, :3]), trans=cast(params[:, 3:6]), id=cast(params[:, 6:6 + n_id]),
+                       exp=cast(params[:, 6 + n_id:]))
+
+
+@dataclass(frozen=True, eq=False)
+class LandmarkProblem:
+    """``fit_landmarks``' least-squares problem over params (B, 6 + n) = [angles, trans, id, exp]:
+    ``residuals(params, *data)`` (B, R) and its closed-form ``jacobian(params, *data)`` (B, R, 6 + n)."""
+
+    residuals: Callable[..., torch.Tensor]
+    jacobian: Callable[..., torch.Tensor]
+    data: tuple                # per-face tensors, batch first: target pixels, sqrt weights, ...
+    mean: torch.Tensor         # (1 or B, K, 3) mean shape at the vertices
+    camera: Camera             # float64
+    weights: torch.Tensor      # (B, K)
+    num_coefficients: int      # n = n_id + n_exp
+
+
+def landmark_problem(model: MorphableModel, pixels: torch.Tensor, camera: Camera, weights: torch.Tensor | None,
+                     vertex_ids: torch.Tensor, lambda_id: float, lambda_exp: float,
+                     angle_prior: tuple[torch.Tensor, torch.Tensor] | None = None) -> LandmarkProblem:
+    """The cost of ``fit_landmarks`` as residuals and their Jacobian (see ``LandmarkProblem``)."""
     batch, k = pixels.shape[:2]
     dtype = torch.float64
     # per-face vertex ids (B, K) let contour points slide along the silhouette (``fitter``); shared
@@ -72,15 +111,33 @@ def fit_landmarks(model: MorphableModel, pixels: torch.Tensor, camera: Camera, w
             terms.append((angles - prior_a) * prior_w)
         return torch.cat(terms, 1)
 
+    def jacobian(params, target, sqrt_w, *rest):
+        """Closed form of d residuals / d params (B, R, 6 + n): what ``autodiff_jacobian`` gives
+        (tests hold them equal), ~3x faster than forward-mode autodiff through the projection."""
+        if prior:
+            prior_a, prior_w, *rest = rest
+        mean_k, id_k, exp_k = rest if rest else (mean, id_basis, exp_basis)
+        angles, trans, coeff = params[:, :3], params[:, 3:6], params[:, 6:]
+        count = params.shape[0]
+        basis = torch.cat([id_k, exp_k], -1).view(id_k.shape[0], k, 3, -1)              # (1 or B, K, 3, n)
+        points = mean_k + torch.einsum("bkcn,bn->bkc", basis.expand(count, -1, -1, -1), coeff)
+        rotation = rotation_matrix(angles)
+        posed = points @ rotation.transpose(1, 2) + trans[:, None]
+        flip = posed.new_tensor(AXIS_FLIP)
+        K = cam.K.to(posed) if cam.K.ndim == 3 else cam.K.to(posed).expand(count, 3, 3)
+        h = ((posed - posed.new_tensor((0.0, 0.0, cam.distance))) * flip) @ K.transpose(1, 2)
+        uv = h[..., :2] / h[..., 2:3]
+        # d uv / d posed = (K[:2] − uv ⊗ K[2]) / h_z · FLIP, weighted like the residual
+        d_uv = (K[:, None, :2, :] - uv[..., None] * K[:, None, 2:3, :]) / h[..., 2:3, None] * flip
+        d_uv = d_uv * sqrt_w[..., None, None]                                           # (B, K, 2, 3)
+        d_angles = torch.einsum("baij,bkj->bkia", rotation_derivatives(angles), points)  # (B, K, 3, 3)
+        d_coeff = torch.einsum("bij,bkjn->bkin", rotation, basis.expand(count, -1, -1, -1))
+        reprojection = torch.cat([d_uv @ d_angles, d_uv, d_uv @ d_coeff], -1).flatten(1, 2)
+        blocks = [reprojection, torch.cat([torch.zeros(count, len(reg), 6, dtype=dtype),
+                                           torch.diag(reg).expand(count, -1, -1)], 2)]
+        if prior:
+            blocks.append(torch.cat([torch.diag_embed(prior_w), torch.zeros(count, 3, 3 + len(reg), dtype=dtype)], 2))
+        return torch.cat(blocks, 1)
+
     data = (pixels, root) + ((prior_angles, prior_root) if prior else ()) + (() if shared else (mean, id_basis, exp_basis))
-    if initial is None:
-        angles, trans = solve_pose(mean.expand(batch, -1, -1), pixels, cam, weights)
-        start = torch.cat([angles, trans, torch.zeros(batch, n_id + n_exp, dtype=dtype)], 1)
-        out = model.zero_coefficients(batch)
-    else:
-        start = torch.cat([initial.angle, initial.trans, initial.id, initial.exp], 1).to(dtype)
-        out = initial
-    params = levenberg_marquardt(residuals, start, data, iterations=iterations)
-    cast = lambda t: t.to(out.id)  # noqa: E731
-    return out.replace(angle=cast(params[:, :3]), trans=cast(params[:, 3:6]), id=cast(params[:, 6:6 + n_id]),
-                       exp=cast(params[:, 6 + n_id:]))
+    return LandmarkProblem(residuals, jacobian, data, mean, cam, weights, n_id + n_exp)

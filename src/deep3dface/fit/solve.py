@@ -12,20 +12,17 @@ import torch
 
 
 def levenberg_marquardt(residuals: Callable[..., torch.Tensor], params: torch.Tensor, data: tuple = (),
-                        iterations: int = 15, damping: float = 1e-3, tolerance: float = 1e-12) -> torch.Tensor:
+                        iterations: int = 15, damping: float = 1e-3, tolerance: float = 1e-12,
+                        jacobian: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
     """Minimise ``Σ residuals(p, *data)²`` for each face independently.
 
     ``residuals`` maps (B, P) parameters and per-face ``data`` tensors (each with the batch first) to
-    (B, R) residuals, treating faces independently: it is differentiated one face at a time with
-    vmap.  Returns the (B, P) parameters; a step is only taken where it lowers that face's cost, so
-    the cost never increases."""
-    def single(p, *face_data):
-        return residuals(p[None], *(d[None] for d in face_data))[0]
-
-    # forward mode: P parameters (tens) are far fewer than R residuals (hundreds), so P jvps beat
-    # R vjps; and reverse mode under vmap expanded the shared bases per residual row, which made a
-    # batch of 8 faces cost 20x one face (forward: 1.6x; same result to the last bit)
-    jacobian = torch.func.vmap(torch.func.jacfwd(single))
+    (B, R) residuals, treating faces independently.  ``jacobian`` (same arguments -> (B, R, P)) is
+    its derivative where the caller has it in closed form; without it ``residuals`` is
+    differentiated one face at a time with vmap (``autodiff_jacobian``, the oracle of closed forms).
+    Returns the (B, P) parameters; a step is only taken where it lowers that face's cost, so the
+    cost never increases."""
+    jacobian = jacobian or autodiff_jacobian(residuals)
     data = tuple(data)
     lam = torch.full((params.shape[0], 1), damping, dtype=params.dtype, device=params.device)
     r = residuals(params, *data)
@@ -48,3 +45,14 @@ def levenberg_marquardt(residuals: Callable[..., torch.Tensor], params: torch.Te
         if bool((converged | (lam[:, 0] >= 1e9)).all()):
             break
     return params
+
+
+def autodiff_jacobian(residuals: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``levenberg_marquardt``'s ``residuals`` -> a function of the same arguments giving (B, R, P)."""
+    def single(p, *face_data):
+        return residuals(p[None], *(d[None] for d in face_data))[0]
+
+    # forward mode: P parameters (tens) are far fewer than R residuals (hundreds), so P jvps beat
+    # R vjps; and reverse mode under vmap expanded the shared bases per residual row, which made a
+    # batch of 8 faces cost 20x one face (forward: 1.6x; same result to the last bit)
+    return torch.func.vmap(torch.func.jacfwd(single))

@@ -22,6 +22,24 @@ def rotation_matrix(angles: torch.Tensor) -> torch.Tensor:
     return rz @ ry @ rx
 
 
+def rotation_derivatives(angles: torch.Tensor) -> torch.Tensor:
+    """(B, 3) pitch, yaw, roll -> (B, 3, 3, 3): dR/d(pitch, yaw, roll) of ``rotation_matrix``."""
+    cos, sin = torch.cos(angles), torch.sin(angles)
+    zero, one = torch.zeros_like(cos[:, 0]), torch.ones_like(cos[:, 0])
+
+    def mat(*entries):
+        return torch.stack(entries, 1).view(-1, 3, 3)
+
+    (cx, cy, cz), (sx, sy, sz) = cos.unbind(1), sin.unbind(1)
+    rx = mat(one, zero, zero, zero, cx, -sx, zero, sx, cx)
+    ry = mat(cy, zero, sy, zero, one, zero, -sy, zero, cy)
+    rz = mat(cz, -sz, zero, sz, cz, zero, zero, zero, one)
+    drx = mat(zero, zero, zero, zero, -sx, -cx, zero, cx, -sx)
+    dry = mat(-sy, zero, cy, zero, zero, zero, -cy, zero, -sy)
+    drz = mat(-sz, -cz, zero, cz, -sz, zero, zero, zero, zero)
+    return torch.stack([rz @ ry @ drx, rz @ dry @ rx, drz @ ry @ rx], 1)
+
+
 def angles_from_rotation(rotation: torch.Tensor) -> torch.Tensor:
     """Inverse of ``rotation_matrix`` for |yaw| < 90°: (B, 3, 3) -> (B, 3) pitch, yaw, roll."""
     yaw = torch.asin(torch.clamp(-rotation[:, 2, 0], -1.0, 1.0))
