@@ -52,3 +52,34 @@ def test_albedo_is_recovered_and_symmetry_fills_the_hidden_side(face):
     assert error[seen].mean() < 0.01
     assert error[hidden].mean() < 0.02
     assert error[hidden].mean() < 0.3 * (prior[0] - albedo[0]).abs()[hidden].mean()
+
+
+def test_albedo_solver_equals_exact_sparse_solves(face):
+    """estimate_albedo's batched conjugate gradients (all faces and channels at once) give each
+    face and channel the solution of its own normal equations, solved exactly by scipy."""
+    import scipy.sparse as sp
+    import scipy.sparse.linalg as spla
+
+    model, coeffs, geometry = face
+    n = model.num_vertices
+    generator = torch.Generator().manual_seed(5)
+    mirror, _ = mirror_vertex_map(model.mean_shape.numpy())
+    laplacian = graph_laplacian(model.triangles.numpy(), n)
+    light = irradiance(geometry.normals, coeffs.gamma).expand(2, -1, -1) * torch.tensor([[[1.0]], [[0.7]]],
+                                                                                        dtype=torch.float64)
+    observed = torch.rand(2, n, 3, generator=generator, dtype=torch.float64)
+    weights = (torch.rand(2, n, generator=generator, dtype=torch.float64) > 0.4).double()
+    weights[1, :] = 0.0  # a face with no data at all: the prior and the smoothness alone
+    weights[1, :5] = 1.0
+    prior = model.mean_albedo[None]
+    estimate = estimate_albedo(observed, light, weights, laplacian, mirror, prior, 0.5, 0.5, 0.02)
+    m = sp.csr_matrix((np.ones(n), (np.arange(n), mirror)), shape=(n, n))
+    symmetric = (sp.identity(n) - m).T @ (sp.identity(n) - m)
+    for b in range(2):
+        for c in range(3):
+            data = (weights[b] * light[b, :, c] ** 2).numpy()
+            scale = max(data[data > 0].mean(), 1e-6)
+            system = sp.diags(data) + scale * (0.5 * laplacian + 0.5 * symmetric + 0.02 * sp.identity(n))
+            rhs = (weights[b] * light[b, :, c] * observed[b, :, c]).numpy() + scale * 0.02 * prior[0, :, c].numpy()
+            exact = spla.spsolve(system.tocsc(), rhs)
+            np.testing.assert_allclose(estimate[b, :, c].numpy(), exact, atol=2e-3 * np.abs(exact).max())
