@@ -68,14 +68,14 @@ def estimate_albedo(observed: torch.Tensor, irradiance: torch.Tensor, weights: t
     irr = irradiance.detach().double().cpu().numpy()
     wts = weights.detach().double().cpu().numpy()
     pri = np.broadcast_to(prior.detach().double().cpu().numpy(), obs.shape)
+    # every face and channel solves diag(data) + scale·shared: the shared part is built once
+    shared = _SharedOperator((smoothness * laplacian + symmetry * symmetric + prior_weight * sp.identity(n)).tocsr())
     for b in range(obs.shape[0]):
         for c in range(3):
             data = wts[b] * irr[b, :, c] ** 2
             scale = max(data[data > 0].mean() if (data > 0).any() else 1.0, 1e-6)
-            system = (sp.diags(data) + scale * (smoothness * laplacian + symmetry * symmetric
-                                                + prior_weight * sp.identity(n))).tocsr()
             rhs = wts[b] * irr[b, :, c] * obs[b, :, c] + scale * prior_weight * pri[b, :, c]
-            out[b, :, c] = _solve_spd(system, rhs, pri[b, :, c])
+            out[b, :, c] = _solve_spd(shared, data, scale, rhs, pri[b, :, c])
     return torch.as_tensor(out, dtype=observed.dtype, device=observed.device)
 
 
@@ -100,24 +100,37 @@ def solve_with_prior(lhs: torch.Tensor, rhs: torch.Tensor, ridge: float = 1.0) -
     return torch.linalg.solve(lhs + ridge * 1e-2 * scale * eye, rhs[..., None])[..., 0]
 
 
-def _solve_spd(system: sp.csr_matrix, rhs: np.ndarray, start: np.ndarray, rtol: float = 1e-4,
-               max_iterations: int = 1000) -> np.ndarray:
-    """The system is symmetric positive definite (data + Laplacian + symmetry + prior): Jacobi-
-    preconditioned conjugate gradients from the prior converge in ~50 iterations, where a sparse
-    LU of a 37k-vertex face takes over a second (the mirror term causes fill-in).  Written in
-    torch rather than with scipy's ``cg``: numpy's threaded BLAS made scipy's loop 20× slower on a
-    busy 2-core machine, and torch runs on the fitter's single thread (``deep3dface.threads``)."""
-    csr = system.tocsr()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
-        matrix = torch.sparse_csr_tensor(torch.from_numpy(csr.indptr.astype(np.int64)),
-                                         torch.from_numpy(csr.indices.astype(np.int64)),
-                                         torch.from_numpy(csr.data.astype(np.float64)), size=csr.shape,
-                                         check_invariants=False)
+class _SharedOperator:
+    """A scipy CSR matrix with its torch copy and diagonal, for many solves of diag(d) + s·A."""
+
+    def __init__(self, csr: sp.csr_matrix) -> None:
+        self.csr = csr
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
+            self.matrix = torch.sparse_csr_tensor(torch.from_numpy(csr.indptr.astype(np.int64)),
+                                                  torch.from_numpy(csr.indices.astype(np.int64)),
+                                                  torch.from_numpy(csr.data.astype(np.float64)), size=csr.shape,
+                                                  check_invariants=False)
+        self.diagonal = torch.from_numpy(csr.diagonal().astype(np.float64))
+
+
+def _solve_spd(shared: _SharedOperator, data: np.ndarray, scale: float, rhs: np.ndarray, start: np.ndarray,
+               rtol: float = 1e-4, max_iterations: int = 1000) -> np.ndarray:
+    """Solve (diag(data) + scale·A) x = rhs, A = ``shared``.  The system is symmetric positive
+    definite (data + Laplacian + symmetry + prior): Jacobi-preconditioned conjugate gradients
+    from the prior converge in ~50 iterations, where a sparse LU of a 37k-vertex face takes over a
+    second (the mirror term causes fill-in).  Written in torch rather than with scipy's ``cg``:
+    numpy's threaded BLAS made scipy's loop 20× slower on a busy 2-core machine, and torch runs on
+    the fitter's single thread (``deep3dface.threads``)."""
+    d = torch.from_numpy(np.asarray(data, np.float64))
     b = torch.from_numpy(np.asarray(rhs, np.float64))
     x = torch.from_numpy(np.array(start, np.float64))
-    inverse_diagonal = 1.0 / torch.from_numpy(csr.diagonal().astype(np.float64))
-    r = b - matrix @ x
+
+    def apply(v):
+        return d * v + scale * (shared.matrix @ v)
+
+    inverse_diagonal = 1.0 / (d + scale * shared.diagonal)
+    r = b - apply(x)
     z = inverse_diagonal * r
     p = z.clone()
     rz = torch.dot(r, z)
@@ -125,7 +138,7 @@ def _solve_spd(system: sp.csr_matrix, rhs: np.ndarray, start: np.ndarray, rtol: 
     for _ in range(max_iterations):
         if torch.dot(r, r) <= limit:
             return x.numpy()
-        q = matrix @ p
+        q = apply(p)
         alpha = rz / torch.dot(p, q)
         x += alpha * p
         r -= alpha * q
@@ -133,4 +146,5 @@ def _solve_spd(system: sp.csr_matrix, rhs: np.ndarray, start: np.ndarray, rtol: 
         rz_next = torch.dot(r, z)
         p = z + (rz_next / rz) * p
         rz = rz_next
-    return spla.spsolve(system.tocsc(), rhs)  # not converged: the exact factorisation
+    # not converged: the exact factorisation
+    return spla.spsolve((sp.diags(data) + scale * shared.csr).tocsc(), rhs)
