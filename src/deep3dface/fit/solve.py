@@ -1,8 +1,9 @@
 """A small batched Levenberg–Marquardt solver for least-squares problems with few parameters.
 
 Pose (6 parameters) and shape-from-landmarks (6 + K_id + K_exp) have tens to a couple of hundred
-unknowns and a few hundred residuals per face: exact Jacobians by ``torch.func`` and a dense solve
-converge in a handful of iterations, where first-order optimisers need hundreds.
+unknowns and a few hundred residuals per face: exact Jacobians (the caller's closed form, else
+``torch.func``) and a dense solve converge in a handful of iterations, where first-order
+optimisers need hundreds.
 """
 from __future__ import annotations
 
