@@ -194,6 +194,25 @@ def test_landmarks_of_a_detection_uses_its_eye_line(mediapipe, frontal):
     assert nme_bbox(result.ibug68.double().numpy(), gt) < 0.05
 
 
+def test_a_face_on_its_side_is_found_by_the_quarter_turn_retry(mediapipe, faces):
+    """AFLW2000-3D image00450: a face lying on its side; at MTCNN's eye line and upright MediaPipe
+    loses it, turned a quarter from upright it finds it (score > 0.5) on the face."""
+    from deep3dface.detect import MTCNN
+    from deep3dface.detect.landmarks import landmarks_of
+    from deep3dface.io import read_image
+
+    item = next(i for i in json.loads((faces / "manifest.json").read_text())["images"]
+                if i["id"] == "aflw2000_3d/image00450")
+    image, gt = read_image(faces / item["path"]), np.asarray(item["faces"][0]["landmarks68"]) + 0.5
+    detection = min(MTCNN.pretrained().detect(image),
+                    key=lambda d: np.linalg.norm(d.box.view(2, 2).mean(0).numpy() - gt.mean(0)))
+    roll = roll_from_eyes(detection.landmarks5[0], detection.landmarks5[1])
+    assert mediapipe(image, detection.box, roll=roll).score < 0.05
+    assert mediapipe(image, detection.box, roll=0.0).score < 0.05
+    result = landmarks_of(mediapipe, image, detection)
+    assert result.score > 0.5 and nme_bbox(result.ibug68.double().numpy(), gt) < 0.1
+
+
 def test_a_profile_lost_to_a_spurious_eye_line_is_tried_upright(mediapipe, faces):
     """AFLW2000-3D image00460 (|yaw| 60): MTCNN's eye points tilt the eye line ~60 deg, MediaPipe
     loses the face at that roll, finds it upright.  image00179: upright, MediaPipe confidently
