@@ -76,3 +76,18 @@ def test_per_face_photo_cameras():
     points = _random_faces(2, 10, torch.float64)
     expected = apply_homography(torch.linalg.inv(A), crop.project(points))
     torch.testing.assert_close(photo.project(points), expected)
+
+
+def test_project_with_jacobian_matches_project_and_autodiff():
+    """The pixels equal ``Camera.project``'s; the derivative equals autograd's, per point."""
+    from deep3dface.camera import project_with_jacobian
+
+    camera = Camera.crop()
+    generator = torch.Generator().manual_seed(1)
+    points = torch.randn(2, 5, 3, generator=generator, dtype=torch.float64)
+    K = camera.K.double().expand(2, 3, 3)
+    uv, d_uv = project_with_jacobian(points, K, camera.distance)
+    torch.testing.assert_close(uv, camera.project(points), rtol=1e-12, atol=1e-9)
+    full = torch.autograd.functional.jacobian(lambda p: camera.project(p), points)  # (2, 5, 2, 2, 5, 3)
+    per_point = torch.stack([torch.stack([full[b, n, :, b, n] for n in range(5)]) for b in range(2)])
+    torch.testing.assert_close(d_uv, per_point, rtol=1e-10, atol=1e-9)

@@ -89,6 +89,16 @@ class Camera:
         return rays * depth[..., None]
 
 
+def project_with_jacobian(vertices: torch.Tensor, K: torch.Tensor, distance: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, N, 3) model-space points, (B, 3, 3) intrinsics -> ((B, N, 2) pixels as ``Camera.project``,
+    (B, N, 2, 3) their derivative d pixels / d vertices = (K[:2] − uv ⊗ K[2]) / h_z · FLIP):
+    the closed-form Jacobians of the landmark fits start here."""
+    flip = vertices.new_tensor(AXIS_FLIP)
+    h = ((vertices - vertices.new_tensor((0.0, 0.0, distance))) * flip) @ K.transpose(1, 2)
+    uv = h[..., :2] / h[..., 2:3]
+    return uv, (K[:, None, :2, :] - uv[..., None] * K[:, None, 2:3, :]) / h[..., 2:3, None] * flip
+
+
 def apply_homography(matrix: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Map (..., N, 2) points with a (3, 3) or (B, 3, 3) matrix."""
     matrix = torch.as_tensor(matrix, dtype=points.dtype, device=points.device)

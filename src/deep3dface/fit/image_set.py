@@ -40,7 +40,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..camera import AXIS_FLIP, Camera
+from ..camera import Camera, project_with_jacobian
 from ..detect.correspondence import point_weights
 from ..morphable.geometry import rotation_derivatives, rotation_matrix
 from ..morphable.model import MorphableModel
@@ -276,17 +276,12 @@ def _residuals(identity, local, data: _Data, jacobian: bool = False):
     shape = data.mean + torch.einsum("kcn,pn->pkc", data.basis, coeffs)           # (P, K, 3)
     rotation = rotation_matrix(local[:, :3])
     posed = shape @ rotation.transpose(1, 2) + local[:, None, 3:6]
-    flip = posed.new_tensor(AXIS_FLIP)
-    camera_points = (posed - posed.new_tensor((0.0, 0.0, data.distance))) * flip
-    h = camera_points @ data.K.transpose(1, 2)                                   # (P, K, 3)
-    uv = h[..., :2] / h[..., 2:3]
+    uv, d_uv = project_with_jacobian(posed, data.K, data.distance)               # (P, K, 2), (P, K, 2, 3)
     root = data.root[..., None]
     exp = local[:, 6:]
     r = torch.cat([((uv - data.pixels) * root).flatten(1), exp * data.exp_reg], 1)
     if not jacobian:
         return r, None, None
-    # d uv / d posed = (K[:2] - uv ⊗ K[2]) / h_z · FLIP   (P, K, 2, 3)
-    d_uv = (data.K[:, None, :2, :] - uv[..., None] * data.K[:, None, 2:3, :]) / h[..., 2:3, None] * flip
     d_uv = d_uv * root[..., None]
     d_shape = torch.einsum("pij,kjn->pkin", rotation, data.basis)                 # (P, K, 3, n)
     j_coeff = d_uv @ d_shape                                                     # (P, K, 2, n)

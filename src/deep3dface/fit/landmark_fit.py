@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..camera import AXIS_FLIP, Camera
+from ..camera import Camera, project_with_jacobian
 from ..morphable.geometry import rotation_derivatives, rotation_matrix
 from ..morphable.model import MorphableModel
 from ..types import Coefficients
@@ -123,13 +123,8 @@ def landmark_problem(model: MorphableModel, pixels: torch.Tensor, camera: Camera
         points = mean_k + torch.einsum("bkcn,bn->bkc", basis.expand(count, -1, -1, -1), coeff)
         rotation = rotation_matrix(angles)
         posed = points @ rotation.transpose(1, 2) + trans[:, None]
-        flip = posed.new_tensor(AXIS_FLIP)
         K = cam.K.to(posed) if cam.K.ndim == 3 else cam.K.to(posed).expand(count, 3, 3)
-        h = ((posed - posed.new_tensor((0.0, 0.0, cam.distance))) * flip) @ K.transpose(1, 2)
-        uv = h[..., :2] / h[..., 2:3]
-        # d uv / d posed = (K[:2] − uv ⊗ K[2]) / h_z · FLIP, weighted like the residual
-        d_uv = (K[:, None, :2, :] - uv[..., None] * K[:, None, 2:3, :]) / h[..., 2:3, None] * flip
-        d_uv = d_uv * sqrt_w[..., None, None]                                           # (B, K, 2, 3)
+        d_uv = project_with_jacobian(posed, K, cam.distance)[1] * sqrt_w[..., None, None]  # (B, K, 2, 3)
         d_angles = torch.einsum("baij,bkj->bkia", rotation_derivatives(angles), points)  # (B, K, 3, 3)
         d_coeff = torch.einsum("bij,bkjn->bkin", rotation, basis.expand(count, -1, -1, -1))
         reprojection = torch.cat([d_uv @ d_angles, d_uv, d_uv @ d_coeff], -1).flatten(1, 2)
