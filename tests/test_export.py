@@ -113,15 +113,90 @@ def test_write_refuses_to_overwrite_and_leaves_no_partial_file(tmp_path, face_me
 
 
 def test_write_rows_writes_what_savetxt_writes():
+    """The compiled formatter against savetxt (one ``%`` per row): random values over 14 decades,
+    half-way cases, signed zeros, ints of both signs, and what only ``%`` can write (NaN, inf, 1e300)."""
     import io
 
     from deep3dface.export.meshes import write_rows
 
     rng = np.random.default_rng(0)
+    spread = rng.normal(size=(3000, 6)) * 10.0 ** rng.integers(-8, 6, size=(3000, 6))
     for array, fmt in ((rng.normal(size=(50, 6)), "v %.6f %.6f %.6f %.4f %.4f %.4f"),
+                       (spread, "v %.6f %.6f %.6f %.4f %.4f %.4f"),
+                       (np.round(rng.normal(size=(2000, 3)), 7), "%.6f %.6f %.6f"),   # many near-ties
+                       (np.array([[-0.0, 0.0, -1e-9, 2.5e-6], [0.5, 1.5, -2.5, 0.0078125]]), "%.6f %.6f %.0f %.3f"),
                        (rng.integers(1, 10_000, size=(40, 6)), "f %d//%d %d//%d %d//%d"),
+                       (rng.integers(-10**15, 10**15, size=(100, 2)), "%d,%d;"),
+                       (rng.integers(0, 255, size=(10, 3)).astype(np.uint8), "c %d %d %d"),
+                       (rng.normal(size=(20, 3)).astype(np.float32), "vn %.5f %.5f %.5f"),
+                       (np.array([[np.nan, np.inf, -np.inf], [1e300, 1.0, 2.0]]), "%.3f %.3f %.3f"),
                        (np.zeros((0, 3)), "vn %.5f %.5f %.5f")):
         expected, got = io.StringIO(), io.StringIO()
         np.savetxt(expected, array, fmt=fmt)
         write_rows(got, array, fmt)
-        assert got.getvalue() == expected.getvalue()
+        assert got.getvalue() == expected.getvalue(), fmt
+
+
+def _glb_parts(data: bytes) -> tuple[dict, bytes]:
+    """The JSON document and binary chunk of a GLB, checking the container on the way (glTF 2.0 §4.4)."""
+    import json
+    import struct
+
+    magic, version, length = struct.unpack_from("<4sII", data)
+    assert (magic, version, length) == (b"glTF", 2, len(data))
+    json_length, json_type = struct.unpack_from("<I4s", data, 12)
+    assert json_type == b"JSON" and json_length % 4 == 0
+    document = json.loads(data[20:20 + json_length])
+    bin_length, bin_type = struct.unpack_from("<I4s", data, 20 + json_length)
+    assert bin_type == b"BIN\0" and bin_length % 4 == 0
+    binary = data[28 + json_length:28 + json_length + bin_length]
+    assert 28 + json_length + bin_length == len(data)
+    assert document["buffers"][0]["byteLength"] <= bin_length
+    for view in document["bufferViews"]:
+        assert view["byteOffset"] % 4 == 0
+        assert view["byteOffset"] + view["byteLength"] <= document["buffers"][0]["byteLength"]
+    return document, binary
+
+
+def test_glb_is_valid_gltf_and_holds_the_arrays(face_mesh):
+    """The container and every accessor, read back by hand: positions in metres with their bounds,
+    normals, 8-bit colours, indices."""
+    document, binary = _glb_parts(export_mesh(face_mesh, "glb"))
+    sizes = {"SCALAR": 1, "VEC2": 2, "VEC3": 3}
+    dtypes = {5126: np.float32, 5121: np.uint8, 5125: np.uint32}
+
+    def read(index):
+        accessor = document["accessors"][index]
+        view = document["bufferViews"][accessor["bufferView"]]
+        values = np.frombuffer(binary, dtypes[accessor["componentType"]], accessor["count"] * sizes[accessor["type"]],
+                               view["byteOffset"]).reshape(accessor["count"], -1)
+        assert values.nbytes == view["byteLength"]
+        return accessor, values
+
+    primitive = document["meshes"][0]["primitives"][0]
+    accessor, positions = read(primitive["attributes"]["POSITION"])
+    np.testing.assert_allclose(positions * 10, face_mesh.vertices, atol=1e-5)
+    assert accessor["min"] == positions.min(0).tolist() and accessor["max"] == positions.max(0).tolist()
+    np.testing.assert_allclose(read(primitive["attributes"]["NORMAL"])[1], face_mesh.normals, atol=1e-6)
+    accessor, colours = read(primitive["attributes"]["COLOR_0"])
+    assert accessor["normalized"] and np.abs(colours / 255 - face_mesh.colours).max() <= 0.5 / 255 + 1e-9
+    np.testing.assert_array_equal(read(primitive["indices"])[1].reshape(-1, 3), face_mesh.triangles)
+
+
+def test_textured_glb_embeds_the_png_as_it_is(face_mesh):
+    from deep3dface.export import TexturedMesh, export_textured
+
+    rng = np.random.default_rng(1)
+    uv = rng.uniform(size=(len(face_mesh.vertices), 2))
+    textured = TexturedMesh(face_mesh, uv, rng.integers(0, 255, size=(16, 32, 3), dtype=np.uint8))
+    data = export_textured(textured, "glb", "skin")["skin.glb"]
+    document, binary = _glb_parts(data)
+    view = document["bufferViews"][document["images"][0]["bufferView"]]
+    assert binary[view["byteOffset"]:view["byteOffset"] + view["byteLength"]] == textured.png
+    material = document["materials"][0]["pbrMetallicRoughness"]
+    assert (material["metallicFactor"], material["roughnessFactor"]) == (0.0, 1.0)
+    loaded = _load(data, "glb")
+    np.testing.assert_allclose(loaded.visual.uv, uv, atol=1e-6)         # trimesh flips glTF's v back
+    np.testing.assert_array_equal(np.asarray(loaded.visual.material.baseColorTexture.convert("RGB")),
+                                  textured.texture)
+    assert export_textured(textured, "obj", "skin")["skin.png"] == textured.png

@@ -235,3 +235,26 @@ def test_write_textured_refuses_to_overwrite(model, uv, baked, tmp_path):
     assert len(write_textured(item, tmp_path / "face.obj", overwrite=True)) == 3
     with pytest.raises(ValueError, match="unknown textured format"):
         export_textured(item, "stl")
+
+
+def test_box_sums_and_soften_against_plain_windows():
+    """The cumulative-sum box filter equals summing each clipped window; ``soften`` equals its
+    definition with torch's average pooling (the means' window counts cancel in the fraction)."""
+    import torch.nn.functional as F
+
+    from deep3dface.texture.bake import box_sums, soften
+
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.randint(0, 3, (2, 9, 7), generator=gen)
+    for radius in (0, 1, 3, 20):
+        plain = torch.stack([torch.stack([torch.stack([counts[c, max(i - radius, 0):i + radius + 1,
+                                                             max(j - radius, 0):j + radius + 1].sum()
+                                                      for j in range(7)]) for i in range(9)]) for c in range(2)])
+        assert torch.equal(box_sums(counts, radius).long(), plain), radius
+    coverage = torch.rand(64, 48, generator=gen) > 0.3
+    visible = ((torch.rand(64, 48, generator=gen) > 0.4) & coverage).float()
+    for radius in (1, 4):
+        mean = lambda m: F.avg_pool2d(m[None, None], 2 * radius + 1, stride=1, padding=radius,  # noqa: E731
+                                      count_include_pad=False)[0, 0]
+        expected = (2 * mean(visible) / mean(coverage.float()).clamp(min=1e-6) - 1).clamp(0, 1)
+        torch.testing.assert_close(soften(visible, coverage, radius), expected, atol=1e-6, rtol=0)

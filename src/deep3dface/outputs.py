@@ -110,11 +110,12 @@ def face_record(face: FaceReconstruction, files: dict[str, str], texture_size: i
 
 
 def overlay_png(photo: torch.Tensor, faces: list[FaceReconstruction], opacity: float = 0.85,
-                colour: str = "shaded") -> bytes:
-    """PNG bytes of the faces' renders (``FaceReconstruction.render`` colours) blended over the photo."""
+                colour: str = "shaded", geometries: list[FaceGeometry] | None = None) -> bytes:
+    """PNG bytes of the faces' renders (``FaceReconstruction.render`` colours) blended over the photo;
+    ``geometries``: the faces' ``geometry()`` when the caller has them."""
     renders, masks = [], []
-    for face in faces:
-        image, mask = face.render(colour)
+    for k, face in enumerate(faces):
+        image, mask = face.render(colour, None if geometries is None else geometries[k])
         renders.append(image)
         masks.append(mask)
     composite = overlay(photo, torch.stack(renders), torch.stack(masks), opacity) if faces else photo
@@ -149,20 +150,20 @@ def photo_outputs(image_path: str, stem: str, photo: torch.Tensor, faces: list[F
     records = []
     overlay_name = f"{stem}_overlay.png" if overlay_file and faces else None
     geometry_name = f"{stem}_geometry.png" if overlay_file and faces else None
-    for k, face in enumerate(faces):
+    geometries = [face.geometry() for face in faces]
+    for k, (face, g) in enumerate(zip(faces, geometries)):
         base = f"{stem}_face{k}"
         names = {"mesh": f"{base}.obj", "mesh_posed": f"{base}_posed.obj", "coefficients": f"{base}.mat",
                  "depth": f"{base}_depth.png", "normals": f"{base}_normals.png"}
-        blobs[names["mesh"]] = export_mesh(face.mesh(posed=False), "obj")
-        blobs[names["mesh_posed"]] = export_mesh(face.mesh(posed=True), "obj")
+        blobs[names["mesh"]] = export_mesh(face.mesh(posed=False, geometry=g), "obj")
+        blobs[names["mesh_posed"]] = export_mesh(face.mesh(posed=True, geometry=g), "obj")
         blobs[names["coefficients"]] = face_mat(face)
-        g = face.geometry()
         depth, normals, mask = camera_maps(face, g)
         blobs[names["depth"]] = depth_png(depth, mask)
         blobs[names["normals"]] = normal_png(normals, mask)
         size = texture_size if texture_size and face.has_uv else None
         if size:
-            textured = textured_outputs(face, photo, base, size)
+            textured = textured_outputs(face, photo, base, size, g)
             names.update({"textured_glb": f"{base}_textured.glb", "textured_obj": f"{base}_textured.obj",
                           "textured_mtl": f"{base}_textured.mtl", "texture": f"{base}_textured.png",
                           "texture_shaded": f"{base}_texture_shaded.png"})
@@ -172,8 +173,8 @@ def photo_outputs(image_path: str, stem: str, photo: torch.Tensor, faces: list[F
             names["geometry_overlay"] = geometry_name
         records.append(face_record(face, names, size, g))
     if overlay_name:
-        blobs[overlay_name] = overlay_png(photo, faces)
-        blobs[geometry_name] = overlay_png(photo, faces, opacity=0.7, colour="geometry")
+        blobs[overlay_name] = overlay_png(photo, faces, geometries=geometries)
+        blobs[geometry_name] = overlay_png(photo, faces, opacity=0.7, colour="geometry", geometries=geometries)
     height, width = photo.shape[-2:]
     record = {"schema": SCHEMA_VERSION, "image": image_path, "width": int(width), "height": int(height),
               "model": model_name, "faces": records}
@@ -182,13 +183,14 @@ def photo_outputs(image_path: str, stem: str, photo: torch.Tensor, faces: list[F
 
 
 def textured_outputs(face: FaceReconstruction, photo: torch.Tensor, base: str,
-                     size: int = TEXTURE_SIZE) -> dict[str, bytes]:
+                     size: int = TEXTURE_SIZE, g: FaceGeometry | None = None) -> dict[str, bytes]:
     """Bake the face's texture once and export it: ``base_textured.glb`` (embedded) and
     ``base_textured.obj/.mtl/.png`` (the albedo map), ``base_texture_shaded.png`` (the lit map)."""
-    maps = face.texture(photo, size)
+    g = face.geometry() if g is None else g
+    maps = face.texture(photo, size, g)
     uv, _ = face.uv_chart(face.model)
     albedo = _uint8_hwc(maps.albedo)              # quantise once: the exporters take uint8 as is
-    textured = TexturedMesh(face.mesh(posed=False, colour="albedo"), uv.numpy(), albedo)
+    textured = TexturedMesh(face.mesh(posed=False, colour="albedo", geometry=g), uv.numpy(), albedo)
     name = f"{base}_textured"
     files = {**export_textured(textured, "glb", name), **export_textured(textured, "obj", name)}
     files[f"{base}_texture_shaded.png"] = _png(_uint8_hwc(maps.shaded))

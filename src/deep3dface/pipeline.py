@@ -74,22 +74,23 @@ class FaceReconstruction:
         with torch.no_grad():
             return self.model(self.coefficients.to(self.model.mean_shape.dtype), albedo=albedo)
 
-    def mesh(self, posed: bool = False, colour: str = "shaded") -> Mesh:
+    def mesh(self, posed: bool = False, colour: str = "shaded", geometry: FaceGeometry | None = None) -> Mesh:
         """The face as a Mesh in model units.  ``posed=False``: the canonical (unposed) shape, as
         the reference saves it; ``posed=True``: R·shape + t in model space (camera at z = 10
-        looking down −z).  ``colour``: "shaded" (albedo × fitted light) or "albedo"."""
-        g = self.geometry()
+        looking down −z).  ``colour``: "shaded" (albedo × fitted light) or "albedo".  ``geometry``:
+        ``self.geometry()`` when the caller has it (here and below: it costs ~20 ms a call)."""
+        g = self.geometry() if geometry is None else geometry
         vertices = (g.vertices if posed else g.shape)[0]
         normals = (g.normals if posed else g.normals_model)[0]
         colours = (g.colour if colour == "shaded" else g.albedo)[0].clamp(0, 1)
         return Mesh(vertices.double().numpy(), self.model.triangles.numpy(), colours.double().numpy(),
                     normals.double().numpy(), self.model.unit)
 
-    def render(self, colour: str = "shaded") -> tuple[torch.Tensor, torch.Tensor]:
+    def render(self, colour: str = "shaded", geometry: FaceGeometry | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Render (3, H, W) and mask (1, H, W) at the photo's size, through the photo camera.
         ``colour``: "shaded" (fitted albedo × fitted light), "albedo", or "geometry" (grey clay
         under a fixed light from the upper front: shows the shape, not the photo's colours)."""
-        g = self.geometry()
+        g = self.geometry() if geometry is None else geometry
         if colour == "geometry":
             colours = shade(torch.full_like(g.albedo, 0.75), g.normals, GEOMETRY_LIGHT.to(g.normals).expand(len(g.normals), -1))
         else:
@@ -108,7 +109,7 @@ class FaceReconstruction:
         ``BFM_UV.mat`` and the full-BFM vertex ids lie beside its ``BFM_model_front.mat``."""
         return self.uv_chart(self.model) is not None
 
-    def texture(self, photo: torch.Tensor, size: int = 1024):
+    def texture(self, photo: torch.Tensor, size: int = 1024, geometry: FaceGeometry | None = None):
         """Bake ``photo`` (3, H, W), the photo this face was fitted to, into ``size``² UV maps
         (``texture.TextureMaps``): photo colours through the photo camera divided by the fitted
         light, hidden texels from the mirror side, then from the fitted albedo."""
@@ -120,11 +121,22 @@ class FaceReconstruction:
             raise ValueError(f"model {self.model.name!r} has no UV chart (a Deep3D model needs "
                              "BFM_UV.mat and select_vertex_id.mat beside BFM_model_front.mat)")
         uv, mirror = chart
-        g = self.geometry()
+        g = self.geometry() if geometry is None else geometry
         screen = self.camera.screen(g.vertices.to(self.camera.K.dtype))[0]
         light = irradiance(g.normals, self.coefficients.gamma.to(g.normals))[0]
         return bake_texture(photo, screen, g.normals[0], self.model.triangles, uv, g.albedo[0], light, size,
-                            mirror=mirror, view=view_directions(g.vertices[0], self.camera.distance))
+                            mirror=mirror, view=view_directions(g.vertices[0], self.camera.distance),
+                            texels=self.chart_texels(self.model, size))
+
+    @staticmethod
+    @functools.lru_cache(maxsize=2)
+    def chart_texels(model: MorphableModel, size: int):
+        """``texture.uv_texels`` of the model's chart at ``size``² (~25 MB at 1024²), kept for the
+        next face: the chart's rasterisation cost ~50 ms a bake."""
+        from .texture.bake import uv_texels
+
+        uv, _ = FaceReconstruction.uv_chart(model)
+        return uv_texels(uv.to(torch.float32), model.triangles, size)
 
     @staticmethod
     @functools.lru_cache(maxsize=4)

@@ -60,17 +60,19 @@ class TextureMaps:
 
 
 def bake_texture(photo, screen, normals, triangles, uv, albedo, irradiance, size: int = 1024, mirror=None,
-                 view=None) -> TextureMaps:
+                 view=None, texels: UVTexels | None = None) -> TextureMaps:
     """Bake one photo.  photo (3, H, W) float in [0, 1]; screen (N, 3) photo pixels and camera depth;
     normals (N, 3) unit, posed; triangles (F, 3) int64; uv (N, 2); albedo and irradiance (N, 3)
     fitted; mirror (N,) int64 vertex map (``morphable.topology.mirror_vertex_map``) or None;
-    view (N, 3) unit directions to the camera or None (+z)."""
+    view (N, 3) unit directions to the camera or None (+z); texels: ``uv_texels(uv, triangles,
+    size)`` when the caller keeps it (the same for every face of a model)."""
     return bake_texture_set([photo], [screen], [normals], triangles, uv, albedo, [irradiance], size, mirror,
-                            None if view is None else [view])
+                            None if view is None else [view], texels)
 
 
 def bake_texture_set(photos: Sequence, screens: Sequence, normals: Sequence, triangles, uv, albedo,
-                     irradiances: Sequence, size: int = 1024, mirror=None, views: Sequence | None = None) -> TextureMaps:
+                     irradiances: Sequence, size: int = 1024, mirror=None, views: Sequence | None = None,
+                     texels: UVTexels | None = None) -> TextureMaps:
     """Bake and fuse several photos of one face (same mesh and albedo, per-photo pose and light)."""
     if not len(photos) == len(screens) == len(normals) == len(irradiances) or not photos:
         raise ValueError("photos, screens, normals and irradiances must be non-empty lists of one length")
@@ -78,7 +80,10 @@ def bake_texture_set(photos: Sequence, screens: Sequence, normals: Sequence, tri
     triangles = torch.as_tensor(triangles, dtype=torch.int64).cpu()
     uv, albedo = f32(uv), f32(albedo)
     n = len(uv)
-    texels = uv_texels(uv, triangles, size)
+    if texels is None:
+        texels = uv_texels(uv, triangles, size)
+    elif texels.mask.shape != (size, size):
+        raise ValueError(f"texels of a {tuple(texels.mask.shape)} map for a {size}² bake")
     corners, bary = texels.corners, texels.barycentrics
     at = lambda values: torch.einsum("pk,pkc->pc", bary, f32(values)[corners])  # noqa: E731
 
@@ -200,11 +205,27 @@ def observe(photo, screen, normals, view, triangles, texels: UVTexels, size: int
 
 def soften(visible: torch.Tensor, coverage: torch.Tensor, radius: int) -> torch.Tensor:
     """(S, S) 0/1 map -> (S, S) in [0, 1]: 1 deep inside the visible region, falling to 0 at its edge
-    (the box-blurred fraction of visible texels among chart texels, rescaled from [1/2, 1])."""
-    k = 2 * radius + 1
-    blur = lambda m: F.avg_pool2d(m[None, None], k, stride=1, padding=radius, count_include_pad=False)[0, 0]  # noqa: E731
-    fraction = blur(visible) / blur(coverage.float()).clamp(min=1e-6)
+    (the fraction of visible texels among chart texels in a (2·radius + 1)² box clipped at the map's
+    edges, rescaled from [1/2, 1]).  Box sums by cumulative sums in integers: exact, and O(S²)
+    whatever the radius (torch's avg_pool2d took 0.13 s per 1024² map)."""
+    counted = box_sums(torch.stack([visible.round(), coverage.to(visible.dtype)]).to(torch.int32), radius)
+    fraction = (counted[0] / counted[1].clamp(min=1)).to(visible.dtype)  # no chart texel: none visible
     return (2 * fraction - 1).clamp(0, 1)
+
+
+def box_sums(maps: torch.Tensor, radius: int) -> torch.Tensor:
+    """(..., H, W) integer maps -> int32 sums over the (2·radius + 1)² box about each pixel,
+    clipped at the edges: along each axis, the running sum ``R`` at ``min(i + r, n - 1)`` minus
+    ``R`` at ``i - r - 1`` (0 before the start)."""
+    for dim in (maps.ndim - 2, maps.ndim - 1):
+        n, r = maps.shape[dim], min(radius, maps.shape[dim] - 1)
+        running = maps.cumsum(dim, dtype=torch.int32)
+        last = running.narrow(dim, n - 1, 1)
+        high = torch.cat([running.narrow(dim, r, n - r)] + [last] * r, dim)
+        low = torch.cat([torch.zeros_like(running.narrow(dim, 0, min(r + 1, n))),
+                         running.narrow(dim, 0, n - min(r + 1, n))], dim)
+        maps = high - low
+    return maps
 
 
 def fill_empty(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -214,7 +235,7 @@ def fill_empty(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     height, width = mask.shape
     weight = mask.to(image.dtype)[None]
     pad = (0, width % 2, 0, height % 2)                       # odd sizes: pad with empty texels
-    pooled = lambda t: F.pad(t, pad).unflatten(1, (-1, 2)).unflatten(3, (-1, 2)).sum((2, 4))  # noqa: E731
+    pooled = lambda t: 4 * F.avg_pool2d(F.pad(t, pad)[None], 2)[0]  # noqa: E731  (sums of 2 x 2 blocks)
     coarse_w = pooled(weight)
     coarse = pooled(image * weight) / coarse_w.clamp(min=1e-12)
     coarse = fill_empty(coarse, coarse_w[0] > 0)

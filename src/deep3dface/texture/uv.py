@@ -201,7 +201,7 @@ def sample_image(image: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     y = (points[:, 1] - 0.5).clamp(0, height - 1)
     x0, y0 = x.floor().long().clamp(max=width - 2), y.floor().long().clamp(max=height - 2)
     fx, fy = (x - x0)[:, None], (y - y0)[:, None]
-    flat = image.reshape(channels, -1).T
+    flat = image.reshape(channels, -1).T.contiguous()     # gathers of whole rows
     at = lambda yy, xx: flat[yy * width + xx]  # noqa: E731
     top = at(y0, x0) * (1 - fx) + at(y0, x0 + 1) * fx
     bottom = at(y0 + 1, x0) * (1 - fx) + at(y0 + 1, x0 + 1) * fx
