@@ -131,3 +131,28 @@ def test_landmark_problem_jacobian_equals_autodiff(conformance, per_face_ids, pr
     reference = autodiff_jacobian(problem.residuals)(params, *problem.data)
     assert closed.shape == reference.shape == (batch, 2 * k + n + (3 if prior else 0), 6 + n)
     assert torch.allclose(closed, reference, rtol=1e-10, atol=1e-10 * float(reference.abs().max()))
+
+
+def test_pose_jacobian_equals_autodiff():
+    """solve_pose's closed-form Jacobian equals forward-mode autodiff of its residuals, at random
+    poses, points, weights and per-face focal lengths."""
+    from deep3dface.fit.rigid import reprojection_jacobian, reprojection_residuals
+    from deep3dface.fit.solve import autodiff_jacobian
+
+    generator = torch.Generator().manual_seed(5)
+    batch, k = 4, 30
+    points = torch.randn(batch, k, 3, generator=generator, dtype=torch.float64)
+    pixels = 112 + 40 * torch.randn(batch, k, 2, generator=generator, dtype=torch.float64)
+    root = torch.rand(batch, k, generator=generator, dtype=torch.float64)
+    params = torch.cat([0.5 * torch.randn(batch, 3, generator=generator, dtype=torch.float64),
+                        0.3 * torch.randn(batch, 3, generator=generator, dtype=torch.float64)], 1)
+    scales = torch.tensor([1.0, 1.1, 0.9, 1.2], dtype=torch.float64)[:, None, None]
+    per_face = torch.cat([Camera.crop().K.double()[:2].expand(batch, 2, 3) * scales,
+                          torch.tensor([[[0.0, 0.0, 1.0]]], dtype=torch.float64).expand(batch, 1, 3)], 1)
+    closed = reprojection_jacobian(params[:, :3], params[:, 3:], points, pixels, root, Camera(per_face, 224, 224, 10.0))
+    assert closed.shape == (batch, 2 * k, 6)
+    for b in range(batch):   # the oracle runs one face at a time: one camera each
+        camera = Camera(per_face[b], 224, 224, 10.0)
+        reference = autodiff_jacobian(lambda p, x, q, w: reprojection_residuals(p[:, :3], p[:, 3:], x, q, w, camera))(
+            params[b:b + 1], points[b:b + 1], pixels[b:b + 1], root[b:b + 1])[0]
+        assert torch.allclose(closed[b], reference, rtol=1e-10, atol=1e-10 * float(reference.abs().max()))

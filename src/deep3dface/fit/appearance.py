@@ -68,14 +68,17 @@ def estimate_albedo(observed: torch.Tensor, irradiance: torch.Tensor, weights: t
     irr = irradiance.detach().double().cpu().numpy()
     wts = weights.detach().double().cpu().numpy()
     pri = np.broadcast_to(prior.detach().double().cpu().numpy(), obs.shape)
-    # every face and channel solves diag(data) + scale·shared: the shared part is built once
+    # every face and channel solves diag(data) + scale·shared: the shared part is built once; a
+    # face's three channels are solved together, one column each (one sparse product per iteration;
+    # faces apart, so that no face iterates as long as the slowest of a batch)
     shared = _SharedOperator((smoothness * laplacian + symmetry * symmetric + prior_weight * sp.identity(n)).tocsr())
     for b in range(obs.shape[0]):
-        for c in range(3):
-            data = wts[b] * irr[b, :, c] ** 2
-            scale = max(data[data > 0].mean() if (data > 0).any() else 1.0, 1e-6)
-            rhs = wts[b] * irr[b, :, c] * obs[b, :, c] + scale * prior_weight * pri[b, :, c]
-            out[b, :, c] = _solve_spd(shared, data, scale, rhs, pri[b, :, c])
+        data = wts[b, :, None] * irr[b] ** 2                                   # (N, 3)
+        positive = data > 0
+        scale = np.maximum(np.where(positive.any(0), (data * positive).sum(0) / np.maximum(positive.sum(0), 1), 1.0),
+                           1e-6)
+        rhs = wts[b, :, None] * irr[b] * obs[b] + scale * prior_weight * pri[b]
+        out[b] = _solve_spd(shared, data, scale, rhs, pri[b])
     return torch.as_tensor(out, dtype=observed.dtype, device=observed.device)
 
 
@@ -114,37 +117,42 @@ class _SharedOperator:
         self.diagonal = torch.from_numpy(csr.diagonal().astype(np.float64))
 
 
-def _solve_spd(shared: _SharedOperator, data: np.ndarray, scale: float, rhs: np.ndarray, start: np.ndarray,
+def _solve_spd(shared: _SharedOperator, data: np.ndarray, scale: np.ndarray, rhs: np.ndarray, start: np.ndarray,
                rtol: float = 1e-4, max_iterations: int = 1000) -> np.ndarray:
-    """Solve (diag(data) + scale·A) x = rhs, A = ``shared``.  The system is symmetric positive
-    definite (data + Laplacian + symmetry + prior): Jacobi-preconditioned conjugate gradients
-    from the prior converge in ~50 iterations, where a sparse LU of a 37k-vertex face takes over a
-    second (the mirror term causes fill-in).  Written in torch rather than with scipy's ``cg``:
-    numpy's threaded BLAS made scipy's loop 20× slower on a busy 2-core machine, and torch runs on
-    the fitter's single thread (``deep3dface.threads``)."""
-    d = torch.from_numpy(np.asarray(data, np.float64))
-    b = torch.from_numpy(np.asarray(rhs, np.float64))
-    x = torch.from_numpy(np.array(start, np.float64))
+    """Solve (diag(data[:, j]) + scale[j]·A) x_j = rhs[:, j] for every column j, A = ``shared``;
+    data, rhs, start (N, M), scale (M,).  Each system is symmetric positive definite (data +
+    Laplacian + symmetry + prior): Jacobi-preconditioned conjugate gradients from the prior
+    converge in ~40 iterations, where a sparse LU of a 37k-vertex face takes over a second (the
+    mirror term causes fill-in).  The columns iterate together, each with its own step sizes, and a
+    column stops moving once it has converged: the result is each column's own CG.  Written in
+    torch rather than with scipy's ``cg``: numpy's threaded BLAS made scipy's loop 20x slower on a
+    busy 2-core machine, and torch runs on the fitter's single thread (``deep3dface.threads``)."""
+    # row-major copies: a transposed view from the caller makes every elementwise op strided
+    d, b, x, s = (torch.from_numpy(np.array(a, np.float64, order="C")) for a in (data, rhs, start, scale))
 
     def apply(v):
-        return d * v + scale * (shared.matrix @ v)
+        return d * v + s * (shared.matrix @ v)
 
-    inverse_diagonal = 1.0 / (d + scale * shared.diagonal)
+    inverse_diagonal = 1.0 / (d + s * shared.diagonal[:, None])
     r = b - apply(x)
     z = inverse_diagonal * r
     p = z.clone()
-    rz = torch.dot(r, z)
-    limit = (rtol * torch.linalg.vector_norm(b)) ** 2
+    rz = (r * z).sum(0)
+    limit = (rtol * torch.linalg.vector_norm(b, dim=0)) ** 2
     for _ in range(max_iterations):
-        if torch.dot(r, r) <= limit:
+        active = (r * r).sum(0) > limit
+        if not bool(active.any()):
             return x.numpy()
         q = apply(p)
-        alpha = rz / torch.dot(p, q)
+        alpha = torch.where(active, rz / (p * q).sum(0), 0.0)
         x += alpha * p
         r -= alpha * q
         z = inverse_diagonal * r
-        rz_next = torch.dot(r, z)
-        p = z + (rz_next / rz) * p
-        rz = rz_next
-    # not converged: the exact factorisation
-    return spla.spsolve((sp.diags(data) + scale * shared.csr).tocsc(), rhs)
+        rz_next = (r * z).sum(0)
+        p = z + torch.where(active, rz_next / rz, 0.0) * p
+        rz = torch.where(active, rz_next, rz)
+    # not converged: the exact factorisation, column by column
+    out = x.numpy()
+    for j in torch.nonzero((r * r).sum(0) > limit)[:, 0].tolist():
+        out[:, j] = spla.spsolve((sp.diags(data[:, j]) + scale[j] * shared.csr).tocsc(), rhs[:, j])
+    return out
