@@ -162,7 +162,7 @@ def test_glb_is_valid_gltf_and_holds_the_arrays(face_mesh):
     """The container and every accessor, read back by hand: positions in metres with their bounds,
     normals, 8-bit colours, indices."""
     document, binary = _glb_parts(export_mesh(face_mesh, "glb"))
-    sizes = {"SCALAR": 1, "VEC2": 2, "VEC3": 3}
+    sizes = {"SCALAR": 1, "VEC2": 2, "VEC3": 3, "VEC4": 4}
     dtypes = {5126: np.float32, 5121: np.uint8, 5125: np.uint32}
 
     def read(index):
@@ -179,7 +179,11 @@ def test_glb_is_valid_gltf_and_holds_the_arrays(face_mesh):
     assert accessor["min"] == positions.min(0).tolist() and accessor["max"] == positions.max(0).tolist()
     np.testing.assert_allclose(read(primitive["attributes"]["NORMAL"])[1], face_mesh.normals, atol=1e-6)
     accessor, colours = read(primitive["attributes"]["COLOR_0"])
-    assert accessor["normalized"] and np.abs(colours / 255 - face_mesh.colours).max() <= 0.5 / 255 + 1e-9
+    assert accessor["normalized"] and np.abs(colours[:, :3] / 255 - face_mesh.colours).max() <= 0.5 / 255 + 1e-9
+    assert (colours[:, 3] == 255).all()
+    for name, index in primitive["attributes"].items():   # vertex elements start on 4-byte boundaries
+        view = document["bufferViews"][document["accessors"][index]["bufferView"]]
+        assert view["byteOffset"] % 4 == 0 and (view["byteLength"] // len(face_mesh.vertices)) % 4 == 0, name
     np.testing.assert_array_equal(read(primitive["indices"])[1].reshape(-1, 3), face_mesh.triangles)
 
 

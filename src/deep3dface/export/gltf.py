@@ -24,7 +24,8 @@ _LINEAR, _LINEAR_MIPMAP_LINEAR, _CLAMP_TO_EDGE = 9729, 9987, 33071
 def mesh_glb(positions: np.ndarray, triangles: np.ndarray, normals: np.ndarray | None = None,
              colours: np.ndarray | None = None, texcoords: np.ndarray | None = None,
              texture_png: bytes | None = None, name: str = "face") -> bytes:
-    """positions (N, 3) in metres, triangles (F, 3) vertex ids, normals (N, 3), colours (N, 3) uint8,
+    """positions (N, 3) in metres, triangles (F, 3) vertex ids, normals (N, 3), colours (N, 3) uint8
+    (written as opaque RGBA),
     texcoords (N, 2) glTF uv (origin top-left), texture_png the base colour image -> GLB bytes.
     With a texture the material is PBR with metallic 0 and roughness 1 (no sheen on skin baked
     from a photo)."""
@@ -48,8 +49,10 @@ def mesh_glb(positions: np.ndarray, triangles: np.ndarray, normals: np.ndarray |
     if texcoords is not None:
         attributes["TEXCOORD_0"] = builder.accessor(np.asarray(texcoords, np.float32), _FLOAT, "VEC2", _ARRAY_BUFFER)
     if colours is not None:
-        attributes["COLOR_0"] = builder.accessor(np.asarray(colours, np.uint8), _UBYTE, "VEC3", _ARRAY_BUFFER,
-                                                 normalized=True)
+        # RGBA, opaque: a vertex attribute's elements must start on 4-byte boundaries (glTF 2.0
+        # §3.6.2.4), which tightly packed 3-byte RGB would break
+        rgba = np.concatenate([np.asarray(colours, np.uint8), np.full((n, 1), 255, np.uint8)], 1)
+        attributes["COLOR_0"] = builder.accessor(rgba, _UBYTE, "VEC4", _ARRAY_BUFFER, normalized=True)
     primitive = {"attributes": attributes, "mode": 4,
                  "indices": builder.accessor(np.asarray(triangles, np.uint32).reshape(-1), _UINT, "SCALAR",
                                              _ELEMENT_ARRAY_BUFFER)}
