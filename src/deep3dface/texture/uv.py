@@ -4,7 +4,7 @@ Conventions (owned here, shared by baking and the textured exporters):
 
 * **UV**: (N, 2) float per vertex, one chart, u to the right and v **up**, both in [0, 1]; (0, 0) is
   the bottom-left corner of the texture image.  This is the OBJ / trimesh / BFM_UV.mat convention
-  (glTF's v runs down: trimesh flips it on the way in and out of GLB).
+  (glTF's v runs down: ``export.gltf`` writes 1 − v, and trimesh flips it back when reading).
 * **Texture images** follow the library's image convention: float (3, S, S) RGB in [0, 1], rows
   top to bottom, pixel centres at (j + 0.5, i + 0.5).  A uv maps to the texel-space point
   ``(u·S, (1 − v)·S)`` (corner origin, y down, the renderer's pixel frame), so a texture map can be
