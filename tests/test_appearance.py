@@ -83,3 +83,23 @@ def test_albedo_solver_equals_exact_sparse_solves(face):
             rhs = (weights[b] * light[b, :, c] * observed[b, :, c]).numpy() + scale * 0.02 * prior[0, :, c].numpy()
             exact = spla.spsolve(system.tocsc(), rhs)
             np.testing.assert_allclose(estimate[b, :, c].numpy(), exact, atol=2e-3 * np.abs(exact).max())
+
+
+def test_shared_operator_is_kept_per_operator_objects(face):
+    """The albedo solves' shared operator is built once per (laplacian, mirror, weights) and equals
+    μ·L + σ·(I − M)ᵀ(I − M) + π·I."""
+    import scipy.sparse as sp
+
+    from deep3dface.fit.appearance import _shared_operator
+
+    model, _, _ = face
+    n = model.num_vertices
+    mirror, _ = mirror_vertex_map(model.mean_shape.numpy())
+    laplacian = graph_laplacian(model.triangles.numpy(), n)
+    first = _shared_operator(laplacian, mirror, 0.5, 0.5, 0.02)
+    assert _shared_operator(laplacian, mirror, 0.5, 0.5, 0.02) is first
+    assert _shared_operator(laplacian, mirror, 0.5, 0.25, 0.02) is not first
+    assert _shared_operator(graph_laplacian(model.triangles.numpy(), n), mirror, 0.5, 0.5, 0.02) is not first
+    m = sp.csr_matrix((np.ones(n), (np.arange(n), mirror)), shape=(n, n))
+    expected = 0.5 * laplacian + 0.5 * (sp.identity(n) - m).T @ (sp.identity(n) - m) + 0.02 * sp.identity(n)
+    assert abs(first.csr - expected).max() < 1e-12

@@ -60,18 +60,16 @@ def estimate_albedo(observed: torch.Tensor, irradiance: torch.Tensor, weights: t
 
     (e = irradiance, c = observed colour, w = visibility × skin weight).  The weights are relative
     to the mean data weight, so they do not depend on how many vertices are visible."""
-    n = observed.shape[1]
-    m = sp.csr_matrix((np.ones(n), (np.arange(n), mirror)), shape=(n, n))
-    symmetric = (sp.identity(n) - m).T @ (sp.identity(n) - m)
     out = np.empty(observed.shape, dtype=np.float64)
     obs = observed.detach().double().cpu().numpy()
     irr = irradiance.detach().double().cpu().numpy()
     wts = weights.detach().double().cpu().numpy()
     pri = np.broadcast_to(prior.detach().double().cpu().numpy(), obs.shape)
-    # every face and channel solves diag(data) + scale·shared: the shared part is built once; a
+    # every face and channel solves diag(data) + scale·shared: the shared part is built once (and
+    # kept for the next call with the same operators, ~20 ms a build); a
     # face's three channels are solved together, one column each (one sparse product per iteration;
     # faces apart, so that no face iterates as long as the slowest of a batch)
-    shared = _SharedOperator((smoothness * laplacian + symmetry * symmetric + prior_weight * sp.identity(n)).tocsr())
+    shared = _shared_operator(laplacian, mirror, smoothness, symmetry, prior_weight)
     for b in range(obs.shape[0]):
         data = wts[b, :, None] * irr[b] ** 2                                   # (N, 3)
         positive = data > 0
@@ -115,6 +113,27 @@ class _SharedOperator:
                                                   torch.from_numpy(csr.data.astype(np.float32)), size=csr.shape,
                                                   check_invariants=False)
         self.diagonal = torch.from_numpy(csr.diagonal().astype(np.float32))
+
+
+_OPERATORS: dict = {}
+
+
+def _shared_operator(laplacian: sp.spmatrix, mirror: np.ndarray, smoothness: float, symmetry: float,
+                     prior_weight: float) -> _SharedOperator:
+    """``μ·L + σ·(I − M)ᵀ(I − M) + π·I`` as a ``_SharedOperator``, kept for the last few (laplacian,
+    mirror) objects seen: the fitter passes the same ones for every face of a model."""
+    key = (id(laplacian), id(mirror), smoothness, symmetry, prior_weight)
+    held = _OPERATORS.get(key)
+    if held is not None and held[0] is laplacian and held[1] is mirror:  # the ids are not reused: held here
+        return held[2]
+    n = laplacian.shape[0]
+    m = sp.csr_matrix((np.ones(n), (np.arange(n), mirror)), shape=(n, n))
+    symmetric = (sp.identity(n) - m).T @ (sp.identity(n) - m)
+    operator = _SharedOperator((smoothness * laplacian + symmetry * symmetric + prior_weight * sp.identity(n)).tocsr())
+    if len(_OPERATORS) >= 4:
+        _OPERATORS.pop(next(iter(_OPERATORS)))
+    _OPERATORS[key] = (laplacian, mirror, operator)
+    return operator
 
 
 def _solve_spd(shared: _SharedOperator, data: np.ndarray, scale: np.ndarray, rhs: np.ndarray, start: np.ndarray,
