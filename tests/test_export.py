@@ -130,6 +130,9 @@ def test_write_rows_writes_what_savetxt_writes():
                        (rng.integers(0, 255, size=(10, 3)).astype(np.uint8), "c %d %d %d"),
                        (rng.normal(size=(20, 3)).astype(np.float32), "vn %.5f %.5f %.5f"),
                        (np.array([[np.nan, np.inf, -np.inf], [1e300, 1.0, 2.0]]), "%.3f %.3f %.3f"),
+                       (np.full((500, 2), -0.0), "%.19f %.21f"),                    # long numbers
+                       (np.array([[np.iinfo(np.int64).min, np.iinfo(np.int64).max]]), "%d %d"),
+                       (np.zeros(0), "%.3f"),
                        (np.zeros((0, 3)), "vn %.5f %.5f %.5f")):
         expected, got = io.StringIO(), io.StringIO()
         np.savetxt(expected, array, fmt=fmt)
@@ -204,3 +207,17 @@ def test_textured_glb_embeds_the_png_as_it_is(face_mesh):
     np.testing.assert_array_equal(np.asarray(loaded.visual.material.baseColorTexture.convert("RGB")),
                                   textured.texture)
     assert export_textured(textured, "obj", "skin")["skin.png"] == textured.png
+
+
+def test_glb_refuses_what_gltf_cannot_hold(face_mesh):
+    from deep3dface.export.gltf import mesh_glb
+
+    vertices, triangles = face_mesh.vertices, face_mesh.triangles
+    with pytest.raises(ValueError, match="without vertices or triangles"):
+        mesh_glb(vertices, triangles[:0])
+    with pytest.raises(ValueError, match="finite"):
+        mesh_glb(np.where(np.arange(len(vertices))[:, None] == 3, np.nan, vertices), triangles)
+    with pytest.raises(TypeError, match="uint8"):
+        mesh_glb(vertices, triangles, colours=face_mesh.colours)          # floats in [0, 1]
+    with pytest.raises(ValueError, match=r"in \[0, "):
+        mesh_glb(vertices[:10], triangles)

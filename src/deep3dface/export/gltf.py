@@ -30,15 +30,19 @@ def mesh_glb(positions: np.ndarray, triangles: np.ndarray, normals: np.ndarray |
     With a texture the material is PBR with metallic 0 and roughness 1 (no sheen on skin baked
     from a photo)."""
     n = len(positions)
-    if n == 0:
-        raise ValueError("a mesh without vertices")
+    triangles = np.asarray(triangles)
+    if n == 0 or len(triangles) == 0:
+        raise ValueError("a mesh without vertices or triangles (glTF accessors hold at least one element)")
+    if not np.isfinite(positions).all():
+        raise ValueError("vertex positions must be finite")
+    if triangles.dtype.kind not in "iu" or (colours is not None and np.asarray(colours).dtype != np.uint8):
+        raise TypeError("triangles must be integers and colours uint8")
     if (texcoords is None) != (texture_png is None):
         raise ValueError("texcoords and texture_png go together")
     for label, array, width in (("normals", normals, 3), ("colours", colours, 3), ("texcoords", texcoords, 2)):
         if array is not None and np.shape(array) != (n, width):
             raise ValueError(f"{label} must be ({n}, {width}), got {np.shape(array)}")
-    triangles = np.asarray(triangles)
-    if len(triangles) and (triangles.min() < 0 or triangles.max() >= n):
+    if triangles.min() < 0 or triangles.max() >= n:
         raise ValueError(f"triangle vertex ids must lie in [0, {n})")
     builder = _Builder()
     positions = np.ascontiguousarray(positions, np.float32)
@@ -110,7 +114,7 @@ class _Builder:
 
 def _container(document: dict, binary: bytes) -> bytes:
     """The GLB container: header, JSON chunk (space-padded), BIN chunk (zero-padded), 4-byte aligned."""
-    text = json.dumps(document, separators=(",", ":")).encode("utf-8")
+    text = json.dumps(document, separators=(",", ":"), allow_nan=False).encode("utf-8")
     text += b" " * (-len(text) % 4)
     binary += b"\0" * (-len(binary) % 4)
     total = 12 + 8 + len(text) + 8 + len(binary)

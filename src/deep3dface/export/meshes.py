@@ -24,6 +24,8 @@ def _colours_u8(colours: np.ndarray) -> np.ndarray:
 def write_rows(out, array: np.ndarray, fmt: str) -> None:
     """``np.savetxt(out, array, fmt)``'s text, built with array operations (``export.text``)."""
     array = np.asarray(array)
+    if array.size == 0:
+        return                                           # savetxt writes nothing either
     out.write(format_rows(array if array.ndim == 2 else array.reshape(len(array), -1), fmt))
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 _FIELD = re.compile(r"%(?:\.(\d+)f|d)")
 _LIMIT = 2.0 ** 52  # |x| · 10^N below this: integer, exactly representable and exactly rounded
+_MAX_DECIMALS = 15  # more go to ``%``: with the digits before the point they would pass 19 digits
 
 
 def parse_format(fmt: str) -> tuple[list[str], list[int | None]]:
@@ -46,6 +47,8 @@ def format_rows(array: np.ndarray, fmt: str) -> str:
         raise ValueError(f"{fmt!r} has {len(decimals)} fields, the array {array.shape[1]} columns")
     if len(array) == 0:
         return ""
+    if any(d is not None and d > _MAX_DECIMALS for d in decimals):
+        return _format_slowly(array, fmt)
     columns = [_scaled(array[:, k], d) for k, d in enumerate(decimals)]
     if any(c is None for c in columns):
         return _format_slowly(array, fmt)
@@ -55,7 +58,7 @@ def format_rows(array: np.ndarray, fmt: str) -> str:
     texts = [t.encode("ascii") for t in literals[:-1]] + [literals[-1].encode("ascii") + b"\n"]
     literal_bytes = np.frombuffer(b"".join(texts), np.uint8)
     offsets = np.cumsum([0] + [len(t) for t in texts]).astype(np.int64)
-    # a number is at most a sign, 19 digits and a point
+    # a number is at most a sign, 19 digits (int64) and a point
     out = np.empty(len(array) * (int(offsets[-1]) + len(decimals) * 21), np.uint8)
     used = _write_rows(negative, magnitude, places, literal_bytes, offsets, out)
     return out[:used].tobytes().decode("ascii")
@@ -76,6 +79,8 @@ def _scaled(column: np.ndarray, decimals: int | None) -> tuple[np.ndarray, np.nd
         if column.dtype.kind not in "iub" or (column.dtype.kind == "u" and len(column) and column.max() >= 2**63):
             return None                                  # %d of a float truncates: leave it to %
         values = column.astype(np.int64)
+        if len(values) and values.min() == np.iinfo(np.int64).min:
+            return None                                  # its magnitude is not an int64
         return values < 0, np.abs(values)
     column = column.astype(np.float64)
     scaled = np.abs(column) * 10.0 ** decimals

@@ -122,7 +122,7 @@ def bake_texture_set(photos: Sequence, screens: Sequence, normals: Sequence, tri
     maps = texels.scatter(torch.cat([albedo_t, shaded_t], 1))
     maps = fill_empty(maps, texels.mask)
     return TextureMaps(albedo=maps[:3].clamp(0, 1), shaded=maps[3:].clamp(0, 1),
-                       weight=texels.scatter(weight[:, None])[0], coverage=texels.mask)
+                       weight=texels.scatter(weight[:, None])[0], coverage=texels.mask.clone())  # texels may be cached
 
 
 def render_texture(screen, triangles, uv, texture, size: tuple[int, int], shading=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,6 +217,8 @@ def box_sums(maps: torch.Tensor, radius: int) -> torch.Tensor:
     """(..., H, W) integer maps -> int32 sums over the (2·radius + 1)² box about each pixel,
     clipped at the edges: along each axis, the running sum ``R`` at ``min(i + r, n - 1)`` minus
     ``R`` at ``i - r - 1`` (0 before the start)."""
+    if radius < 0:
+        raise ValueError(f"radius must be >= 0, got {radius}")
     for dim in (maps.ndim - 2, maps.ndim - 1):
         n, r = maps.shape[dim], min(radius, maps.shape[dim] - 1)
         running = maps.cumsum(dim, dtype=torch.int32)
