@@ -112,3 +112,14 @@ def test_bad_model_files_are_clear_errors(tmp_path):
     junk.write_bytes(b"not a mat file at all")
     with pytest.raises(ValueError, match="junk.mat: not a face model"):
         load_model_data(junk)
+
+
+def test_posed_vertices_equal_the_forward_pass(conformance):
+    """``posed_vertices`` (the rows of a few vertices) equals the full forward pass at those vertices."""
+    model = load_model(conformance / "tiny_bfm", dtype=torch.float64)
+    generator = torch.Generator().manual_seed(2)
+    coeffs = Coefficients.from_vector(0.5 * torch.randn(3, 257, generator=generator, dtype=torch.float64))
+    geometry = model(coeffs)
+    ids = torch.tensor([0, 7, 3, model.num_vertices - 1])
+    torch.testing.assert_close(model.posed_vertices(coeffs, ids), geometry.vertices[:, ids], atol=1e-12, rtol=0)
+    torch.testing.assert_close(model.posed_vertices(coeffs, model.keypoints), geometry.landmarks, atol=1e-12, rtol=0)

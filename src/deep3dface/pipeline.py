@@ -259,9 +259,8 @@ class Reconstructor:
         result: FitResult = fit_faces(self.model, targets, self.config.fit, initial)
         cameras = Camera.crop().for_photo(Alignment.stack(alignments), width, height)
         with torch.no_grad():
-            geometry = self.model(result.coefficients.to(self.model.mean_shape.dtype),
-                                  albedo=result.albedo)
-            projected = cameras.project(geometry.landmarks)
+            projected = cameras.project(self.model.posed_vertices(
+                result.coefficients.to(self.model.mean_shape.dtype), self.model.keypoints))
         faces = []
         for i, (detection, alignment, mark) in enumerate(zip(detections, alignments, marks)):
             camera = Camera(cameras.K[i], width, height, cameras.distance)

@@ -399,8 +399,7 @@ def _appearance_stage(model, targets, stage, camera, coeffs, flags):
 
 def _landmark_error(model, coeffs, landmarks, weights, camera):
     with torch.no_grad():
-        geometry = model(coeffs.to(model.mean_shape.dtype))
-        projected = camera.project(geometry.landmarks)
+        projected = camera.project(model.posed_vertices(coeffs.to(model.mean_shape.dtype), model.keypoints))
         distance = (projected - landmarks.to(projected)).norm(dim=-1)
         w = (weights > 0).to(distance)
     return (distance * w).sum(1) / w.sum(1).clamp(min=1)
