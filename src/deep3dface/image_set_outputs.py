@@ -59,7 +59,7 @@ def set_texture(faces: Sequence, photos: Sequence[torch.Tensor], size: int = TEX
         views.append(view_directions(g.vertices[0], face.camera.distance))
     albedo = faces[0].geometry().albedo[0]  # shared: every face carries the person's albedo
     return bake_texture_set(photos, screens, normals, model.triangles, uv, albedo, lights, size,
-                            mirror=mirror, views=views)
+                            mirror=mirror, views=views, texels=faces[0].chart_texels(model, size))
 
 
 class _Photos(Sequence):
