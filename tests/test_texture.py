@@ -277,3 +277,14 @@ def test_compiled_bilinear_lookup_equals_the_torch_one():
     image.requires_grad_(True)
     sample_image(image, points[:10]).sum().backward()
     assert image.grad is not None and image.grad.abs().sum() > 0
+
+
+def test_compiled_lookup_keeps_torch_thread_count():
+    """A parallel numba launch shares torch's OpenMP runtime: sample_image must leave a caller's
+    ``torch.set_num_threads(1)`` as it was (``threads.numba_follows_torch``)."""
+    from deep3dface.texture.uv import sample_image
+    from deep3dface.threads import torch_threads
+
+    with torch_threads(1):
+        sample_image(torch.rand(3, 16, 16), torch.rand(100, 2) * 16)
+        assert torch.get_num_threads() == 1

@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from ..morphable.data import ModelData
+from ..threads import numba_follows_torch
 
 DEFAULT_UV_FILE = "default_face_uv.npz"
 BFM_FULL_VERTICES = 53490     # rows of BFM_UV.mat: the full BFM 2009
@@ -204,7 +205,8 @@ def sample_image(image: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
             and image.dtype in (torch.float32, torch.float64) and image.shape[-1] >= 2 and image.shape[-2] >= 2
             and not (torch.is_grad_enabled() and (image.requires_grad or points.requires_grad))):
         out = torch.empty(points.shape[0], image.shape[0], dtype=image.dtype)
-        _bilinear_nb(image.contiguous().numpy(), points.contiguous().numpy(), out.numpy())
+        with numba_follows_torch():   # a parallel launch would otherwise reset torch's thread count
+            _bilinear_nb(image.contiguous().numpy(), points.contiguous().numpy(), out.numpy())
         return out
     return sample_image_reference(image, points)
 
