@@ -105,6 +105,8 @@ class _SharedOperator:
     """A scipy CSR matrix with its float32 torch copy and diagonal, for many solves of diag(d) + s·A."""
 
     def __init__(self, csr: sp.csr_matrix) -> None:
+        if csr.nnz >= 2**31:
+            raise ValueError("more than 2**31 non-zeros: the float32 operator's indices are int32")
         self.csr = csr
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "sparse CSR support is in beta"
@@ -121,7 +123,8 @@ _OPERATORS: dict = {}
 def _shared_operator(laplacian: sp.spmatrix, mirror: np.ndarray, smoothness: float, symmetry: float,
                      prior_weight: float) -> _SharedOperator:
     """``μ·L + σ·(I − M)ᵀ(I − M) + π·I`` as a ``_SharedOperator``, kept for the last few (laplacian,
-    mirror) objects seen: the fitter passes the same ones for every face of a model."""
+    mirror) objects seen: the fitter passes the same ones for every face of a model (from the
+    cached ``albedo_operators``; like them, they are treated as immutable)."""
     key = (id(laplacian), id(mirror), smoothness, symmetry, prior_weight)
     held = _OPERATORS.get(key)
     if held is not None and held[0] is laplacian and held[1] is mirror:  # the ids are not reused: held here
@@ -137,34 +140,64 @@ def _shared_operator(laplacian: sp.spmatrix, mirror: np.ndarray, smoothness: flo
 
 
 def _solve_spd(shared: _SharedOperator, data: np.ndarray, scale: np.ndarray, rhs: np.ndarray, start: np.ndarray,
-               rtol: float = 1e-4, max_iterations: int = 1000) -> np.ndarray:
+               rtol: float = 1e-4, max_iterations: int = 1000, refinements: int = 3) -> np.ndarray:
     """Solve (diag(data[:, j]) + scale[j]·A) x_j = rhs[:, j] for every column j, A = ``shared``;
-    data, rhs, start (N, M), scale (M,).  Each system is symmetric positive definite (data +
-    Laplacian + symmetry + prior): Jacobi-preconditioned conjugate gradients from the prior
-    converge in ~40 iterations, where a sparse LU of a 37k-vertex face takes over a second (the
-    mirror term causes fill-in).  The columns iterate together, each with its own step sizes, and a
-    column stops moving once it has converged: the result is each column's own CG.  In float32:
-    the loop is memory-bound, and half the bytes took 1.8x less time; the answer moved by at most
-    0.0006 / 255 on 10 dev faces (the tolerance, 1e-4 of the residual, is 1600x float32's
-    epsilon).  Written in torch rather than with scipy's ``cg``: numpy's threaded BLAS made scipy's
-    loop 20x slower on a busy 2-core machine, and torch runs on the fitter's single thread
-    (``deep3dface.threads``).  Returns float64."""
-    # row-major copies: a transposed view from the caller makes every elementwise op strided
-    d, b, x, s = (torch.from_numpy(np.array(a, np.float32, order="C")) for a in (data, rhs, start, scale))
+    data, rhs, start (N, M), scale (M,), to a float64 residual below ``rtol`` of the right side.
+
+    Each system is symmetric positive definite (data + Laplacian + symmetry + prior):
+    Jacobi-preconditioned conjugate gradients from the prior converge in ~40 iterations, where a
+    sparse LU of a 37k-vertex face takes over a second (the mirror term causes fill-in).  The
+    columns iterate together, each with its own step sizes, and a column stops moving once it has
+    converged.  The iterations run in float32 (memory-bound: half the bytes took 1.8x less time);
+    float32's recurrences let the computed residual drift from the true one on hard systems, so the
+    true residual is then taken in float64 and the correction solved again (mixed-precision
+    iterative refinement): the answer meets the tolerance in float64 terms.  On 10 dev faces it
+    moved by at most 0.0006 / 255 from a float64 solve, with no refinement needed.  Columns still
+    off after ``refinements`` get scipy's exact factorisation.  Written in torch rather than with
+    scipy's ``cg``: numpy's threaded BLAS made scipy's loop 20x slower on a busy 2-core machine,
+    and torch runs on the fitter's single thread (``deep3dface.threads``).  Returns float64."""
+    data, rhs, scale = np.asarray(data, np.float64), np.asarray(rhs, np.float64), np.asarray(scale, np.float64)
+    x = np.array(start, np.float64)
+    target = rtol * np.linalg.norm(rhs, axis=0)
+    residual = rhs - (data * x + scale * (shared.csr @ x))
+    todo = np.flatnonzero(np.linalg.norm(residual, axis=0) > target)
+    for _ in range(refinements + 1):
+        if len(todo) == 0:
+            return x
+        # the correction's tolerance, relative to its own right side: the rest of rtol·|rhs|
+        relative = np.minimum(target[todo] / np.maximum(np.linalg.norm(residual[:, todo], axis=0), 1e-300), 0.5)
+        x[:, todo] += _cg32(shared, data[:, todo], scale[todo], residual[:, todo], relative, max_iterations)
+        residual = rhs - (data * x + scale * (shared.csr @ x))
+        todo = np.flatnonzero(np.linalg.norm(residual, axis=0) > target)
+    for j in todo.tolist():   # not converged: the exact factorisation
+        x[:, j] = spla.spsolve((sp.diags(data[:, j]) + scale[j] * shared.csr).tocsc(), rhs[:, j])
+    return x
+
+
+def _cg32(shared: _SharedOperator, data: np.ndarray, scale: np.ndarray, rhs: np.ndarray, rtol: np.ndarray,
+          max_iterations: int) -> np.ndarray:
+    """Columns of (diag(data) + scale·A) x = rhs by Jacobi-preconditioned CG in float32 from 0,
+    until each column's computed residual is below ``rtol[j]``·|rhs_j| -> float64 (N, M)."""
+    # row-major copies: a column-picked view makes every elementwise op strided
+    d, b, s = (torch.from_numpy(np.array(a, np.float32, order="C")) for a in (data, rhs, scale))
+    # each column scaled to a unit right side: float32's range whatever the weights' magnitude
+    norm = torch.linalg.vector_norm(b, dim=0).clamp(min=1e-30)
+    b = b / norm
 
     def apply(v):
         return d * v + s * (shared.matrix @ v)
 
     inverse_diagonal = 1.0 / (d + s * shared.diagonal[:, None])
-    r = b - apply(x)
+    x = torch.zeros_like(b)
+    r = b.clone()
     z = inverse_diagonal * r
     p = z.clone()
     rz = (r * z).sum(0)
-    limit = (rtol * torch.linalg.vector_norm(b, dim=0)) ** 2
+    limit = torch.from_numpy(np.asarray(rtol, np.float32)) ** 2
     for _ in range(max_iterations):
         active = (r * r).sum(0) > limit
         if not bool(active.any()):
-            return x.double().numpy()
+            break
         q = apply(p)
         alpha = torch.where(active, rz / (p * q).sum(0), 0.0)
         x += alpha * p
@@ -173,8 +206,4 @@ def _solve_spd(shared: _SharedOperator, data: np.ndarray, scale: np.ndarray, rhs
         rz_next = (r * z).sum(0)
         p = z + torch.where(active, rz_next / rz, 0.0) * p
         rz = torch.where(active, rz_next, rz)
-    # not converged: the exact factorisation, column by column
-    out = x.double().numpy()
-    for j in torch.nonzero((r * r).sum(0) > limit)[:, 0].tolist():
-        out[:, j] = spla.spsolve((sp.diags(data[:, j]) + scale[j] * shared.csr).tocsc(), rhs[:, j])
-    return out
+    return (x.double() * norm.double()).numpy()
