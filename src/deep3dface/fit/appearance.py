@@ -66,9 +66,9 @@ def estimate_albedo(observed: torch.Tensor, irradiance: torch.Tensor, weights: t
     wts = weights.detach().double().cpu().numpy()
     pri = np.broadcast_to(prior.detach().double().cpu().numpy(), obs.shape)
     # every face and channel solves diag(data) + scale·shared: the shared part is built once (and
-    # kept for the next call with the same operators, ~20 ms a build); a
-    # face's three channels are solved together, one column each (one sparse product per iteration;
-    # faces apart, so that no face iterates as long as the slowest of a batch)
+    # kept for the next call with the same operators, ~20 ms a build); a face's three channels are
+    # solved together, one column each (one sparse product per iteration; faces apart, so that no
+    # face iterates as long as the slowest of a batch)
     shared = _shared_operator(laplacian, mirror, smoothness, symmetry, prior_weight)
     for b in range(obs.shape[0]):
         data = wts[b, :, None] * irr[b] ** 2                                   # (N, 3)

@@ -330,9 +330,7 @@ def keypoint_geometry(model: MorphableModel, coeffs: Coefficients) -> tuple[torc
     ring = _keypoint_ring(model.data)
     dtype = model.mean_shape.dtype
     coeffs = coeffs.to(dtype)
-    rows = (3 * ring.vertices[:, None] + torch.arange(3)).reshape(-1)
-    offset = coeffs.id @ model.id_basis[rows].T + coeffs.exp @ model.exp_basis[rows].T
-    shape = offset.view(coeffs.batch_size, -1, 3) + model.mean_shape[ring.vertices]
+    shape = model.shape_at(coeffs.id, coeffs.exp, ring.vertices)
     normals = vertex_normals(shape, ring.triangles, ring.point_buf)[:, ring.keypoints]
     rotation = rotation_matrix(coeffs.angle)
     points = shape[:, ring.keypoints] @ rotation.transpose(1, 2) + coeffs.trans[:, None]
