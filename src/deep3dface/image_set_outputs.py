@@ -50,14 +50,15 @@ def set_texture(faces: Sequence, photos: Sequence[torch.Tensor], size: int = TEX
     identity and albedo, per-photo pose, expression and light); ``photos[i]`` is face i's photo."""
     model = faces[0].model
     uv, mirror = faces[0].uv_chart(model)
-    screens, normals, lights, views = [], [], [], []
+    screens, normals, lights, views, albedo = [], [], [], [], None
     for face in faces:
         g = face.geometry()
+        if albedo is None:
+            albedo = g.albedo[0]  # shared: every face carries the person's albedo
         screens.append(face.camera.screen(g.vertices.to(face.camera.K.dtype))[0])
         normals.append(g.normals[0])
         lights.append(irradiance(g.normals, face.coefficients.gamma.to(g.normals))[0])
         views.append(view_directions(g.vertices[0], face.camera.distance))
-    albedo = faces[0].geometry().albedo[0]  # shared: every face carries the person's albedo
     return bake_texture_set(photos, screens, normals, model.triangles, uv, albedo, lights, size,
                             mirror=mirror, views=views, texels=faces[0].chart_texels(model, size))
 
