@@ -55,11 +55,17 @@ def test_fit_beats_the_landmarker_on_real_photos(fitted):
 
 
 def test_photo_landmarks_are_the_crop_projection_mapped_back(fitted):
+    from deep3dface.fit.annotation import hidden_weights
+
     for _, _, _, face in fitted:
-        geometry = face.geometry()
-        in_crop = Camera.crop().project(geometry.landmarks.float())[0]
+        in_crop = Camera.crop().project(face.landmarks68_model.float()[None])[0]
         back = face.alignment.to_photo(in_crop.double())
         np.testing.assert_allclose(face.landmarks68.double().numpy(), back.numpy(), atol=2e-3)
+        # they are the model's keypoints wherever the point is not hidden (fit.annotation)
+        shown = hidden_weights(face.model, face.coefficients)[0] == 0
+        keypoints = face.geometry().landmarks[0]
+        assert int(shown.sum()) >= 40
+        torch.testing.assert_close(face.landmarks68_model[shown], keypoints[shown].to(face.landmarks68_model))
 
 
 def test_render_lies_on_the_face(fitted):

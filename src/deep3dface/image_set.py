@@ -38,6 +38,7 @@ import torch
 from .align import Alignment, alignment_for, apply_matrix
 from .camera import Camera
 from .detect.types import Detection
+from .fit.annotation import annotation_vertices, output_keypoints
 from .fit.image_set import DensePoints, SetFit, SetFitConfig, fit_identity
 from .detect.landmarks import landmarks_of
 from .io.images import read_image, to_uint8
@@ -101,7 +102,8 @@ class PhotoFit:
     camera: Camera
     weight: float                   # the photo's confidence in the joint fit, [0, 1]
     rms: float                      # RMS landmark residual under the shared identity, crop px
-    landmarks68: torch.Tensor       # (68, 2) fitted model keypoints projected into the photo
+    landmarks68: torch.Tensor       # (68, 2) fitted 68 points projected into the photo (fit.annotation)
+    landmarks68_model: torch.Tensor | None = None  # (68, 3) those points, posed, model space
 
     @property
     def angles_deg(self) -> tuple[float, float, float]:
@@ -280,7 +282,8 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
             model=reconstructor.model, image_size=p.image_size, detection=p.face.detection,
             alignment=p.face.alignment, landmarks=_landmark_result(p.face), coefficients=coeffs[i],
             albedo=None if albedo is None else albedo[i], camera=p.camera,
-            landmarks68=p.landmarks68, landmark_error=float(fitted.landmark_error[i]), flags=fitted.flags[i]))
+            landmarks68=p.landmarks68, landmarks68_model=p.landmarks68_model, landmark_error=float(fitted.landmark_error[i]),
+            flags=fitted.flags[i]))
     shared_albedo = None if shared is None else shared.albedo
     return replace(result, faces=tuple(faces), albedo=shared_albedo,
                    neutral=neutral_mesh(reconstructor.model, result.identity, shared_albedo))
@@ -323,14 +326,13 @@ def neutral_mesh(model: MorphableModel, identity: torch.Tensor, albedo: torch.Te
 
 def _result(model, photos, fit: SetFit, dropped, camera: Camera) -> IdentityReconstruction:
     coeffs = fit.coefficients
-    with torch.no_grad():
-        landmarks = model(coeffs.to(model.mean_shape.dtype)).landmarks.double()
+    landmarks = output_keypoints(model, coeffs, annotation_vertices(model)).double()
     fits = []
     for i, (obs, face) in enumerate(photos):
         width, height = obs.image_size
         cam = camera.for_photo(face.alignment.matrix, width, height)
         fits.append(PhotoFit(obs.name, obs.image_size, face, coeffs[i], cam, float(fit.photo_weights[i]),
-                             float(fit.rms[i]), cam.project(landmarks[i:i + 1])[0].float()))
+                             float(fit.rms[i]), cam.project(landmarks[i:i + 1])[0].float(), landmarks[i].float()))
     identity = fit.identity.double()
     return IdentityReconstruction(model, identity, neutral_mesh(model, identity), tuple(fits), tuple(dropped), fit)
 

@@ -33,7 +33,7 @@ looks down −z); X_gl = diag(1, −1, −1)·X_cv.
   (det +1).  ``angles_deg`` (pitch, yaw, roll) are those of the OpenGL rotation, R = Rz·Ry·Rx about
   the x, y, z axes (0, 0, 0: the face looks straight into the camera; +yaw turns it towards image
   right); the same numbers as the face's top-level ``angles_deg``.
-* ``landmarks68_3d``: the 68 fitted keypoints in the OpenCV camera frame; K·X / Z gives
+* ``landmarks68_3d``: the 68 fitted points in the OpenCV camera frame; K·X / Z gives
   ``landmarks68``.
 * ``<stem>_face<k>_depth.png``: 16-bit greyscale, the photo's size; value × ``depth_scale`` is the
   OpenCV camera depth Z of the face surface at the pixel centre, in ``unit`` (0.001 dm = 0.1 mm per
@@ -239,9 +239,13 @@ def pose_opencv(face: FaceReconstruction, g: FaceGeometry | None = None) -> np.n
 
 
 def landmarks_3d(face: FaceReconstruction, g: FaceGeometry | None = None) -> np.ndarray:
-    """(68, 3) float64 fitted keypoints in the OpenCV camera frame, model units."""
-    g = face.geometry() if g is None else g
-    return face.camera.to_camera_space(g.landmarks.double())[0].numpy()
+    """(68, 3) float64 fitted 68 points (``landmarks68_model``, else the keypoints) in the OpenCV
+    camera frame, model units."""
+    if face.landmarks68_model is not None:
+        points = face.landmarks68_model.double()[None]
+    else:
+        points = (face.geometry() if g is None else g).landmarks.double()
+    return face.camera.to_camera_space(points)[0].numpy()
 
 
 def camera_maps(face: FaceReconstruction, g: FaceGeometry | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

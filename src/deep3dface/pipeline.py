@@ -26,6 +26,7 @@ from .camera import Camera
 from .detect import MTCNN, Detection, MTCNNConfig
 from .detect.correspondence import point_weights
 from .detect.landmarks import LandmarkResult, create_landmarker, landmarks_of
+from .fit.annotation import annotation_vertices, output_keypoints
 from .fit.fitter import FitConfig, FitResult, FitTargets, fit_faces, five_point_targets
 from .fit.losses import LANDMARK_WEIGHTS
 from .io.images import read_image
@@ -49,7 +50,9 @@ class FaceReconstruction:
     coefficients: one row, Deep3D's crop camera (``Camera.crop()``); ``camera`` images the same
     face into the photo.  ``albedo`` is the per-vertex albedo for models without an albedo basis.
     ``landmarks68`` are the fitted model's keypoints projected into the photo (3D-style: a hidden
-    jaw point is where the 3D point projects); ``landmarks`` is what the 2D landmarker found.
+    jaw point is where the 3D point projects; on a turned face the hidden points are the vertices
+    where people annotate them, ``fit.annotation``), ``landmarks68_model`` those 3D points (posed,
+    model space); ``landmarks`` is what the 2D landmarker found.
     ``angles_deg`` = (pitch, yaw, roll) of the model rotation R = Rz·Ry·Rx, degrees.
     """
 
@@ -64,6 +67,7 @@ class FaceReconstruction:
     landmarks68: torch.Tensor               # (68, 2) photo pixels
     landmark_error: float                   # mean distance to the landmarker's points, crop pixels
     flags: tuple[str, ...] = ()
+    landmarks68_model: torch.Tensor | None = None  # (68, 3) the posed model-space points landmarks68 images
 
     @property
     def angles_deg(self) -> tuple[float, float, float]:
@@ -170,6 +174,9 @@ class ReconstructorConfig:
     # the mesh off the face (NME 31.6 % fitted to it, 23.0 % to the 5 points); above 0.2 the
     # mesh is on the face (mean NME 3.3 % for the 462 faces over 0.9)
     min_landmark_score: float = 0.05
+    # output 68: the points a turned face hides where people annotate them (fit.annotation); off:
+    # the model's keypoints, as the reference projects them
+    annotation_keypoints: bool = True
     # R-Net's precision (nets.prepare_for_inference): "auto" is bfloat16 on CPUs that compute it
     # natively (~2.5x faster, ~0.5 % off float32; the fit refines the answer), "float32" forces float32
     rnet_precision: str = "auto"
@@ -191,6 +198,7 @@ class Reconstructor:
         self.detector = MTCNN.pretrained(config.detector).to(self.device)
         self.landmarker = create_landmarker(config.landmarker)
         self.dense = _dense_correspondence(self.model) if config.landmarker == "mediapipe" else None
+        self.hidden_vertices = annotation_vertices(self.model) if config.annotation_keypoints else None
         self.rnet = None
         if checkpoint is not None:
             from .nets import load_rnet, prepare_for_inference
@@ -258,9 +266,8 @@ class Reconstructor:
                 initial = self.rnet(crops.to(self.device)).to("cpu", torch.float32)
         result: FitResult = fit_faces(self.model, targets, self.config.fit, initial)
         cameras = Camera.crop().for_photo(Alignment.stack(alignments), width, height)
-        with torch.no_grad():
-            projected = cameras.project(self.model.posed_vertices(
-                result.coefficients.to(self.model.mean_shape.dtype), self.model.keypoints))
+        points68 = output_keypoints(self.model, result.coefficients, self.hidden_vertices)
+        projected = cameras.project(points68)
         faces = []
         for i, (detection, alignment, mark) in enumerate(zip(detections, alignments, marks)):
             camera = Camera(cameras.K[i], width, height, cameras.distance)
@@ -268,7 +275,7 @@ class Reconstructor:
                 model=self.model, image_size=(width, height), detection=detection, alignment=alignment,
                 landmarks=mark, coefficients=result.coefficients[i],
                 albedo=None if result.albedo is None else result.albedo[i], camera=camera,
-                landmarks68=projected[i], landmark_error=float(result.landmark_error[i]),
+                landmarks68=projected[i], landmarks68_model=points68[i], landmark_error=float(result.landmark_error[i]),
                 flags=result.flags[i] + ((f"landmarker lost the face (score {mark.score:.3f}): fitted to the "
                                           "detector's 5 points",) if lost[i] else ())))
         return faces

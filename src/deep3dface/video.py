@@ -35,6 +35,7 @@ import torch
 from .align import alignment_for
 from .camera import Camera
 from .detect.landmarks import box_from_ibug68, roll_from_eyes
+from .fit.annotation import annotation_vertices, output_keypoints
 from .fit.image_set import SetFitConfig, fit_identity, fit_landmarks_set, visible_points
 from .fit.losses import LANDMARK_WEIGHTS
 from .image_set import SetObserver, dense_points, neutral_mesh
@@ -78,8 +79,7 @@ class VideoReconstruction:
     def projected(self, smoothed: bool = True) -> torch.Tensor:
         """(F, 68, 2) fitted keypoints in frame pixels, for the fitted frames."""
         coeffs = self.smoothed if smoothed else self.raw
-        with torch.no_grad():
-            points = self.model(coeffs.to(self.model.mean_shape.dtype)).landmarks.double()
+        points = output_keypoints(self.model, coeffs, annotation_vertices(self.model)).double()
         cameras = Camera.crop(dtype=torch.float64).for_photo(self.matrices, *self.size)
         return cameras.project(points)
 
