@@ -105,7 +105,9 @@ def check_inputs(image: torch.Tensor, box: torch.Tensor) -> None:
 
 
 def landmarks_of(landmarker: Landmarker, image: torch.Tensor, detection, retry_below: float = 0.05,
-                 retry_roll_degrees: float = 15.0, turned_min_score: float = 0.5) -> LandmarkResult:
+                 retry_roll_degrees: float = 15.0, turned_min_score: float = 0.5,
+                 stretch_below: float = 0.95, stretches: tuple[float, ...] = (1.3, 1.6, 2.0),
+                 stretched_min_score: float = 0.2) -> LandmarkResult:
     """Landmarks of a detected face (a ``Detection``): its box, and its eye line as the roll.
 
     The roll helps even on upright photos (AFLW2000-3D dev, mediapipe: NME 3.17 -> 3.07 % at
@@ -120,7 +122,29 @@ def landmarks_of(landmarker: Landmarker, image: torch.Tensor, detection, retry_b
     from upright, not from the eye line, which on a lost face is unreliable.  On the AFLW2000-3D
     dev photos this finds image00450 (a face on its side: score 0.92, NME 41 -> 6 %); none of the
     other 24 faces lost there scores above 0.13 at these turns (turns from the eye line would have
-    taken a wrong answer on image00204 at 0.54)."""
+    taken a wrong answer on image00204 at 0.54).
+
+    A face the network is unsure of (score below ``stretch_below``) is mostly a profile, turned
+    beyond what the network was trained on: it is tried again on the photo stretched sideways by
+    each of ``stretches`` (a profile stretched looks less turned), and the surest answer kept where
+    it beats the first and reaches ``stretched_min_score``, its points mapped back.  On the
+    AFLW2000-3D dev photos this takes 27 of the 49 faces scored below 0.95 (7 of them lost, below
+    0.05; 24 of them |yaw| > 60): their landmarks' NME 11.9 -> 8.1 %, the fitted model's
+    8.7 -> 5.8 % (17 better, 8 worse by 0.1-1.0).  With 0.5 instead of 0.95 it took 13 faces and
+    the 60-90 bin to 9.38 % instead of 9.08."""
+    found = _upright_or_turned(landmarker, image, detection, retry_below, retry_roll_degrees, turned_min_score)
+    if found.score >= stretch_below:
+        return found
+    for factor in stretches:
+        candidate = _upright_or_turned(StretchedLandmarker(landmarker, factor), image, detection, retry_below,
+                                       retry_roll_degrees, turns=False)
+        if candidate.score >= stretched_min_score and candidate.score > found.score and _centred_in(candidate, detection.box):
+            found = candidate
+    return found
+
+
+def _upright_or_turned(landmarker, image, detection, retry_below, retry_roll_degrees, turned_min_score=0.5,
+                       turns: bool = True) -> LandmarkResult:
     eyes = detection.landmarks5
     roll = roll_from_eyes(eyes[0], eyes[1])
     found = landmarker(image, detection.box, roll=roll)
@@ -133,11 +157,42 @@ def landmarks_of(landmarker: Landmarker, image: torch.Tensor, detection, retry_b
             found = upright
             if found.score >= retry_below:
                 return found
-    for turn in (math.pi / 2, math.pi, -math.pi / 2):
+    for turn in (math.pi / 2, math.pi, -math.pi / 2) if turns else ():
         turned = landmarker(image, box, roll=turn)
         if turned.score >= max(turned_min_score, found.score) and _centred_in(turned, box):
             found = turned
     return found
+
+
+class StretchedLandmarker:
+    """A landmarker run on the photo stretched sideways by ``factor`` (the box, with one box size of
+    margin, resampled bilinearly), its answer mapped back to the photo: x divided by the factor,
+    and z too (it is in x's units)."""
+
+    def __init__(self, landmarker: Landmarker, factor: float) -> None:
+        self.landmarker, self.factor = landmarker, float(factor)
+        self.name = f"{landmarker.name} stretched x{factor:g}"
+
+    def __call__(self, image: torch.Tensor, box: torch.Tensor, roll: float | None = None) -> LandmarkResult:
+        check_inputs(image, box)
+        height, width = image.shape[-2:]
+        x0, y0, x1, y1 = (float(v) for v in box)
+        left, right = max(0, math.floor(2 * x0 - x1)), min(width, math.ceil(2 * x1 - x0))
+        top, bottom = max(0, math.floor(2 * y0 - y1)), min(height, math.ceil(2 * y1 - y0))
+        if right - left < 2 or bottom - top < 2:  # a box (nearly) outside the photo: nothing to stretch
+            return self.landmarker(image, box, roll=roll)
+        region = image[:, top:bottom, left:right]
+        new_width = max(1, round((right - left) * self.factor))
+        scale = new_width / (right - left)  # corner-origin pixels: x' = (x - left) * scale
+        stretched = torch.nn.functional.interpolate(region[None], size=(bottom - top, new_width), mode="bilinear",
+                                                    align_corners=False)[0]
+        inner = torch.tensor([(x0 - left) * scale, y0 - top, (x1 - left) * scale, y1 - top], dtype=torch.float64)
+        turned = None if roll is None else math.atan2(math.sin(roll), math.cos(roll) * scale)
+        found = self.landmarker(stretched, inner, roll=turned)
+        offset = torch.tensor([left, top], dtype=torch.float64)
+        back = lambda p: (p.double() * torch.tensor([1 / scale, 1.0], dtype=torch.float64) + offset).to(p.dtype)  # noqa: E731
+        return LandmarkResult(points=back(found.points), z=None if found.z is None else found.z / scale,
+                              score=found.score, ibug68=back(found.ibug68), backend=self.name)
 
 
 def _centred_in(result: LandmarkResult, box: torch.Tensor) -> bool:
