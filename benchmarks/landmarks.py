@@ -36,7 +36,7 @@ from deep3dface.detect.landmarks import box_from_ibug68, create_landmarker, roll
 from deep3dface.io import read_image  # noqa: E402
 
 FACES = Path(__file__).resolve().parents[2] / "shared" / "faces"
-BINS = ((0, 30), (30, 60), (60, 91))
+BINS = ((0, 30), (30, 60), (60, 1e9))  # ../shared/faces/nme.py's: [0, 30], (30, 60], (60, inf)
 
 #: name -> (backend, options, use MTCNN's eye line as roll)
 VARIANTS = {
@@ -91,7 +91,7 @@ def faces_with_boxes(limit: int | None) -> list[dict]:
 
 def summary(nme: np.ndarray, yaw: np.ndarray) -> dict:
     yaw = np.abs(yaw)
-    bins = {f"{lo}-{min(hi, 90)}": round(100 * float(nme[(yaw >= lo) & (yaw < hi)].mean()), 3) for lo, hi in BINS}
+    bins = {f"{lo}-{min(hi, 90)}": round(100 * float(nme[((yaw > lo) | (lo == 0)) & (yaw <= hi)].mean()), 3) for lo, hi in BINS}
     return {**bins, "balanced": round(float(np.mean(list(bins.values()))), 3),
             "median": round(100 * float(np.median(nme)), 3),
             "fail_8": int((nme > 0.08).sum()), "fail_10": int((nme > 0.10).sum())}

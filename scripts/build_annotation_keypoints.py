@@ -37,7 +37,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 FACES = REPO.parent / "shared" / "faces"
-YAW_BINS = ((0, 30), (30, 60), (60, 91))
+YAW_BINS = ((0, 30), (30, 60), (60, 1e9))  # ../shared/faces/nme.py's: [0, 30], (30, 60], (60, inf)
 
 
 def collect(limit: int | None) -> dict:
@@ -84,7 +84,7 @@ def choose(model, data, candidates, cand_points, hidden, bias, train, mirror_ver
 
     gt, yaw = data["gt"].numpy() + bias, data["yaw"].abs().numpy()
     size = np.sqrt(np.prod(data["gt"].numpy().max(1) - data["gt"].numpy().min(1), axis=1))
-    bins = np.digitize(yaw, [30, 60])
+    bins = np.digitize(yaw, [30, 60], right=True)  # YAW_BINS
     w_bin = np.array([1.0 / (3 * max(((bins == b) & train).sum(), 1)) for b in bins])
     column = {int(v): j for j, v in enumerate(cand_points["ids"])}
     chosen = model.keypoints.numpy().copy()
@@ -120,7 +120,7 @@ def nme_by_bin(model, data, hidden_vertices, select) -> dict:
     size = np.sqrt(np.prod(gt.max(1) - gt.min(1), axis=1))
     nme = np.linalg.norm(points - gt, axis=-1).mean(1) / size
     yaw = data["yaw"][select].abs().numpy()
-    per_bin = [float(nme[(yaw >= lo) & (yaw < hi)].mean()) for lo, hi in YAW_BINS]
+    per_bin = [float(nme[((yaw > lo) | (lo == 0)) & (yaw <= hi)].mean()) for lo, hi in YAW_BINS]
     return {f"{lo}-{min(hi, 90)}": round(100 * v, 3) for (lo, hi), v in zip(YAW_BINS, per_bin)} | {
         "balanced": round(100 * float(np.mean(per_bin)), 3), "photos": int(select.sum())}
 
