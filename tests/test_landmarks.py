@@ -275,6 +275,36 @@ def test_stretched_landmarker_maps_its_answer_back_to_the_photo():
     assert outside.backend == "corners" and inner.size == (300, 400)
 
 
+class _Blob:
+    """A fake landmarker that answers the intensity-weighted centre of the image it is given
+    (corner-origin pixels: a pixel's centre is its index + 0.5)."""
+
+    name = "blob"
+
+    def __call__(self, image, box, roll=None):
+        from deep3dface.detect.landmarks import LandmarkResult
+
+        weight = image[0].double()
+        rows, cols = torch.meshgrid(torch.arange(weight.shape[0]) + 0.5, torch.arange(weight.shape[1]) + 0.5, indexing="ij")
+        centre = torch.stack([(weight * cols).sum(), (weight * rows).sum()]) / weight.sum()
+        points = centre.float().expand(68, 2).clone()
+        return LandmarkResult(points, None, 0.9, points, self.name)
+
+
+@pytest.mark.parametrize("factor", [1.3, 1.6, 2.0])
+def test_stretched_landmarker_finds_image_content_where_it_is(factor):
+    """The resampling and the mapping back agree: a blob's centre found in the stretched region
+    maps back to the blob's centre in the photo."""
+    from deep3dface.detect.landmarks import StretchedLandmarker
+
+    x, y = 173.3, 141.7
+    cols, rows = torch.arange(400) + 0.5, torch.arange(300) + 0.5
+    blob = torch.exp(-((cols[None] - x) ** 2 + (rows[:, None] - y) ** 2) / (2 * 6.0 ** 2))
+    image = blob.expand(3, -1, -1).contiguous()
+    found = StretchedLandmarker(_Blob(), factor)(image, torch.tensor([150.3, 110.2, 201.7, 170.9]))
+    assert torch.allclose(found.points[0].double(), torch.tensor([x, y], dtype=torch.float64), atol=0.02)
+
+
 def test_stretched_by_one_is_the_plain_landmarker(mediapipe, frontal):
     from deep3dface.detect.landmarks import StretchedLandmarker
 

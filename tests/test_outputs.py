@@ -164,6 +164,18 @@ def test_mat_holds_the_fitted_albedo(real):
     np.testing.assert_allclose(mat["albedo"], face.albedo.numpy(), atol=1e-6)
 
 
+def test_mat_lm68_is_deep3ds_keypoint_projection_and_ours_is_beside_it(real):
+    from deep3dface.camera import Camera
+    from deep3dface.export.coefficients import to_reference_pixels
+    from deep3dface.fit.annotation import output_keypoints
+
+    _, face, record, blobs = real
+    mat = loadmat(io.BytesIO(blobs[record["files"]["coefficients"]]))
+    crop = Camera.crop(dtype=torch.float64).project(output_keypoints(face.model, face.coefficients, None).double())[0]
+    np.testing.assert_allclose(mat["lm68"][0], to_reference_pixels(crop.numpy()), atol=1e-3)
+    np.testing.assert_allclose(mat["landmarks68_photo"][0], face.landmarks68.double().numpy(), atol=1e-6)
+
+
 # -- Deep3D models: full-BFM ids from companion files, then a UV chart ---------------------------
 @pytest.fixture()
 def tiny_folder(conformance, tmp_path):

@@ -91,6 +91,17 @@ def test_still_head_does_not_jitter(tmp_path, faces):
     assert np.linalg.norm(smoothed[-1] - raw.mean(0), axis=1).mean() < 0.5
     assert torch.allclose(five_points(result.frames[0].landmarks68.double())[0],
                           result.frames[0].landmarks68[36:42].double().mean(0))
+    # the output 68 follow fit.annotation unless the config turns it off
+    from deep3dface.camera import Camera
+    from deep3dface.fit.annotation import annotation_vertices, output_keypoints
+    from deep3dface.video import VideoConfig, reconstruct_tracked
+
+    plain = reconstruct_tracked(result.frames, result.model, result.size, result.rate,
+                                VideoConfig(annotation_keypoints=False))
+    cameras = Camera.crop(dtype=torch.float64).for_photo(result.matrices, *result.size)
+    for video, hidden in ((result, annotation_vertices(result.model)), (plain, None)):
+        expected = cameras.project(output_keypoints(video.model, video.smoothed, hidden).double())
+        torch.testing.assert_close(video.projected(), expected, atol=1e-4, rtol=0)
 
 
 def test_clip_alignment_is_one_isotropic_median_alignment():

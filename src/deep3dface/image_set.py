@@ -58,6 +58,7 @@ class SetConfig:
     max_rms: float = 6.0            # crop px: a single-photo fit worse than this means failed landmarks
     max_excess: float = 3.0         # crop px RMS a photo may fit the shared identity worse than its own
     dense: bool = True              # fit MediaPipe's 468 points too (through detect.correspondence) when present
+    annotation_keypoints: bool = True  # output 68: hidden points where people annotate them (fit.annotation)
     fit: SetFitConfig = field(default_factory=SetFitConfig)
 
 
@@ -227,7 +228,8 @@ def reconstruct_identity(model: MorphableModel, observations: list[PhotoObservat
         fit = fit_identity(model, pixels, camera, scores, config=config.fit, dense=dense)
         reasons = outlier_reasons(fit.single_rms, fit.excess, config.max_rms, config.max_excess)
         if not reasons:
-            return _result(model, photos, fit, dropped, camera)
+            hidden = annotation_vertices(model) if config.annotation_keypoints else None
+            return _result(model, photos, fit, dropped, camera, hidden)
         # drop the worst photo only, then refit: an outlier distorts the others' residuals
         worst = max(reasons, key=lambda i: (float(fit.single_rms[i]) > config.max_rms, float(fit.excess[i])))
         dropped.append(DroppedPhoto(photos[worst][0].name, reasons[worst]))
@@ -324,9 +326,9 @@ def neutral_mesh(model: MorphableModel, identity: torch.Tensor, albedo: torch.Te
     return Mesh(shape[0].double().numpy(), model.triangles.numpy(), colours, normals[0].double().numpy(), model.unit)
 
 
-def _result(model, photos, fit: SetFit, dropped, camera: Camera) -> IdentityReconstruction:
+def _result(model, photos, fit: SetFit, dropped, camera: Camera, hidden_vertices) -> IdentityReconstruction:
     coeffs = fit.coefficients
-    landmarks = output_keypoints(model, coeffs, annotation_vertices(model)).double()
+    landmarks = output_keypoints(model, coeffs, hidden_vertices).double()
     fits = []
     for i, (obs, face) in enumerate(photos):
         width, height = obs.image_size

@@ -20,8 +20,9 @@ top-left corner of the top-left pixel, x right, y down::
                           "texture": ..., "texture_shaded": ...}}]}
 
 Schema 2 only added keys to schema 1.  ``landmarks5`` are the detector's; ``landmarks68`` the
-fitted model's keypoints projected into the photo (a hidden jaw point sits where the 3D point
-projects).  Every 3D number is in the model's ``unit`` (decimetres for every shipped model: 0.1 m).
+fitted model's 68 points projected into the photo (3D-style: a hidden jaw point sits where a 3D
+point projects; on a turned face the hidden points are the vertices where people annotate them,
+``fit.annotation``).  Every 3D number is in the model's ``unit`` (decimetres for every shipped model: 0.1 m).
 
 Frames.  **Model space** (the canonical mesh files): x to the subject's left (image right), y up,
 +z out of the face.  **OpenCV camera**: x right, y down, z forward (depth), the frame in which
@@ -128,8 +129,14 @@ def overlay_png(photo: torch.Tensor, faces: list[FaceReconstruction], opacity: f
 def face_mat(face: FaceReconstruction) -> bytes:
     """Deep3D's keys (coeff, id, exp, tex, angle, gamma, trans, lm68 in the crop with pixel centres
     at integers, trans_params) plus ours: landmarks68 in the photo (corner origin), K of the photo,
-    and ``albedo`` (N, 3) float32 when the fit estimated per-vertex albedo (no albedo basis)."""
-    crop68 = face.alignment.to_crop(face.landmarks68.double().numpy())
+    and ``albedo`` (N, 3) float32 when the fit estimated per-vertex albedo (no albedo basis).
+    ``lm68`` is what Deep3D stores there, the model's keypoints projected into the crop;
+    ``landmarks68_photo`` is ``face.landmarks68`` (hidden points where people annotate them)."""
+    from .camera import Camera
+    from .fit.annotation import output_keypoints
+
+    keypoints = output_keypoints(face.model, face.coefficients, None).double()
+    crop68 = Camera.crop(dtype=torch.float64).project(keypoints)[0].numpy()
     extras = {} if face.albedo is None else {"albedo": face.albedo.detach().cpu().numpy().astype(np.float32)}
     return coefficients_to_mat(
         face.coefficients.detach().to("cpu"),

@@ -227,9 +227,12 @@ class Reconstructor:
         return self._reconstruct_detections(photo, detections)
 
     def reconstruct_set(self, photos: list, names: list[str] | None = None, config=None, appearance: bool = True):
-        """Photos of one person -> ``image_set.IdentityReconstruction`` (one shared identity)."""
+        """Photos of one person -> ``image_set.IdentityReconstruction`` (one shared identity).
+        ``config`` (``image_set.SetConfig``) defaults to one with this reconstructor's
+        ``annotation_keypoints``."""
         from .image_set import SetConfig, reconstruct_set
-        return reconstruct_set(self, photos, names, config or SetConfig(), appearance)
+        config = config or SetConfig(annotation_keypoints=self.config.annotation_keypoints)
+        return reconstruct_set(self, photos, names, config, appearance)
 
     def reconstruct_detections(self, photo: torch.Tensor, detections: list[Detection]) -> list[FaceReconstruction]:
         """Fit the given detections of one photo (a batch of faces)."""

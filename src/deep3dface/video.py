@@ -51,6 +51,7 @@ class VideoConfig:
     beta: float = 4.0               # one-euro: cutoff growth (Hz) per eye distance/second of head speed
     derivative_cutoff: float = 1.0  # one-euro: cutoff (Hz) of the speed estimate
     max_frames: int | None = None
+    annotation_keypoints: bool = True  # output 68: hidden points where people annotate them (fit.annotation)
 
 
 @dataclass(frozen=True, eq=False)
@@ -75,11 +76,12 @@ class VideoReconstruction:
     smoothed: Coefficients | None
     fitted: tuple[int, ...]         # indices into ``frames`` of the frames with a face
     matrices: torch.Tensor | None   # (F, 3, 3) photo -> crop of each fitted frame (one clip-wide alignment)
+    hidden_vertices: torch.Tensor | None = None  # (68,) fit.annotation's vertices; None: the plain keypoints
 
     def projected(self, smoothed: bool = True) -> torch.Tensor:
-        """(F, 68, 2) fitted keypoints in frame pixels, for the fitted frames."""
+        """(F, 68, 2) the fitted 68 points (``fit.annotation``) in frame pixels, for the fitted frames."""
         coeffs = self.smoothed if smoothed else self.raw
-        points = output_keypoints(self.model, coeffs, annotation_vertices(self.model)).double()
+        points = output_keypoints(self.model, coeffs, self.hidden_vertices).double()
         cameras = Camera.crop(dtype=torch.float64).for_photo(self.matrices, *self.size)
         return cameras.project(points)
 
@@ -145,7 +147,7 @@ def reconstruct_tracked(frames: tuple[TrackedFrame, ...], model: MorphableModel,
     if not fitted:
         identity = torch.zeros(model.layout.id, dtype=torch.float64)
         return VideoReconstruction(model, size, rate, identity, neutral_mesh(model, identity), frames,
-                                   None, None, (), None)
+                                   None, None, (), None, None)
     marks = torch.stack([frames[i].landmarks68.double() for i in fitted])
     matrices = clip_alignment(torch.stack([alignment_for(five_points(m).numpy(), size).matrix for m in marks]))
     crop = _apply(matrices, marks)
@@ -176,8 +178,9 @@ def reconstruct_tracked(frames: tuple[TrackedFrame, ...], model: MorphableModel,
     filtered = torch.from_numpy(one_euro(params, times, config.min_cutoff, config.beta, config.derivative_cutoff,
                                          motion)).to(raw.angle)
     smoothed = raw.replace(angle=filtered[:, :3], trans=filtered[:, 3:6], exp=filtered[:, 6:])
+    hidden = annotation_vertices(model) if config.annotation_keypoints else None
     return VideoReconstruction(model, size, rate, identity, neutral_mesh(model, identity), frames, raw, smoothed,
-                               fitted, matrices)
+                               fitted, matrices, hidden)
 
 
 def write_video_outputs(result: VideoReconstruction, video: str | Path, out_dir: str | Path,
