@@ -279,9 +279,18 @@ class Reconstructor:
                 landmarks=mark, coefficients=result.coefficients[i],
                 albedo=None if result.albedo is None else result.albedo[i], camera=camera,
                 landmarks68=projected[i], landmarks68_model=points68[i], landmark_error=float(result.landmark_error[i]),
-                flags=result.flags[i] + ((f"landmarker lost the face (score {mark.score:.3f}): fitted to the "
-                                          "detector's 5 points",) if lost[i] else ())))
+                flags=result.flags[i] + _landmark_flags(mark, lost[i])))
         return faces
+
+
+def _landmark_flags(mark: LandmarkResult, lost: bool) -> tuple[str, ...]:
+    """What a user should know about where a face's landmarks came from."""
+    if lost:
+        return (f"landmarker lost the face (score {mark.score:.3f}): fitted to the detector's 5 points",)
+    if "stretched" in mark.backend:
+        return (f"landmarks found on the photo stretched sideways ({mark.backend}, score {mark.score:.3f}): "
+                "a strongly turned face",)
+    return ()
 
 
 def _dense_correspondence(model):
