@@ -42,3 +42,25 @@ def faces(shared) -> Path:
 @pytest.fixture(params=[torch.float32, torch.float64], ids=["f32", "f64"])
 def dtype(request):
     return request.param
+
+
+@pytest.fixture(scope="session")
+def aflw_face(faces):
+    """``aflw_face("image00170", detector)`` -> (photo, GT 68 in corner-origin pixels, the detection
+    nearest the GT's centre): one AFLW2000-3D dev photo as benchmarks/aflw.py takes it."""
+    import json
+
+    import numpy as np
+
+    from deep3dface.io import read_image
+
+    manifest = {i["id"]: i for i in json.loads((faces / "manifest.json").read_text())["images"]}
+
+    def load(name: str, detector):
+        item = manifest[f"aflw2000_3d/{name}"]
+        photo, gt = read_image(faces / item["path"]), np.asarray(item["faces"][0]["landmarks68"]) + 0.5
+        detection = min(detector.detect(photo),
+                        key=lambda d: np.linalg.norm(d.box.view(2, 2).mean(0).numpy() - gt.mean(0)))
+        return photo, gt, detection
+
+    return load

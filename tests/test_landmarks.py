@@ -194,18 +194,13 @@ def test_landmarks_of_a_detection_uses_its_eye_line(mediapipe, frontal):
     assert nme_bbox(result.ibug68.double().numpy(), gt) < 0.05
 
 
-def test_a_face_on_its_side_is_found_by_the_quarter_turn_retry(mediapipe, faces):
+def test_a_face_on_its_side_is_found_by_the_quarter_turn_retry(mediapipe, aflw_face):
     """AFLW2000-3D image00450: a face lying on its side; at MTCNN's eye line and upright MediaPipe
     loses it, turned a quarter from upright it finds it (score > 0.5) on the face."""
     from deep3dface.detect import MTCNN
     from deep3dface.detect.landmarks import landmarks_of
-    from deep3dface.io import read_image
 
-    item = next(i for i in json.loads((faces / "manifest.json").read_text())["images"]
-                if i["id"] == "aflw2000_3d/image00450")
-    image, gt = read_image(faces / item["path"]), np.asarray(item["faces"][0]["landmarks68"]) + 0.5
-    detection = min(MTCNN.pretrained().detect(image),
-                    key=lambda d: np.linalg.norm(d.box.view(2, 2).mean(0).numpy() - gt.mean(0)))
+    image, gt, detection = aflw_face("image00450", MTCNN.pretrained())
     roll = roll_from_eyes(detection.landmarks5[0], detection.landmarks5[1])
     assert mediapipe(image, detection.box, roll=roll).score < 0.05
     assert mediapipe(image, detection.box, roll=0.0).score < 0.05
@@ -213,20 +208,16 @@ def test_a_face_on_its_side_is_found_by_the_quarter_turn_retry(mediapipe, faces)
     assert result.score > 0.5 and nme_bbox(result.ibug68.double().numpy(), gt) < 0.1
 
 
-def test_a_profile_lost_to_a_spurious_eye_line_is_tried_upright(mediapipe, faces):
+def test_a_profile_lost_to_a_spurious_eye_line_is_tried_upright(mediapipe, aflw_face):
     """AFLW2000-3D image00460 (|yaw| 60): MTCNN's eye points tilt the eye line ~60 deg, MediaPipe
     loses the face at that roll, finds it upright.  image00179: upright, MediaPipe confidently
     finds the neighbouring face, which lies outside the box, so the retry is not taken."""
     from deep3dface.detect import MTCNN
     from deep3dface.detect.landmarks import landmarks_of
-    from deep3dface.io import read_image
 
-    manifest = {i["id"]: i for i in json.loads((faces / "manifest.json").read_text())["images"]}
     detector = MTCNN.pretrained()
     for name in ("image00460", "image00179"):
-        item = manifest[f"aflw2000_3d/{name}"]
-        image, gt = read_image(faces / item["path"]), np.asarray(item["faces"][0]["landmarks68"]) + 0.5
-        detection = min(detector.detect(image), key=lambda d: np.linalg.norm(d.box.view(2, 2).mean(0).numpy() - gt.mean(0)))
+        image, gt, detection = aflw_face(name, detector)
         roll = roll_from_eyes(detection.landmarks5[0], detection.landmarks5[1])
         at_roll = mediapipe(image, detection.box, roll=roll)
         upright = mediapipe(image, detection.box, roll=0.0)
@@ -314,19 +305,15 @@ def test_stretched_by_one_is_the_plain_landmarker(mediapipe, frontal):
     assert float((plain.points - same.points).abs().max()) < 0.05 and abs(plain.score - same.score) < 1e-3
 
 
-def test_unsure_profiles_are_found_on_the_stretched_photo(mediapipe, faces):
+def test_unsure_profiles_are_found_on_the_stretched_photo(mediapipe, aflw_face):
     """AFLW2000-3D dev profiles (|yaw| 63-78) that MediaPipe scores below 0.5 at the detector's box:
     stretched sideways it is sure of them, and its points are nearer the annotation."""
     from deep3dface.detect import MTCNN
     from deep3dface.detect.landmarks import landmarks_of
-    from deep3dface.io import read_image
 
-    manifest = {i["id"]: i for i in json.loads((faces / "manifest.json").read_text())["images"]}
     detector = MTCNN.pretrained()
     for name in ("image00167", "image00170", "image00831"):
-        item = manifest[f"aflw2000_3d/{name}"]
-        image, gt = read_image(faces / item["path"]), np.asarray(item["faces"][0]["landmarks68"]) + 0.5
-        detection = min(detector.detect(image), key=lambda d: np.linalg.norm(d.box.view(2, 2).mean(0).numpy() - gt.mean(0)))
+        image, gt, detection = aflw_face(name, detector)
         plain = landmarks_of(mediapipe, image, detection, stretches=())
         result = landmarks_of(mediapipe, image, detection)
         assert plain.score < 0.5 and result.score > 0.8 and "stretched" in result.backend

@@ -120,14 +120,10 @@ def test_hidden_jaw_points_are_down_weighted_on_profiles():
     assert (projected - target).norm(dim=-1).mean() < (plain_projected - target).norm(dim=-1).mean()
 
 
-def test_a_profile_found_on_the_stretched_photo_is_flagged_and_fitted_to_it(recon, faces):
+def test_a_profile_found_on_the_stretched_photo_is_flagged_and_fitted_to_it(recon, aflw_face):
     """AFLW2000-3D image00170 (|yaw| 78): MediaPipe loses it at the detector's box (score 0.03)
     and finds it on the photo stretched sideways; the fit uses those landmarks and says so."""
-    manifest = json.loads((faces / "manifest.json").read_text())
-    item = next(i for i in manifest["images"] if i["id"] == "aflw2000_3d/image00170")
-    photo, gt = read_image(faces / item["path"]), np.asarray(item["faces"][0]["landmarks68"]) + 0.5
-    detection = min(recon.detector.detect(photo),
-                    key=lambda d: np.linalg.norm(d.box.view(2, 2).mean(0).numpy() - gt.mean(0)))
+    photo, gt, detection = aflw_face("image00170", recon.detector)
     face = recon.reconstruct_detections(photo, [detection])[0]
     assert "stretched" in face.landmarks.backend and face.landmarks.score >= recon.config.min_landmark_score
     assert any("stretched sideways" in flag for flag in face.flags)
@@ -135,16 +131,12 @@ def test_a_profile_found_on_the_stretched_photo_is_flagged_and_fitted_to_it(reco
     assert bbox_nme(face.landmarks68.double().numpy(), gt) < 0.08
 
 
-def test_a_face_the_landmarker_loses_is_fitted_to_the_detector_points(recon, faces):
+def test_a_face_the_landmarker_loses_is_fitted_to_the_detector_points(recon, aflw_face):
     """AFLW2000-3D image00188 (|yaw| 74): MediaPipe's mesh lands beside the face (its face score
     ~0.001); the fit falls back to MTCNN's 5 points, says so, and lands far nearer the truth."""
     from dataclasses import replace
 
-    manifest = json.loads((faces / "manifest.json").read_text())
-    item = next(i for i in manifest["images"] if i["id"] == "aflw2000_3d/image00188")
-    photo, gt = read_image(faces / item["path"]), np.asarray(item["faces"][0]["landmarks68"]) + 0.5
-    detection = min(recon.detector.detect(photo),
-                    key=lambda d: np.linalg.norm(d.box.view(2, 2).mean(0).numpy() - gt.mean(0)))
+    photo, gt, detection = aflw_face("image00188", recon.detector)
     face = recon.reconstruct_detections(photo, [detection])[0]
     assert face.landmarks.score < recon.config.min_landmark_score
     assert any("5 points" in flag for flag in face.flags)

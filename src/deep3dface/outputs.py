@@ -69,8 +69,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .camera import Camera
 from .export import OutputExistsError, TexturedMesh, export_mesh, export_textured, write_output
 from .export.coefficients import coefficients_to_mat, to_reference_pixels
+from .fit.annotation import output_keypoints
 from .io.images import to_uint8
 from .pipeline import FaceReconstruction
 from .render import interpolate, rasterize
@@ -132,9 +134,6 @@ def face_mat(face: FaceReconstruction) -> bytes:
     and ``albedo`` (N, 3) float32 when the fit estimated per-vertex albedo (no albedo basis).
     ``lm68`` is what Deep3D stores there, the model's keypoints projected into the crop;
     ``landmarks68_photo`` is ``face.landmarks68`` (hidden points where people annotate them)."""
-    from .camera import Camera
-    from .fit.annotation import output_keypoints
-
     keypoints = output_keypoints(face.model, face.coefficients, None).double()
     crop68 = Camera.crop(dtype=torch.float64).project(keypoints)[0].numpy()
     extras = {} if face.albedo is None else {"albedo": face.albedo.detach().cpu().numpy().astype(np.float32)}

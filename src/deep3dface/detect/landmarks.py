@@ -27,6 +27,8 @@ from typing import Callable, Protocol, runtime_checkable
 
 import torch
 
+from deep3dface.detect.crop import apply
+
 #: iBUG-68 left/right partners: ``points[MIRROR_IBUG68]`` relabels a horizontally flipped face.
 MIRROR_IBUG68 = (
     list(range(16, -1, -1)) + list(range(26, 16, -1)) + [27, 28, 29, 30, 35, 34, 33, 32, 31]
@@ -189,10 +191,9 @@ class StretchedLandmarker:
         inner = torch.tensor([(x0 - left) * scale, y0 - top, (x1 - left) * scale, y1 - top], dtype=torch.float64)
         turned = None if roll is None else math.atan2(math.sin(roll), math.cos(roll) * scale)
         found = self.landmarker(stretched, inner, roll=turned)
-        offset = torch.tensor([left, top], dtype=torch.float64)
-        back = lambda p: (p.double() * torch.tensor([1 / scale, 1.0], dtype=torch.float64) + offset).to(p.dtype)  # noqa: E731
-        return LandmarkResult(points=back(found.points), z=None if found.z is None else found.z / scale,
-                              score=found.score, ibug68=back(found.ibug68), backend=self.name)
+        back = torch.tensor([[1 / scale, 0.0, left], [0.0, 1.0, top], [0.0, 0.0, 1.0]], dtype=torch.float64)
+        return LandmarkResult(points=apply(back, found.points), z=None if found.z is None else found.z / scale,
+                              score=found.score, ibug68=apply(back, found.ibug68), backend=self.name)
 
 
 def _centred_in(result: LandmarkResult, box: torch.Tensor) -> bool:
