@@ -179,10 +179,12 @@ class SetObserver:
     @classmethod
     def create(cls, landmarker: str = "mediapipe", descriptors: bool = True) -> "SetObserver":
         from .detect import MTCNN
+        from .detect.finder import FaceFinder
         from .detect.landmarks import create_landmarker
 
         describer = FaceDescriber() if descriptors and FaceDescriber.available() else None
-        return cls(MTCNN.pretrained(), create_landmarker(landmarker), describer)
+        marker = create_landmarker(landmarker)
+        return cls(FaceFinder.create(MTCNN.pretrained(), marker), marker, describer)
 
     def observe(self, image: str | Path | torch.Tensor, name: str | None = None) -> PhotoObservation:
         if name is None:

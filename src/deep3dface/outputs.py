@@ -8,7 +8,7 @@ JSON contract (``OUT/<stem>.json``), every 2D point in pixels of the original ph
 top-left corner of the top-left pixel, x right, y down::
 
     {"schema": 2, "image": path, "width": W, "height": H, "model": name,
-     "faces": [{"bbox": [x0, y0, x1, y1], "score": s, "landmarks5": [[x, y] × 5],
+     "faces": [{"bbox": [x0, y0, x1, y1], "score": s, "detector": "mtcnn", "landmarks5": [[x, y] × 5],
                 "landmarks68": [[x, y] × 68], "angles_deg": [pitch, yaw, roll],
                 "intrinsics": K (3×3 of the photo camera), "landmark_error_px": e, "flags": [...],
                 "unit": "decimetre",
@@ -19,7 +19,9 @@ top-left corner of the top-left pixel, x right, y down::
                           "textured_glb": ..., "textured_obj": ..., "textured_mtl": ...,
                           "texture": ..., "texture_shaded": ...}}]}
 
-Schema 2 only added keys to schema 1.  ``landmarks5`` are the detector's; ``landmarks68`` the
+Schema 2 only added keys to schema 1.  ``detector`` is "mtcnn", or "blazeface" on a photo where
+MTCNN found no face (``detect.finder``: then bbox and landmarks5 come from the landmarker's
+points).  ``landmarks5`` are the detector's; ``landmarks68`` the
 fitted model's 68 points projected into the photo (3D-style: a hidden jaw point sits where a 3D
 point projects; on a turned face the hidden points are the vertices where people annotate them,
 ``fit.annotation``).  Every 3D number is in the model's ``unit`` (decimetres for every shipped model: 0.1 m).
@@ -97,6 +99,7 @@ def face_record(face: FaceReconstruction, files: dict[str, str], texture_size: i
     return {
         "bbox": _round(d.box.double().numpy(), 2),
         "score": round(float(d.score), 5),
+        "detector": d.detector,
         "landmarks5": _round(d.landmarks5.double().numpy()),
         "landmarks68": _round(face.landmarks68.double().numpy()),
         "angles_deg": [round(a, 3) for a in face.angles_deg],

@@ -4,7 +4,8 @@
     faces = Reconstructor().reconstruct("photo.jpg")       # list[FaceReconstruction], most prominent first
     faces[0].landmarks68, faces[0].mesh(), faces[0].overlay(photo)
 
-Per photo: MTCNN finds faces (box, score, 5 points) → Deep3D alignment → 224 crop and its
+Per photo: MTCNN finds faces (box, score, 5 points; where it finds none, MediaPipe's BlazeFace
+confirmed by the landmarker, ``detect.finder``) → Deep3D alignment → 224 crop and its
 Alignment → the landmarker's points → (R-Net when a checkpoint is given) → the fitter (landmark,
 appearance and optional photometric stages, ``fit.fitter``) → coefficients in Deep3D's crop camera.
 The photo camera follows exactly from the Alignment (``Camera.for_photo``), so projections and
@@ -25,6 +26,7 @@ from .align import Alignment, align
 from .camera import Camera
 from .detect import MTCNN, Detection, MTCNNConfig
 from .detect.correspondence import point_weights
+from .detect.finder import FaceFinder, FinderConfig
 from .detect.landmarks import LandmarkResult, create_landmarker, landmarks_of
 from .fit.annotation import annotation_vertices, output_keypoints
 from .fit.fitter import FitConfig, FitResult, FitTargets, fit_faces, five_point_targets
@@ -181,6 +183,8 @@ class ReconstructorConfig:
     # natively (~2.5x faster, ~0.5 % off float32; the fit refines the answer), "float32" forces float32
     rnet_precision: str = "auto"
     detector: MTCNNConfig = field(default_factory=MTCNNConfig)
+    # where MTCNN finds no face: MediaPipe's BlazeFace, confirmed by the landmarker (detect.finder)
+    finder: FinderConfig = field(default_factory=FinderConfig)
     fit: FitConfig = field(default_factory=FitConfig)
 
 
@@ -195,8 +199,9 @@ class Reconstructor:
         self.config = config
         self.model = model if isinstance(model, MorphableModel) else load_model(model)
         self.model_name = model.name if isinstance(model, MorphableModel) else str(model)
-        self.detector = MTCNN.pretrained(config.detector).to(self.device)
         self.landmarker = create_landmarker(config.landmarker)
+        self.detector = FaceFinder.create(MTCNN.pretrained(config.detector).to(self.device), self.landmarker,
+                                          config.finder)
         self.dense = _dense_correspondence(self.model) if config.landmarker == "mediapipe" else None
         self.hidden_vertices = annotation_vertices(self.model) if config.annotation_keypoints else None
         self.rnet = None
@@ -279,8 +284,15 @@ class Reconstructor:
                 landmarks=mark, coefficients=result.coefficients[i],
                 albedo=None if result.albedo is None else result.albedo[i], camera=camera,
                 landmarks68=projected[i], landmarks68_model=points68[i], landmark_error=float(result.landmark_error[i]),
-                flags=result.flags[i] + _landmark_flags(mark, lost[i])))
+                flags=result.flags[i] + _detector_flags(detection) + _landmark_flags(mark, lost[i])))
         return faces
+
+
+def _detector_flags(detection: Detection) -> tuple[str, ...]:
+    if detection.detector != "mtcnn":
+        return (f"found by the second detector ({detection.detector}; MTCNN found no face in the photo): "
+                "box and 5 points from the landmarker",)
+    return ()
 
 
 def _landmark_flags(mark: LandmarkResult, lost: bool) -> tuple[str, ...]:

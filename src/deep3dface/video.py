@@ -34,7 +34,7 @@ import torch
 
 from .align import alignment_for
 from .camera import Camera
-from .detect.landmarks import box_from_ibug68, roll_from_eyes
+from .detect.landmarks import box_from_ibug68, five_points, roll_from_eyes
 from .fit.annotation import annotation_vertices, output_keypoints
 from .fit.image_set import SetFitConfig, fit_identity, fit_landmarks_set, visible_points
 from .fit.losses import LANDMARK_WEIGHTS
@@ -266,11 +266,6 @@ def _frame_size(path) -> tuple[int, int]:
 
 
 # -- pure functions --------------------------------------------------------------------------------
-def five_points(ibug68: torch.Tensor) -> torch.Tensor:
-    """(68, 2) -> (5, 2) in the detector's order: eye centres, nose tip, mouth corners."""
-    return torch.stack([ibug68[36:42].mean(0), ibug68[42:48].mean(0), ibug68[30], ibug68[48], ibug68[54]])
-
-
 def clip_alignment(matrices: torch.Tensor) -> torch.Tensor:
     """(F, 3, 3) per-frame photo -> crop alignments -> (F, 3, 3) copies of one clip-wide alignment:
     the median scale and translation of the frames'.

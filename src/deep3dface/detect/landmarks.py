@@ -90,6 +90,11 @@ def box_from_ibug68(points: torch.Tensor) -> torch.Tensor:
     return torch.stack([lo[0], lo[1] - 0.32 * (hi[1] - lo[1]), hi[0], hi[1]])
 
 
+def five_points(ibug68: torch.Tensor) -> torch.Tensor:
+    """(68, 2) -> (5, 2) in a detector's order (``LANDMARKS5``): eye centres, nose tip, mouth corners."""
+    return torch.stack([ibug68[36:42].mean(0), ibug68[42:48].mean(0), ibug68[30], ibug68[48], ibug68[54]])
+
+
 def roll_from_eyes(left_eye, right_eye) -> float:
     """Roll (radians, clockwise on screen) from the image-left and image-right eye centres, e.g.
     ``Detection.landmarks5[0]`` and ``[1]``: 0 for an upright face."""

@@ -20,11 +20,14 @@ class Detection:
     box:        (4,) float32 ``x0, y0, x1, y1`` (corner convention, x1 > x0, y1 > y0)
     score:      face probability in [0, 1]
     landmarks5: (5, 2) float32 ``x, y`` in the order of ``LANDMARKS5``
+    detector:   which detector found it: "mtcnn", or "blazeface" (``detect.finder``'s second
+                detector; its 5 points then come from the landmarker's 68)
     """
 
     box: torch.Tensor
     score: float
     landmarks5: torch.Tensor
+    detector: str = "mtcnn"
 
     def __post_init__(self) -> None:
         if tuple(self.box.shape) != (4,) or tuple(self.landmarks5.shape) != (5, 2):
