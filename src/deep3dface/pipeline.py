@@ -246,12 +246,14 @@ class Reconstructor:
 
     def _reconstruct_detections(self, photo, detections) -> list[FaceReconstruction]:
         height, width = photo.shape[-2:]
-        crops, alignments, marks = [], [], []
+        marks = [landmarks_of(self.landmarker, photo, detection) for detection in detections]
+        detections, marks, second_look = self.detector.second_look(photo, detections, marks,
+                                                                   self.config.min_landmark_score)
+        crops, alignments = [], []
         for detection in detections:
             crop, alignment, _ = align(photo, detection.landmarks5)
             crops.append(crop)
             alignments.append(alignment)
-            marks.append(landmarks_of(self.landmarker, photo, detection))
         crops = torch.stack(crops)
         landmarks = torch.stack([a.to_crop(m.ibug68.double()) for a, m in zip(alignments, marks)]).float()
         weights = None
@@ -284,14 +286,17 @@ class Reconstructor:
                 landmarks=mark, coefficients=result.coefficients[i],
                 albedo=None if result.albedo is None else result.albedo[i], camera=camera,
                 landmarks68=projected[i], landmarks68_model=points68[i], landmark_error=float(result.landmark_error[i]),
-                flags=result.flags[i] + _detector_flags(detection) + _landmark_flags(mark, lost[i])))
+                flags=result.flags[i] + _detector_flags(detection, second_look[i]) + _landmark_flags(mark, lost[i])))
         return faces
 
 
-def _detector_flags(detection: Detection) -> tuple[str, ...]:
+def _detector_flags(detection: Detection, second_look: bool) -> tuple[str, ...]:
     if detection.detector != "mtcnn":
         return (f"found by the second detector ({detection.detector}; MTCNN found no face in the photo): "
                 "box and 5 points from the landmarker",)
+    if second_look:
+        return ("landmarker lost the face at MTCNN's box and found it at the second detector's: "
+                "5 points from the landmarker",)
     return ()
 
 

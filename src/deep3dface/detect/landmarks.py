@@ -145,7 +145,7 @@ def landmarks_of(landmarker: Landmarker, image: torch.Tensor, detection, retry_b
     for factor in stretches:
         candidate = _upright_or_turned(StretchedLandmarker(landmarker, factor), image, detection, retry_below,
                                        retry_roll_degrees, turns=False)
-        if candidate.score >= stretched_min_score and candidate.score > found.score and _centred_in(candidate, detection.box):
+        if candidate.score >= stretched_min_score and candidate.score > found.score and centred_in(candidate, detection.box):
             found = candidate
     return found
 
@@ -160,13 +160,13 @@ def _upright_or_turned(landmarker, image, detection, retry_below, retry_roll_deg
     box = detection.box
     if abs(math.degrees(roll)) > retry_roll_degrees:
         upright = landmarker(image, box, roll=0.0)
-        if upright.score > found.score and _centred_in(upright, box):
+        if upright.score > found.score and centred_in(upright, box):
             found = upright
             if found.score >= retry_below:
                 return found
     for turn in (math.pi / 2, math.pi, -math.pi / 2) if turns else ():
         turned = landmarker(image, box, roll=turn)
-        if turned.score >= max(turned_min_score, found.score) and _centred_in(turned, box):
+        if turned.score >= max(turned_min_score, found.score) and centred_in(turned, box):
             found = turned
     return found
 
@@ -201,7 +201,8 @@ class StretchedLandmarker:
                               score=found.score, ibug68=apply(back, found.ibug68), backend=self.name)
 
 
-def _centred_in(result: LandmarkResult, box: torch.Tensor) -> bool:
+def centred_in(result: LandmarkResult, box: torch.Tensor) -> bool:
+    """Whether the mean of the result's 68 points lies inside the box (the same face, not a neighbour's)."""
     centre = result.ibug68.mean(0)
     return bool(box[0] <= centre[0] <= box[2]) and bool(box[1] <= centre[1] <= box[3])
 
