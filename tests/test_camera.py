@@ -91,3 +91,15 @@ def test_project_with_jacobian_matches_project_and_autodiff():
     full = torch.autograd.functional.jacobian(lambda p: camera.project(p), points)  # (2, 5, 2, 2, 5, 3)
     per_point = torch.stack([torch.stack([full[b, n, :, b, n] for n in range(5)]) for b in range(2)])
     torch.testing.assert_close(d_uv, per_point, rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 4])
+def test_photo_intrinsics_of_a_batch_equal_each_faces(batch):
+    """Regression: with exactly 3 faces, torch.linalg.solve((3, 3, 3), (3, 3)) took the crop K for
+    a batch of three vectors, and every face of a 3-face photo got a wrong photo camera."""
+    crop = Camera.crop(dtype=torch.float64)
+    matrices = torch.stack([_similarity(0.3 + 0.1 * k, 0.0, -40.0 + 7 * k, 13.0 - 5 * k) for k in range(batch)])
+    together = crop.for_photo(matrices, 640, 480).K
+    assert together.shape == (batch, 3, 3)
+    for k in range(batch):
+        assert torch.allclose(together[k], crop.for_photo(matrices[k], 640, 480).K)

@@ -55,7 +55,9 @@ class Camera:
 
         ``photo_to_crop`` (3, 3) or (B, 3, 3) maps photo pixels to this camera's pixels."""
         A = torch.as_tensor(photo_to_crop, dtype=torch.float64, device=self.K.device)
-        K = torch.linalg.solve(A, self.K.to(torch.float64))
+        K = self.K.to(torch.float64)
+        # matching batch shapes: solve((3, 3, 3), (3, 3)) would read K as a batch of three vectors
+        K = torch.linalg.solve(A, K.expand(*A.shape[:-2], 3, 3) if A.ndim > K.ndim else K)
         return Camera(K.to(self.K.dtype), width, height, self.distance)
 
     def to_camera_space(self, vertices: torch.Tensor) -> torch.Tensor:
