@@ -203,14 +203,15 @@ def test_second_look_finds_a_face_the_landmarker_lost_at_mtcnns_box(blazeface, l
     first = landmarks_of(landmarker, image, detection)
     assert first.score < 0.05
     finder = FaceFinder(NoFaces(), landmarker, blazeface)
-    (after,), (marks,), changed = finder.second_look(image, [detection], [first], 0.05)
-    assert changed == [True] and marks.score > 0.9
+    look = finder.second_look(image, [detection], [first], 0.05)
+    (after,), (marks,) = look.detections, look.marks
+    assert look.found_again == [True] and look.proposals[0] is not None and marks.score > 0.9
     nme = np.linalg.norm(marks.ibug68.double().numpy() - gt, axis=1).mean() / _size(gt)
     assert nme < 0.06, nme
     assert torch.equal(after.box, detection.box) and after.detector == "mtcnn"
     assert torch.allclose(after.landmarks5, five_points(marks.ibug68.double()).float())
     off = FaceFinder(NoFaces(), landmarker, blazeface, FinderConfig(second_look=False))
-    assert off.second_look(image, [detection], [first], 0.05)[2] == [False]
+    assert off.second_look(image, [detection], [first], 0.05).found_again == [False]
 
 
 def test_second_look_leaves_found_faces_alone(landmarker, aflw_face):
@@ -223,8 +224,9 @@ def test_second_look_leaves_found_faces_alone(landmarker, aflw_face):
 
     image, _, detection = aflw_face("image00002", MTCNN.pretrained())
     marks = landmarks_of(landmarker, image, detection)
-    out = FaceFinder(NoFaces(), landmarker, Unused()).second_look(image, [detection], [marks], 0.05)
-    assert out[0][0] is detection and out[1][0] is marks and out[2] == [False]
+    look = FaceFinder(NoFaces(), landmarker, Unused()).second_look(image, [detection], [marks], 0.05)
+    assert look.detections[0] is detection and look.marks[0] is marks
+    assert look.found_again == [False] and look.proposals == [None]
 
 
 def test_reconstructor_takes_the_second_look(aflw_face):
@@ -237,3 +239,30 @@ def test_reconstructor_takes_the_second_look(aflw_face):
     assert any("second detector's" in flag for flag in face.flags), face.flags
     nme = np.linalg.norm(face.landmarks68.double().numpy() - gt, axis=1).mean() / _size(gt)
     assert nme < 0.08, nme   # fitted to MTCNN's 5 points it was 42 %
+
+
+def test_detector_targets_average_the_two_detectors():
+    from deep3dface.fit.fitter import detector_targets, five_point_targets
+
+    five = torch.tensor([[10.0, 20.0], [30.0, 20.0], [20.0, 30.0], [12.0, 40.0], [28.0, 40.0]])
+    blaze = torch.tensor([[12.0, 22.0], [32.0, 22.0], [22.0, 34.0], [20.0, 44.0]])
+    assert all(torch.equal(a, b) for a, b in zip(detector_targets(five), five_point_targets(five)))
+    targets, weights = detector_targets(five, blaze)
+    assert torch.equal(torch.nonzero(weights)[:, 0], torch.tensor([30, 36, 39, 42, 45, 48, 54, 62, 66]))
+    assert torch.allclose(targets[36], torch.tensor([11.0, 21.0])) and torch.allclose(targets[45], torch.tensor([31.0, 21.0]))
+    assert torch.allclose(targets[30], torch.tensor([21.0, 32.0]))
+    assert torch.equal(targets[48], five[3]) and torch.equal(targets[62], blaze[3]) and torch.equal(targets[66], blaze[3])
+
+
+def test_a_face_lost_to_both_looks_is_fitted_to_both_detectors_points(aflw_face):
+    """image00010 (turned 69 deg): the landmarker loses it at either detector's box; fitted to
+    MTCNN's 5 points it was 12.2 % NME, to both detectors' points 4.1 %."""
+    _require_litert()
+    from deep3dface.pipeline import Reconstructor
+
+    recon = Reconstructor()
+    image, gt, detection = aflw_face("image00010", recon.detector)
+    (face,) = recon.reconstruct_detections(image, [detection])
+    assert any("BlazeFace's 4, averaged" in flag for flag in face.flags), face.flags
+    nme = np.linalg.norm(face.landmarks68.double().numpy() - gt, axis=1).mean() / _size(gt)
+    assert nme < 0.08, nme

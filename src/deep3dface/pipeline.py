@@ -29,7 +29,7 @@ from .detect.correspondence import point_weights
 from .detect.finder import FaceFinder, FinderConfig
 from .detect.landmarks import LandmarkResult, create_landmarker, landmarks_of
 from .fit.annotation import annotation_vertices, output_keypoints
-from .fit.fitter import FitConfig, FitResult, FitTargets, fit_faces, five_point_targets
+from .fit.fitter import FitConfig, FitResult, FitTargets, detector_targets, fit_faces
 from .fit.losses import LANDMARK_WEIGHTS
 from .io.images import read_image
 from .morphable import load_model
@@ -247,8 +247,8 @@ class Reconstructor:
     def _reconstruct_detections(self, photo, detections) -> list[FaceReconstruction]:
         height, width = photo.shape[-2:]
         marks = [landmarks_of(self.landmarker, photo, detection) for detection in detections]
-        detections, marks, second_look = self.detector.second_look(photo, detections, marks,
-                                                                   self.config.min_landmark_score)
+        look = self.detector.second_look(photo, detections, marks, self.config.min_landmark_score)
+        detections, marks = look.detections, look.marks
         crops, alignments = [], []
         for detection in detections:
             crop, alignment, _ = align(photo, detection.landmarks5)
@@ -261,7 +261,10 @@ class Reconstructor:
         if any(lost):
             weights = LANDMARK_WEIGHTS.expand(len(marks), -1).clone()
             for i in (i for i, is_lost in enumerate(lost) if is_lost):
-                landmarks[i], weights[i] = five_point_targets(alignments[i].to_crop(detections[i].landmarks5.double()).float())
+                five = alignments[i].to_crop(detections[i].landmarks5.double()).float()
+                proposal = look.proposals[i]
+                blaze = None if proposal is None else alignments[i].to_crop(proposal.keypoints[:4].double()).float()
+                landmarks[i], weights[i] = detector_targets(five, blaze)
         dense = {}
         if self.dense is not None and self.config.dense:
             # all points at yaw 0 (summing to 68); the fit drops the outline once it knows the yaw
@@ -286,7 +289,8 @@ class Reconstructor:
                 landmarks=mark, coefficients=result.coefficients[i],
                 albedo=None if result.albedo is None else result.albedo[i], camera=camera,
                 landmarks68=projected[i], landmarks68_model=points68[i], landmark_error=float(result.landmark_error[i]),
-                flags=result.flags[i] + _detector_flags(detection, second_look[i]) + _landmark_flags(mark, lost[i])))
+                flags=result.flags[i] + _detector_flags(detection, look.found_again[i])
+                + _landmark_flags(mark, lost[i], look.proposals[i] is not None)))
         return faces
 
 
@@ -300,10 +304,11 @@ def _detector_flags(detection: Detection, second_look: bool) -> tuple[str, ...]:
     return ()
 
 
-def _landmark_flags(mark: LandmarkResult, lost: bool) -> tuple[str, ...]:
+def _landmark_flags(mark: LandmarkResult, lost: bool, both_detectors: bool = False) -> tuple[str, ...]:
     """What a user should know about where a face's landmarks came from."""
     if lost:
-        return (f"landmarker lost the face (score {mark.score:.3f}): fitted to the detector's 5 points",)
+        points = "MTCNN's 5 points and BlazeFace's 4, averaged" if both_detectors else "the detector's 5 points"
+        return (f"landmarker lost the face (score {mark.score:.3f}): fitted to {points}",)
     if "stretched" in mark.backend:
         return (f"landmarks found on the photo stretched sideways ({mark.backend}, score {mark.score:.3f}): "
                 "a strongly turned face",)

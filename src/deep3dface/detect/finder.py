@@ -67,6 +67,19 @@ def provisional_detection(found: BlazeDetection) -> Detection:
     return Detection(box=mtcnn_like_box(found.box), score=found.score, landmarks5=points, detector="blazeface")
 
 
+@dataclass(frozen=True)
+class SecondLook:
+    """``FaceFinder.second_look``'s answer, per face: the detection to align on, the landmarks,
+    whether the second look found the face, and the BlazeFace answer matched to it (None where the
+    face was not lost, or BlazeFace found nothing there).  A face still lost can be fitted to that
+    answer's keypoints too (``fit.fitter.detector_targets``)."""
+
+    detections: list[Detection]
+    marks: list[LandmarkResult]
+    found_again: list[bool]
+    proposals: list[BlazeDetection | None]
+
+
 class FaceFinder:
     """``detect(image) -> list[Detection]``: MTCNN's faces, or where it finds none, BlazeFace's
     faces that ``landmarker`` confirms; most prominent first, at most MTCNN's ``max_faces``.
@@ -91,20 +104,20 @@ class FaceFinder:
         return faces if limit is None else faces[:limit]
 
     def second_look(self, image: torch.Tensor, detections: list[Detection], marks: list[LandmarkResult],
-                    lost_below: float) -> tuple[list[Detection], list[LandmarkResult], list[bool]]:
+                    lost_below: float) -> "SecondLook":
         """Faces whose landmarks score below ``lost_below`` tried again from BlazeFace's box and eye
         line for the same face (its box centre inside the detection's box, the nearest one); the new
         landmarks replace the old where they score at least ``lost_below`` and higher than before
         and centre in the detection's box, and the detection's 5 points then become the landmarker's
-        (``five_points``: MTCNN's eye points misled the first try).  Returns the detections, the
-        landmarks and which faces changed.  BlazeFace runs once per photo, only if a face is lost."""
-        changed = [False] * len(detections)
+        (``five_points``: MTCNN's eye points misled the first try).  BlazeFace runs once per photo,
+        only if a face is lost."""
+        n = len(detections)
+        look = SecondLook(list(detections), list(marks), [False] * n, [None] * n)
         lost = [i for i, m in enumerate(marks) if m.score < lost_below]
         if not lost or not (self.config.second_detector and self.config.second_look) or None in (self.blazeface, self.landmarker):
-            return detections, marks, changed
+            return look
         image = image.detach().to("cpu", torch.float32)
         proposals = self.blazeface(image)
-        detections, marks = list(detections), list(marks)
         for i in lost:
             box = detections[i].box.double()
             centre = box.view(2, 2).mean(0)
@@ -112,12 +125,13 @@ class FaceFinder:
             if not inside:
                 continue
             nearest = min(inside, key=lambda p: float(torch.linalg.vector_norm(p.box.view(2, 2).mean(0) - centre)))
+            look.proposals[i] = nearest
             again = landmarks_of(self.landmarker, image, provisional_detection(nearest))
             if again.score >= lost_below and again.score > marks[i].score and centred_in(again, box):
-                marks[i] = again
-                detections[i] = replace(detections[i], landmarks5=five_points(again.ibug68.double()).float())
-                changed[i] = True
-        return detections, marks, changed
+                look.marks[i] = again
+                look.detections[i] = replace(detections[i], landmarks5=five_points(again.ibug68.double()).float())
+                look.found_again[i] = True
+        return look
 
     def __call__(self, images) -> list[list[Detection]]:
         return [self.detect(image) for image in images]

@@ -143,6 +143,29 @@ def five_point_targets(five: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return targets, weights
 
 
+#: iBUG-68 rows that stand in for BlazeFace's first four keypoints (``detect.blazeface``: the
+#: subject's right eye, which is image left, left eye, nose tip, mouth centre).
+BLAZEFACE_ROWS = ((36, 0), (39, 0), (42, 1), (45, 1), (30, 2), (62, 3), (66, 3))
+
+
+def detector_targets(five: torch.Tensor, blazeface: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``five_point_targets``, and with BlazeFace's keypoints (4, 2) (crop pixels) for the same
+    face their stand-in rows too, the two detectors' points averaged where both give one (the eyes
+    and the nose tip).  Each detector errs on its own on a profile the landmarker loses: on the 13
+    such AFLW2000-3D dev faces both detectors find, the fitted NME is 18.5 % with MTCNN's points,
+    15.8 with BlazeFace's, 14.6 with their average (11 of 13 better than MTCNN's alone)."""
+    targets, weights = five_point_targets(five)
+    if blazeface is None:
+        return targets, weights
+    sums, counts = targets * weights[:, None], weights.clone()
+    for row, point in BLAZEFACE_ROWS:
+        sums[row] += blazeface[point].to(sums)
+        counts[row] += 1.0
+    seen = counts > 0
+    targets = torch.where(seen[:, None], sums / counts.clamp(min=1.0)[:, None], targets)
+    return targets, seen.to(weights)
+
+
 def _base_weights(targets: FitTargets) -> torch.Tensor:
     batch = targets.landmarks.shape[0]
     if targets.landmark_weights is not None:
