@@ -309,7 +309,7 @@ def _landmark_flags(mark: LandmarkResult, lost: bool, both_detectors: bool = Fal
     if lost:
         points = "MTCNN's 5 points and BlazeFace's 4, averaged" if both_detectors else "the detector's 5 points"
         return (f"landmarker lost the face (score {mark.score:.3f}): fitted to {points}",)
-    if "stretched" in mark.backend:
+    if mark.stretch != 1.0:
         return (f"landmarks found on the photo stretched sideways ({mark.backend}, score {mark.score:.3f}): "
                 "a strongly turned face",)
     return ()

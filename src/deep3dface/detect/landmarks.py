@@ -48,6 +48,7 @@ class LandmarkResult:
              has none: dlib)
     ibug68:  (68, 2) float32 photo pixels in iBUG order (= points for a 68-point backend)
     backend: name of the backend that produced it
+    stretch: the sideways stretch of the photo the backend saw (``StretchedLandmarker``; 1: none)
     """
 
     points: torch.Tensor
@@ -55,6 +56,7 @@ class LandmarkResult:
     score: float
     ibug68: torch.Tensor
     backend: str
+    stretch: float = 1.0
 
     def __post_init__(self) -> None:
         k = self.points.shape[0]
@@ -198,7 +200,8 @@ class StretchedLandmarker:
         found = self.landmarker(stretched, inner, roll=turned)
         back = torch.tensor([[1 / scale, 0.0, left], [0.0, 1.0, top], [0.0, 0.0, 1.0]], dtype=torch.float64)
         return LandmarkResult(points=apply(back, found.points), z=None if found.z is None else found.z / scale,
-                              score=found.score, ibug68=apply(back, found.ibug68), backend=self.name)
+                              score=found.score, ibug68=apply(back, found.ibug68), backend=self.name,
+                              stretch=found.stretch * self.factor)
 
 
 def centred_in(result: LandmarkResult, box: torch.Tensor) -> bool:
