@@ -266,3 +266,17 @@ def test_a_face_lost_to_both_looks_is_fitted_to_both_detectors_points(aflw_face)
     assert any("BlazeFace's 4, averaged" in flag for flag in face.flags), face.flags
     nme = np.linalg.norm(face.landmarks68.double().numpy() - gt, axis=1).mean() / _size(gt)
     assert nme < 0.08, nme
+
+
+def test_finder_without_the_packaged_network_warns_and_uses_mtcnn_alone(monkeypatch):
+    import deep3dface.detect.blazeface as blazeface_module
+    from deep3dface.assets import AssetMissingError
+
+    def missing(*args, **kwargs):
+        raise AssetMissingError("face_detection_short_range.tflite is missing")
+
+    monkeypatch.setattr(blazeface_module, "BlazeFace", missing)
+    with pytest.warns(UserWarning, match="second face detector unavailable"):
+        finder = FaceFinder.create(NoFaces(), landmarker=object())
+    assert finder.blazeface is None and finder.detect(torch.zeros(3, 64, 64)) == []
+    assert FaceFinder.create(NoFaces(), object(), FinderConfig(second_detector=False)).blazeface is None

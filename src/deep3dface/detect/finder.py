@@ -16,7 +16,10 @@ A photo where MTCNN finds a face costs exactly what it did, and its faces are MT
 rolled far from where MTCNN's eye points say) is tried again from BlazeFace's box and eye line for
 the same face.  On the AFLW2000-3D dev photos this finds 3 of the 17 lost faces (image00204, a
 face lying on its side: landmarks 42.6 -> 3.9 % NME; image00074: 20.4 -> 10.2; image00476:
-8.3 -> 8.4, then fitted to its 68 points instead of MTCNN's 5); the 14 others stay lost.
+8.3 -> 8.4, then fitted to its 68 points instead of MTCNN's 5); the 14 others stay lost, and
+the pipeline fits them to both detectors' points (``SecondLook.proposals``,
+``fit.fitter.detector_targets``).  A face only BlazeFace finds has its landmarks computed twice
+(here, to confirm it, and again by the pipeline): rare enough not to matter.
 """
 from __future__ import annotations
 
@@ -26,7 +29,6 @@ from dataclasses import dataclass, replace
 import torch
 
 from deep3dface.assets import AssetMissingError
-
 from deep3dface.detect.blazeface import BlazeDetection
 from deep3dface.detect.landmarks import LandmarkResult, box_from_ibug68, centred_in, five_points, landmarks_of
 from deep3dface.detect.mtcnn import prominent_first
