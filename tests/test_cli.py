@@ -78,6 +78,31 @@ def test_rerun_skips_and_overwrite_replaces(batch):
     assert (out / "face.json").stat().st_mtime_ns != before
 
 
+def test_outputs_chooses_the_files(batch, tmp_path):
+    inputs, full, _, _ = batch
+    out = tmp_path / "mesh_mat"
+    assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(out), "-q", "--outputs", "mesh,mat"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["face.json", "face_face0.mat", "face_face0.obj", "face_face0_posed.obj"]
+    record = json.loads((out / "face.json").read_text())
+    (face,) = record["faces"]
+    assert set(face["files"]) == {"mesh", "mesh_posed", "coefficients"} and face["texture_size"] is None
+    # the same face as with every output, the files byte for byte
+    full_face = json.loads((full / "face.json").read_text())["faces"][0]
+    assert face["landmarks68"] == full_face["landmarks68"]
+    for name in ("face_face0.obj", "face_face0_posed.obj"):
+        assert (out / name).read_bytes() == (full / name).read_bytes()
+    only_json = tmp_path / "none"
+    assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(only_json), "-q", "--outputs", "none"]) == 0
+    assert [p.name for p in only_json.iterdir()] == ["face.json"]
+
+
+def test_unknown_outputs_kind_is_a_clear_error(batch, tmp_path, capsys):
+    inputs, _, _, _ = batch
+    assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(tmp_path / "o"), "--outputs", "mesh,stl"]) == 2
+    assert "unknown output kind(s) ['stl']" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_missing_input_is_a_clear_error(tmp_path, capsys):
     assert main(["reconstruct", str(tmp_path / "nope.jpg"), "-o", str(tmp_path / "o"), "-q"]) == 1
     assert "nope.jpg: no such file or folder" in capsys.readouterr().err

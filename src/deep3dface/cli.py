@@ -117,10 +117,15 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     code is the number of failed photos (capped at 100)."""
     from .export import OutputExistsError
     from .io.images import ImageReadError, read_image
-    from .outputs import photo_outputs, unique_stems, write_photo_outputs
+    from .outputs import parse_output_kinds, photo_outputs, unique_stems, write_photo_outputs
     from .pipeline import Reconstructor, ReconstructorConfig
     from .threads import torch_threads
 
+    try:
+        kinds = parse_output_kinds(args.outputs)
+    except ValueError as exc:
+        print(f"deep3dface: error: --outputs: {exc}", file=sys.stderr)
+        return 2
     photos, problems = expand_inputs(args.inputs)
     for problem in problems:
         print(f"deep3dface: error: {problem}", file=sys.stderr)
@@ -141,7 +146,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             photo = read_image(path)
             faces = recon.reconstruct(photo)
             with torch_threads(1):  # many small tensor ops: see deep3dface.threads
-                _, blobs = photo_outputs(str(path), stem, photo, faces, recon.model_name)
+                _, blobs = photo_outputs(str(path), stem, photo, faces, recon.model_name, kinds=kinds)
             write_photo_outputs(out_dir, blobs, overwrite=args.overwrite)
         except (ImageReadError, OutputExistsError, ValueError, OSError) as exc:
             failures += 1
@@ -175,7 +180,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.output)
     photo = demo_photo()
     ns = argparse.Namespace(inputs=[str(photo)], output=str(out), model="default", checkpoint=None,
-                            device=args.device, max_faces=None, overwrite=True, quiet=args.quiet)
+                            device=args.device, max_faces=None, overwrite=True, quiet=args.quiet, outputs="all")
     code = cmd_reconstruct(ns)
     if code == 0 and not args.quiet:
         for path in sorted(out.iterdir()):
@@ -222,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-faces", type=int, default=None, help="at most this many faces per photo, most prominent (largest, most central) first")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--outputs", default="all", metavar="KINDS",
+                   help="files to write besides the JSON: 'all' (default), 'none', or a comma list of mesh (canonical and "
+                        "posed OBJ), mat, maps (depth and normal PNGs), texture (textured GLB/OBJ and maps), "
+                        "overlay; e.g. --outputs mesh,mat (faster, smaller)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     p.set_defaults(func=cmd_reconstruct)
 

@@ -82,6 +82,9 @@ from .render.shaded import overlay, render_colours
 from .types import FaceGeometry
 
 SCHEMA_VERSION = 2
+#: what ``photo_outputs`` can write besides the JSON (``deep3dface reconstruct --outputs``): the two
+#: OBJ meshes, the .mat, the depth and normal maps, the textured meshes and their maps, the overlays
+OUTPUT_KINDS = ("mesh", "mat", "maps", "texture", "overlay")
 DEPTH_SCALE = 1e-3               # model units per step of the 16-bit depth PNG (0.1 mm for decimetres)
 TEXTURE_SIZE = 1024              # default side of the baked texture maps
 GL_FROM_CV = np.diag([1.0, -1.0, -1.0, 1.0])   # OpenCV camera frame <-> OpenGL camera frame (its own inverse)
@@ -151,26 +154,48 @@ def face_mat(face: FaceReconstruction) -> bytes:
     )
 
 
+def parse_output_kinds(text: str) -> frozenset[str]:
+    """``"mesh,mat"``, ``"all"`` or ``"none"`` (the JSON alone) -> the kinds of ``OUTPUT_KINDS`` to
+    write; a clear error otherwise."""
+    kinds = {k.strip() for k in text.split(",") if k.strip()}
+    if kinds == {"all"}:
+        return frozenset(OUTPUT_KINDS)
+    if kinds == {"none"}:
+        return frozenset()
+    unknown = sorted(kinds - set(OUTPUT_KINDS))
+    if unknown or not kinds:
+        raise ValueError(f"unknown output kind(s) {unknown or [text]}: choose all, none, or from {', '.join(OUTPUT_KINDS)}")
+    return frozenset(kinds)
+
+
 def photo_outputs(image_path: str, stem: str, photo: torch.Tensor, faces: list[FaceReconstruction],
-                  model_name: str, overlay_file: bool = True,
-                  texture_size: int | None = TEXTURE_SIZE) -> tuple[dict, dict[str, bytes]]:
+                  model_name: str, overlay_file: bool = True, texture_size: int | None = TEXTURE_SIZE,
+                  kinds: frozenset[str] = frozenset(OUTPUT_KINDS)) -> tuple[dict, dict[str, bytes]]:
     """(JSON record, {file name: bytes}) for one photo; names are relative to the output folder.
-    ``texture_size``: side of the baked maps (None: no textured outputs)."""
+    ``kinds``: which files besides the JSON (``OUTPUT_KINDS``); ``overlay_file`` False or
+    ``texture_size`` None drop the overlays or the textured outputs as well."""
     blobs: dict[str, bytes] = {}
     records = []
+    overlay_file = overlay_file and "overlay" in kinds
+    texture_size = texture_size if "texture" in kinds else None
     overlay_name = f"{stem}_overlay.png" if overlay_file and faces else None
     geometry_name = f"{stem}_geometry.png" if overlay_file and faces else None
     geometries = [face.geometry() for face in faces]
     for k, (face, g) in enumerate(zip(faces, geometries)):
         base = f"{stem}_face{k}"
-        names = {"mesh": f"{base}.obj", "mesh_posed": f"{base}_posed.obj", "coefficients": f"{base}.mat",
-                 "depth": f"{base}_depth.png", "normals": f"{base}_normals.png"}
-        blobs[names["mesh"]] = export_mesh(face.mesh(posed=False, geometry=g), "obj")
-        blobs[names["mesh_posed"]] = export_mesh(face.mesh(posed=True, geometry=g), "obj")
-        blobs[names["coefficients"]] = face_mat(face)
-        depth, normals, mask = camera_maps(face, g)
-        blobs[names["depth"]] = depth_png(depth, mask)
-        blobs[names["normals"]] = normal_png(normals, mask)
+        names = {}
+        if "mesh" in kinds:
+            names.update(mesh=f"{base}.obj", mesh_posed=f"{base}_posed.obj")
+            blobs[names["mesh"]] = export_mesh(face.mesh(posed=False, geometry=g), "obj")
+            blobs[names["mesh_posed"]] = export_mesh(face.mesh(posed=True, geometry=g), "obj")
+        if "mat" in kinds:
+            names["coefficients"] = f"{base}.mat"
+            blobs[names["coefficients"]] = face_mat(face)
+        if "maps" in kinds:
+            names.update(depth=f"{base}_depth.png", normals=f"{base}_normals.png")
+            depth, normals, mask = camera_maps(face, g)
+            blobs[names["depth"]] = depth_png(depth, mask)
+            blobs[names["normals"]] = normal_png(normals, mask)
         size = texture_size if texture_size and face.has_uv else None
         if size:
             textured = textured_outputs(face, photo, base, size, g)
@@ -306,6 +331,6 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-__all__ = ["DEPTH_SCALE", "SCHEMA_VERSION", "TEXTURE_SIZE", "camera_maps", "depth_png", "face_mat", "face_record",
-           "landmarks_3d", "normal_png", "overlay_png", "photo_outputs", "pose_opencv", "read_depth_png",
+__all__ = ["DEPTH_SCALE", "OUTPUT_KINDS", "SCHEMA_VERSION", "TEXTURE_SIZE", "camera_maps", "depth_png", "face_mat", "face_record",
+           "landmarks_3d", "normal_png", "overlay_png", "parse_output_kinds", "photo_outputs", "pose_opencv", "read_depth_png",
            "read_normal_png", "render_colours", "textured_outputs", "unique_stems", "write_photo_outputs"]
