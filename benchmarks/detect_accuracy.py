@@ -6,6 +6,8 @@
   prominent first by default), 5-point error against the ground truth's 5 points (eye
   centres = mean of the 6 eye-contour points, nose tip #30, mouth corners #48/#54, 0-based),
   normalised by the ground truth's box size sqrt(w h), per yaw bin;
+* the second detector (``detect.finder``: BlazeFace, confirmed by the landmarker) on the photos
+  MTCNN misses: which it finds, whether on the annotated face, and the final detection rate;
 * cost: ms per photo with and without the fallback on photos the first pass finds (it must not
   change), and on the photos only the fallback finds;
 * false faces: background strips of the photos (outside the annotated face's box grown by half its
@@ -71,11 +73,11 @@ def background_strip(image: torch.Tensor, lm68: np.ndarray) -> torch.Tensor | No
     return best if min(best.shape[-2:]) >= 100 else None
 
 
-def aflw(reference: MTCNN, detector: MTCNN, limit: int | None, details: list | None) -> dict:
+def aflw(reference: MTCNN, detector: MTCNN, limit: int | None, details: list | None, finder=None) -> dict:
     manifest = json.loads((SHARED / "faces" / "manifest.json").read_text())
     items = [i for i in manifest["images"] if i["source"] == "aflw2000_3d"][:limit]
     first = found = multi = 0
-    wrong, misses, rescued, fallback_ms = [], [], [], []
+    wrong, misses, rescued, fallback_ms, second = [], [], [], [], {}
     errors, yaws, flips, strips = [], [], [], []
     for item in items:
         image = read_image(SHARED / "faces" / item["path"])
@@ -88,6 +90,9 @@ def aflw(reference: MTCNN, detector: MTCNN, limit: int | None, details: list | N
             faces = detector([image])[0]
             fallback_ms.append((time.perf_counter() - start) * 1e3)
             rescued.append(item["id"]) if faces else misses.append(item["id"])
+            if not faces and finder is not None:
+                found_second = finder.detect(image)
+                second[item["id"]] = [round(box_iou(f.box.double().numpy(), gt_box), 3) for f in found_second]
         strip = background_strip(image, lm68) if len(strips) < STRIPS else None
         if strip is not None:
             strips.append(strip)
@@ -116,6 +121,8 @@ def aflw(reference: MTCNN, detector: MTCNN, limit: int | None, details: list | N
         "photos": len(items), "found_first_pass": first, "found": found,
         "detection_rate_first_pass": round(first / len(items), 4), "detection_rate": round(found / len(items), 4),
         "found_by_fallback": rescued, "missed": misses,
+        "second_detector_iou_with_gt_box": second,
+        "detection_rate_with_second_detector": round((found + sum(bool(v) for v in second.values())) / len(items), 4),
         "right_top_face": found - len(wrong),
         "wrong_top_face": len(wrong), "wrong_top_face_ids": wrong, "photos_with_several_faces": multi,
         "nme5_bbox_percent_by_yaw": bins, "nme5_bbox_percent_mean": round(100 * float(errors.mean()), 3),
@@ -172,7 +179,11 @@ def main() -> None:
     detector = MTCNN.pretrained()
     reference = MTCNN(detector.pnet, detector.rnet, detector.onet, replace(detector.config, fallback=None))
     details = [] if args.details else None
-    results = aflw(reference, detector, args.limit, details)
+    from deep3dface.detect.finder import FaceFinder
+    from deep3dface.detect.landmarks import create_landmarker
+
+    finder = FaceFinder.create(detector, create_landmarker("mediapipe"))
+    results = aflw(reference, detector, args.limit, details, finder)
     if args.details:
         Path(args.details).write_text(json.dumps(details))
     emit("detect_accuracy", config=repr(detector.config), aflw2000_3d=results, cost=cost(reference, detector),
