@@ -284,7 +284,10 @@ def test_reconstruct_set_gives_one_albedo_and_one_fused_texture(faces):
     fused = set_texture(result.faces, photos, size)
     alone = [face.texture(photo, size) for face, photo in zip(result.faces, photos)]
     assert (fused.weight >= torch.maximum(alone[0].weight, alone[1].weight) - 1e-6).all()
-    both = (alone[0].weight > 0.99) & (alone[1].weight > 0.99)
+    # texels both photos see with full confidence: there each single bake is the photo's albedo
+    # alone (below 1 it mixes in its fallback by 1 - weight, and the fused one need not lie
+    # between them: at 0.991 it fell 3.5e-5 outside once the eyes' albedo changed the fallback)
+    both = (alone[0].weight >= 1 - 1e-6) & (alone[1].weight >= 1 - 1e-6)
     assert both.sum() > 0.1 * fused.coverage.sum()  # the middle of the face
     low = torch.minimum(alone[0].albedo, alone[1].albedo)[:, both]
     high = torch.maximum(alone[0].albedo, alone[1].albedo)[:, both]

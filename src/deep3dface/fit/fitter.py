@@ -39,7 +39,7 @@ from ..types import Coefficients
 from .appearance import albedo_normal_equations, estimate_albedo, estimate_lighting, sample_photo, solve_with_prior
 from .landmark_fit import LAMBDA_EXP, LAMBDA_ID, fit_landmarks
 from .losses import LANDMARK_WEIGHTS
-from .vertex_evidence import albedo_operators, skin_weights, vertex_weights
+from .vertex_evidence import albedo_operators, albedo_weights, skin_weights, vertex_weights
 
 JAW = tuple(range(17))
 
@@ -390,10 +390,11 @@ def _appearance_stage(model, targets, stage, camera, coeffs, flags):
     with torch.no_grad():
         geometry = model(coeffs.to(dtype))
         screen = camera.screen(geometry.vertices)
-        weights = vertex_weights(model, geometry, screen, targets.crops.shape[-2:], stage.grazing_cosine)
+        visibility = vertex_weights(model, geometry, screen, targets.crops.shape[-2:], stage.grazing_cosine)
         observed = sample_photo(targets.crops.to(dtype), screen[..., :2])
-        skin = skin_weights(targets.crops, screen, weights)
-        weights = weights * skin
+        skin = skin_weights(targets.crops, screen, visibility)
+        weights = visibility * skin                           # the light: skin only
+        albedo_data = albedo_weights(model, visibility, skin)  # the albedo: skin, and the eyes
         albedo = geometry.albedo
         gamma = coeffs.gamma
         tex = coeffs.tex
@@ -402,11 +403,11 @@ def _appearance_stage(model, targets, stage, camera, coeffs, flags):
             light = irradiance(geometry.normals, gamma)
             if model.has_albedo_basis:
                 tex = solve_with_prior(*albedo_normal_equations(model.albedo_basis, model.mean_albedo, observed,
-                                                                light, weights))
+                                                                light, albedo_data))
                 albedo = model.albedo(tex)
             else:
                 extras = albedo_operators(model.data)
-                albedo = estimate_albedo(observed, light, weights, extras.laplacian, extras.mirror,
+                albedo = estimate_albedo(observed, light, albedo_data, extras.laplacian, extras.mirror,
                                          model.mean_albedo[None], stage.smoothness, stage.symmetry,
                                          stage.prior_weight).clamp(0.0, 1.0)
         fitted = coeffs.replace(gamma=gamma.to(coeffs.gamma), tex=tex.to(coeffs.tex))

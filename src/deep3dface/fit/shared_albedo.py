@@ -30,7 +30,7 @@ from ..types import Coefficients
 from .appearance import albedo_normal_equations, estimate_albedo, estimate_lighting, sample_photo, solve_with_prior
 # the single-photo appearance stage's vertex weights and model operators: one definition of each
 from .fitter import AppearanceStage
-from .vertex_evidence import albedo_operators, skin_weights, vertex_weights
+from .vertex_evidence import albedo_operators, albedo_weights, skin_weights, vertex_weights
 
 
 @dataclass(frozen=True, eq=False)
@@ -54,18 +54,20 @@ def fit_shared_appearance(model: MorphableModel, crops: torch.Tensor, coeffs: Co
     with torch.no_grad():
         geometry = model(coeffs.to(dtype))
         screen = camera.screen(geometry.vertices)
-        weights = vertex_weights(model, geometry, screen, crops.shape[-2:], stage.grazing_cosine)
-        weights = weights * skin_weights(crops, screen, weights) * confidence[:, None]
+        visibility = vertex_weights(model, geometry, screen, crops.shape[-2:], stage.grazing_cosine)
+        skin = skin_weights(crops, screen, visibility)
+        weights = visibility * skin * confidence[:, None]                                 # the lights
+        albedo_data = albedo_weights(model, visibility, skin) * confidence[:, None]       # the albedo
         observed = sample_photo(crops.to(dtype), screen[..., :2])
         normals = geometry.normals
         gamma, tex, albedo = coeffs.gamma.to(dtype), torch.zeros(coeffs.tex.shape[1], dtype=dtype), None
         for _ in range(max(stage.rounds, 1)):
             light = irradiance(normals, gamma)
             if model.has_albedo_basis:
-                tex = shared_basis_fit(model, observed, light, weights)
+                tex = shared_basis_fit(model, observed, light, albedo_data)
                 albedo = model.albedo(tex[None])[0]
             else:
-                albedo = shared_vertex_albedo(model, observed, light, weights, stage)
+                albedo = shared_vertex_albedo(model, observed, light, albedo_data, stage)
             gamma = estimate_lighting(observed, albedo.expand(count, -1, -1), normals, weights)
     return SharedAppearance(gamma, tex, albedo, weights)
 

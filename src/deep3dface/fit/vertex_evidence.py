@@ -48,6 +48,41 @@ def skin_weights(crops, screen, vertex_weights):
     return sample_photo(probability.to(screen.dtype), screen[..., :2])[..., 0]
 
 
+#: iBUG-68 contours of the two eye openings (0-based: 36-41 and 42-47)
+EYE_CONTOURS = (tuple(range(36, 42)), tuple(range(42, 48)))
+
+
+def inside_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
+    """(N,) bool: which of (N, 2) points lie inside the closed (K, 2) polygon (even-odd rule)."""
+    inside = np.zeros(len(points), dtype=bool)
+    x, y = points[:, 0], points[:, 1]
+    for (x0, y0), (x1, y1) in zip(polygon, np.roll(polygon, -1, axis=0)):
+        crosses = (y0 > y) != (y1 > y)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            at = x0 + (y - y0) * (x1 - x0) / (y1 - y0)
+        inside ^= crosses & (x < at)
+    return inside
+
+
+@lru_cache(maxsize=4)
+def eye_vertices(data: ModelData) -> torch.Tensor:
+    """(N,) bool: the vertices inside the eye openings (the two eye contours of the 68 keypoints,
+    seen from the front on the mean shape).  The skin attention leaves out the iris and much of
+    the white, so the albedo there came from the priors: a pale, featureless eye in every render."""
+    mean, keypoints = np.asarray(data.mean_shape), np.asarray(data.keypoints)
+    inside = np.zeros(len(mean), dtype=bool)
+    for contour in EYE_CONTOURS:
+        inside |= inside_polygon(mean[:, :2], mean[keypoints[list(contour)], :2])
+    return torch.from_numpy(inside)
+
+
+def albedo_weights(model, visibility: torch.Tensor, skin: torch.Tensor) -> torch.Tensor:
+    """(B, N) data weights of the per-vertex albedo: visibility × skin attention, but the photo
+    itself inside the eye openings (a hand or hair there is rare; the iris is not skin)."""
+    eyes = eye_vertices(model.data).to(skin.device)
+    return visibility * torch.where(eyes, torch.ones_like(skin), skin)
+
+
 @dataclass(frozen=True, eq=False)
 class AlbedoOperators:
     laplacian: object        # (N, N) sparse graph Laplacian of the mesh (smoothness prior)
