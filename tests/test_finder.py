@@ -46,6 +46,14 @@ def landmarker():
 
 
 @pytest.fixture(scope="module")
+def recon():
+    _require_litert()
+    from deep3dface.pipeline import Reconstructor
+
+    return Reconstructor()
+
+
+@pytest.fixture(scope="module")
 def aflw(faces):
     from deep3dface.io import read_image
 
@@ -177,13 +185,12 @@ def test_finder_keeps_mtcnns_faces_without_running_blazeface(landmarker, aflw):
     assert faces[0].detector == "mtcnn"
 
 
-def test_reconstructor_fits_a_face_only_the_second_detector_finds(aflw, faces):
-    _require_litert()
+def test_reconstructor_fits_a_face_only_the_second_detector_finds(recon, aflw):
     from deep3dface.outputs import face_record
     from deep3dface.pipeline import Reconstructor, ReconstructorConfig
 
     image, gt = aflw("image00036")
-    (face,) = Reconstructor().reconstruct(image)
+    (face,) = recon.reconstruct(image)
     assert face.detection.detector == "blazeface"
     assert any("second detector" in flag for flag in face.flags)
     nme = np.linalg.norm(face.landmarks68.double().numpy() - gt, axis=1).mean() / _size(gt)
@@ -229,16 +236,16 @@ def test_second_look_leaves_found_faces_alone(landmarker, aflw_face):
     assert look.found_again == [False] and look.proposals == [None]
 
 
-def test_reconstructor_takes_the_second_look(aflw_face):
-    _require_litert()
-    from deep3dface.pipeline import Reconstructor
-
-    recon = Reconstructor()
-    image, gt, detection = aflw_face("image00204", recon.detector)
+@pytest.mark.parametrize("name, flag", [
+    ("image00204", "second detector's"),        # found again at BlazeFace's box; on MTCNN's 5 points 42 %
+    ("image00010", "BlazeFace's 4, averaged"),  # lost at both boxes; on MTCNN's 5 points 12.2 %, both 4.1 %
+])
+def test_reconstructor_recovers_faces_the_landmarker_lost(recon, aflw_face, name, flag):
+    image, gt, detection = aflw_face(name, recon.detector)
     (face,) = recon.reconstruct_detections(image, [detection])
-    assert any("second detector's" in flag for flag in face.flags), face.flags
+    assert any(flag in f for f in face.flags), face.flags
     nme = np.linalg.norm(face.landmarks68.double().numpy() - gt, axis=1).mean() / _size(gt)
-    assert nme < 0.08, nme   # fitted to MTCNN's 5 points it was 42 %
+    assert nme < 0.08, nme
 
 
 def test_detector_targets_average_the_two_detectors():
@@ -252,20 +259,6 @@ def test_detector_targets_average_the_two_detectors():
     assert torch.allclose(targets[36], torch.tensor([11.0, 21.0])) and torch.allclose(targets[45], torch.tensor([31.0, 21.0]))
     assert torch.allclose(targets[30], torch.tensor([21.0, 32.0]))
     assert torch.equal(targets[48], five[3]) and torch.equal(targets[62], blaze[3]) and torch.equal(targets[66], blaze[3])
-
-
-def test_a_face_lost_to_both_looks_is_fitted_to_both_detectors_points(aflw_face):
-    """image00010 (turned 69 deg): the landmarker loses it at either detector's box; fitted to
-    MTCNN's 5 points it was 12.2 % NME, to both detectors' points 4.1 %."""
-    _require_litert()
-    from deep3dface.pipeline import Reconstructor
-
-    recon = Reconstructor()
-    image, gt, detection = aflw_face("image00010", recon.detector)
-    (face,) = recon.reconstruct_detections(image, [detection])
-    assert any("BlazeFace's 4, averaged" in flag for flag in face.flags), face.flags
-    nme = np.linalg.norm(face.landmarks68.double().numpy() - gt, axis=1).mean() / _size(gt)
-    assert nme < 0.08, nme
 
 
 def test_finder_without_the_packaged_network_warns_and_uses_mtcnn_alone(monkeypatch):
