@@ -183,7 +183,8 @@ class ReconstructorConfig:
     # natively (~2.5x faster, ~0.5 % off float32; the fit refines the answer), "float32" forces float32
     rnet_precision: str = "auto"
     detector: MTCNNConfig = field(default_factory=MTCNNConfig)
-    # where MTCNN finds no face: MediaPipe's BlazeFace, confirmed by the landmarker (detect.finder)
+    # MediaPipe's BlazeFace (detect.finder): for photos where MTCNN finds no face (confirmed by the
+    # landmarker), and a second look at faces the landmarker loses at MTCNN's box
     finder: FinderConfig = field(default_factory=FinderConfig)
     fit: FitConfig = field(default_factory=FitConfig)
 
