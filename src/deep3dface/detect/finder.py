@@ -30,7 +30,8 @@ import torch
 
 from deep3dface.assets import AssetMissingError
 from deep3dface.detect.blazeface import BlazeDetection
-from deep3dface.detect.landmarks import LandmarkResult, box_from_ibug68, centred_in, five_points, landmarks_of
+from deep3dface.detect.landmarks import (LandmarkResult, box_from_ibug68, centred_in, five_points, landmarks_of,
+                                         point_in_box)
 from deep3dface.detect.mtcnn import prominent_first
 from deep3dface.detect.types import Detection
 
@@ -123,7 +124,7 @@ class FaceFinder:
         for i in lost:
             box = detections[i].box.double()
             centre = box.view(2, 2).mean(0)
-            inside = [p for p in proposals if _inside(p.box.view(2, 2).mean(0), box)]
+            inside = [p for p in proposals if point_in_box(p.box.view(2, 2).mean(0), box)]
             if not inside:
                 continue
             nearest = min(inside, key=lambda p: float(torch.linalg.vector_norm(p.box.view(2, 2).mean(0) - centre)))
@@ -151,7 +152,3 @@ class FaceFinder:
             except (AssetMissingError, ImportError) as error:
                 warnings.warn(f"second face detector unavailable ({error}); MTCNN alone finds faces", stacklevel=2)
         return cls(mtcnn, landmarker, blazeface, config)
-
-
-def _inside(point: torch.Tensor, box: torch.Tensor) -> bool:
-    return bool(box[0] <= point[0] <= box[2]) and bool(box[1] <= point[1] <= box[3])

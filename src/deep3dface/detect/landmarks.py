@@ -204,10 +204,14 @@ class StretchedLandmarker:
                               stretch=found.stretch * self.factor)
 
 
+def point_in_box(point: torch.Tensor, box: torch.Tensor) -> bool:
+    """Whether (2,) ``point`` lies inside (4,) ``box`` x0, y0, x1, y1 (edges included)."""
+    return bool(box[0] <= point[0] <= box[2]) and bool(box[1] <= point[1] <= box[3])
+
+
 def centred_in(result: LandmarkResult, box: torch.Tensor) -> bool:
     """Whether the mean of the result's 68 points lies inside the box (the same face, not a neighbour's)."""
-    centre = result.ibug68.mean(0)
-    return bool(box[0] <= centre[0] <= box[2]) and bool(box[1] <= centre[1] <= box[3])
+    return point_in_box(result.ibug68.mean(0), box)
 
 
 # -- the 468 -> 68 mapping ------------------------------------------------------------------------
