@@ -62,9 +62,10 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
     from .image_set import SetConfig
     from .image_set_outputs import person_files
     from .io.images import read_image
-    from .outputs import photo_outputs, unique_stems, write_photo_outputs
+    from .outputs import OUTPUT_KINDS, photo_outputs, unique_stems, write_photo_outputs
     from .pipeline import Reconstructor
 
+    kinds = frozenset(OUTPUT_KINDS) - (set() if args.overlay else {"overlay"})
     sets = read_sets(args.root)
     out_root = Path(args.output)
     recon = Reconstructor(model=args.model, device=args.device)
@@ -79,7 +80,7 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
         paths = [photos[stems.index(fit.name)] for fit in result.photos]
         for face, fit, path in zip(result.faces, result.photos, paths):
             _, blobs = photo_outputs(str(path), fit.name, read_image(path), [face], recon.model_name,
-                                     overlay_file=args.overlay)
+                                     kinds=kinds)
             write_photo_outputs(out, blobs, overwrite=True)  # a rerun rewrites an interrupted person's files
         files, blobs = person_files(result, lambda i: read_image(paths[i]))
         for name, data in blobs.items():

@@ -169,14 +169,14 @@ def parse_output_kinds(text: str) -> frozenset[str]:
 
 
 def photo_outputs(image_path: str, stem: str, photo: torch.Tensor, faces: list[FaceReconstruction],
-                  model_name: str, overlay_file: bool = True, texture_size: int | None = TEXTURE_SIZE,
+                  model_name: str, texture_size: int | None = TEXTURE_SIZE,
                   kinds: frozenset[str] = frozenset(OUTPUT_KINDS)) -> tuple[dict, dict[str, bytes]]:
     """(JSON record, {file name: bytes}) for one photo; names are relative to the output folder.
-    ``kinds``: which files besides the JSON (``OUTPUT_KINDS``); ``overlay_file`` False or
-    ``texture_size`` None drop the overlays or the textured outputs as well."""
+    ``kinds``: which files besides the JSON (``OUTPUT_KINDS``); ``texture_size``: side of the baked
+    maps (None drops the textured outputs as well)."""
     blobs: dict[str, bytes] = {}
     records = []
-    overlay_file = overlay_file and "overlay" in kinds
+    overlay_file = "overlay" in kinds
     texture_size = texture_size if "texture" in kinds else None
     overlay_name = f"{stem}_overlay.png" if overlay_file and faces else None
     geometry_name = f"{stem}_geometry.png" if overlay_file and faces else None
