@@ -112,6 +112,27 @@ def test_write_refuses_to_overwrite_and_leaves_no_partial_file(tmp_path, face_me
     assert sorted(p.name for p in tmp_path.iterdir()) == ["face.ply"]
 
 
+def test_written_files_get_the_permissions_of_a_plainly_created_file(tmp_path, face_mesh):
+    """The atomic write goes through a private temporary file (0o600); the file in place must have
+    what ``open(path, "w")`` gives under the umask (0o644 under the usual 0o022), so other users,
+    web servers and viewers can read the outputs."""
+    import os
+    import stat
+
+    for mask in (0o022, 0o077, 0o002):
+        previous = os.umask(mask)
+        try:
+            plain = tmp_path / f"plain_{mask:o}.txt"
+            plain.write_text("x")
+            expected = stat.S_IMODE(plain.stat().st_mode)
+            assert expected == 0o666 & ~mask
+            for path in (write_output(tmp_path / f"data_{mask:o}.bin", b"data"),
+                         write_mesh(face_mesh, tmp_path / f"face_{mask:o}.obj")):
+                assert stat.S_IMODE(path.stat().st_mode) == expected, path
+        finally:
+            os.umask(previous)
+
+
 def test_write_rows_writes_what_savetxt_writes():
     """The compiled formatter against savetxt (one ``%`` per row): random values over 14 decades,
     half-way cases, signed zeros, ints of both signs, and what only ``%`` can write (NaN, inf, 1e300)."""

@@ -55,6 +55,9 @@ def test_video_command_tracks_fits_and_writes(tmp_path, frames):
         assert np.linalg.norm(fitted - detected, axis=1).mean() < 0.25 * eyes
     with av.open(str(out / "overlay.mp4")) as container:
         assert sum(1 for _ in container.decode(video=0)) == len(frames)
+    # written through a private temporary file, it still gets a plain file's permissions
+    (out / "plain").write_bytes(b"")
+    assert (out / "overlay.mp4").stat().st_mode == (out / "plain").stat().st_mode == (out / "summary.json").stat().st_mode
     assert (out / "neutral.obj").read_bytes().startswith(b"# deep3dface mesh, unit: decimetre")
 
 

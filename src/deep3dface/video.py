@@ -224,7 +224,7 @@ def _write_overlay(result: VideoReconstruction, video, path: Path, points: np.nd
     import av
     from PIL import Image, ImageDraw
 
-    from .export import OutputExistsError
+    from .export import OutputExistsError, give_default_mode
 
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
@@ -250,6 +250,7 @@ def _write_overlay(result: VideoReconstruction, video, path: Path, points: np.nd
                 frame = av.VideoFrame.from_image(canvas.crop((0, 0, width, height)))
                 container.mux(stream.encode(frame))
             container.mux(stream.encode())
+        give_default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -36,6 +36,26 @@ def export_mesh(mesh: Mesh, fmt: str) -> bytes:
     return exporter(mesh)
 
 
+def _umask() -> int:
+    # Linux reports it; elsewhere it can only be read by setting it (briefly, process-wide)
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def give_default_mode(path: str | Path) -> None:
+    """Give a file the permissions ``open(path, "w")`` would have (0o666 less the umask): a
+    ``tempfile.mkstemp`` file is private (0o600), and renaming it into place would keep that."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
 def write_output(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
     """Write ``data`` to ``path`` atomically; an existing file is an error unless ``overwrite``."""
     path = Path(path)
@@ -46,6 +66,7 @@ def write_output(path: str | Path, data: bytes, overwrite: bool = False) -> Path
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
+        give_default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -60,5 +81,5 @@ def write_mesh(mesh: Mesh, path: str | Path, overwrite: bool = False) -> Path:
 
 
 __all__ = ["MESH_FORMATS", "TEXTURED_FORMATS", "OutputExistsError", "TexturedMesh", "coefficients_to_mat", "export_mesh",
-           "export_textured", "read_coefficients_mat", "to_reference_pixels", "write_mesh", "write_output",
+           "export_textured", "give_default_mode", "read_coefficients_mat", "to_reference_pixels", "write_mesh", "write_output",
            "write_textured"]
