@@ -12,7 +12,9 @@ Per clip:
    landmarker loses the face (score below ``min_score``) or no face was tracked yet.
 2. **Identity**: a joint fit (``fit.image_set.fit_identity``) over up to ``identity_frames`` tracked
    frames sampled evenly: the clip's one identity.
-3. **Per frame**: pose and expression with that identity fixed (``fit_landmarks_set``, one batch).
+3. **Per frame**: pose and expression with that identity fixed (``fit_landmarks_set``, one batch);
+   frames turned beyond 25 deg get one more solve with the yaw belief photos get
+   (``fit.landmark_fit.yaw_prior``: 2D landmarks see a turned head as turned less than it is).
 4. **Smoothing**: a one-euro filter (Casiez et al. 2012) on angles, translation and expression:
    strong low-pass on a still head (no jitter), little lag when it moves fast.  Causal, so it could
    run live; parameters in frames per second, per coefficient unit (radians, decimetres, N(0, 1)).
@@ -37,6 +39,7 @@ from .camera import Camera
 from .detect.landmarks import box_from_ibug68, five_points, roll_from_eyes
 from .fit.annotation import annotation_vertices, output_keypoints
 from .fit.image_set import SetFitConfig, fit_identity, fit_landmarks_set, visible_points
+from .fit.landmark_fit import yaw_prior
 from .fit.losses import LANDMARK_WEIGHTS
 from .image_set import SetObserver, dense_points, neutral_mesh
 from .morphable.model import MorphableModel
@@ -166,8 +169,10 @@ def reconstruct_tracked(frames: tuple[TrackedFrame, ...], model: MorphableModel,
     if dense is not None:
         targets, ids = dense.with_keypoints(crop, model.keypoints)
         weights = dense.with_weights(weights, start.angle[:, 1], SetFitConfig())
+    # turned frames: the landmarks' yaw compression corrected as for photos, the belief taken from the
+    # frames' own uncorrected fits (the identity already fitted under it would count it twice)
     raw = fit_landmarks_set(model, targets, camera, weights, torch.arange(count), iterations=20, initial=start,
-                            vertex_ids=ids, update_identity=False)
+                            vertex_ids=ids, update_identity=False, angle_prior=yaw_prior(free.angle[:, 1]))
     times = np.array([frames[i].time for i in fitted])
     # one cutoff per frame for every coefficient, driven by how fast the landmarks move (in eye
     # distances per second): filtering angle, translation and expression with different cutoffs

@@ -37,7 +37,7 @@ from ..morphable.shading import irradiance
 from ..threads import torch_threads
 from ..types import Coefficients
 from .appearance import albedo_normal_equations, estimate_albedo, estimate_lighting, sample_photo, solve_with_prior
-from .landmark_fit import LAMBDA_EXP, LAMBDA_ID, fit_landmarks
+from .landmark_fit import LAMBDA_EXP, LAMBDA_ID, YAW_GAIN, YAW_KNEE, YAW_PRIOR_WEIGHT, fit_landmarks, yaw_prior
 from .losses import LANDMARK_WEIGHTS
 from .vertex_evidence import albedo_operators, albedo_weights, skin_weights, vertex_weights
 
@@ -60,16 +60,11 @@ class LandmarkStage:
     lambda_exp: float = LAMBDA_EXP
     dense_weight: float = 1.0      # weight of the dense points (their weights sum to 68) against the 68
     contour_max_yaw: float = 30.0  # dense outline points count only while the fitted |yaw| is below this
-    # The landmarks see a turned face as turned less than it is (MediaPipe's mesh, and the
-    # detector's 5 points where the mesh lost the face): on the AFLW2000-3D dev photos the
-    # annotated |yaw| exceeds the fitted one by 5-8 deg where the fit says 30-60 deg and by 11
-    # where it says 60-70 (none beyond).  So after the rounds a fitted |yaw| above ``yaw_knee``
-    # is believed to be |yaw| + ``yaw_gain``·(|yaw| − ``yaw_knee``), held by a prior of
-    # ``yaw_prior_weight`` (per rad², against Σ w·d² in crop pixels) in ``yaw_rounds`` more
-    # rounds for those faces only.  0 switches it off.
-    yaw_gain: float = 0.45         # chosen from 0.3 / 0.45 / 0.6: best or level on both halves of the dev photos
-    yaw_knee: float = 25.0
-    yaw_prior_weight: float = 1e6
+    # the landmarks' yaw compression corrected for faces turned beyond ``yaw_knee`` (``landmark_fit.yaw_prior``,
+    # where the defaults are measured) in ``yaw_rounds`` more rounds for those faces only; 0 switches it off
+    yaw_gain: float = YAW_GAIN
+    yaw_knee: float = YAW_KNEE
+    yaw_prior_weight: float = YAW_PRIOR_WEIGHT
     yaw_rounds: int = 1            # 2 gave the same NME (30-60: 4.47, 60-90: 11.84)
 
 
@@ -230,7 +225,7 @@ def _landmark_stage(model, targets, stage, camera, initial, flags):
             sub, sub_flags = _select(targets, turned), [flags[i] for i in turned.tolist()]
             sub_ids = ids68 if ids68.ndim == 1 else ids68[turned]  # per face once marching
             sub_fit, sub_w68 = fitted[turned], weights68[turned]
-            sub_prior = _yaw_prior(sub_fit, stage)
+            sub_prior = yaw_prior(sub_fit.angle[:, 1], stage.yaw_gain, stage.yaw_knee, stage.yaw_prior_weight)
             for _ in range(stage.yaw_rounds):
                 sub_fit, sub_w68 = _landmark_round(model, sub, sub_w68, sub_ids, stage, camera, sub_fit, sub_flags,
                                                    sub_prior)
@@ -262,19 +257,6 @@ def _landmark_round(model, targets, weights68, ids68, stage, camera, coeffs, fla
     weights68[:, jaw] = torch.where(visible[:, jaw], weights68[:, jaw],
                                     torch.full_like(weights68[:, jaw], stage.hidden_contour_weight))
     return fitted, weights68
-
-
-def _yaw_prior(coeffs, stage):
-    """``fit_landmarks``' angle prior for faces turned beyond ``yaw_knee``: the landmarks' yaw
-    compression corrected (``LandmarkStage.yaw_gain``), pitch and roll left free."""
-    yaw = coeffs.angle[:, 1].detach().double()
-    degrees = torch.rad2deg(yaw.abs())
-    believed = torch.deg2rad(degrees + stage.yaw_gain * (degrees - stage.yaw_knee).clamp_min(0)).clamp(max=torch.pi / 2)
-    target = torch.zeros(len(yaw), 3, dtype=torch.float64)
-    target[:, 1] = believed * yaw.sign()
-    weights = torch.zeros(len(yaw), 3, dtype=torch.float64)
-    weights[:, 1] = stage.yaw_prior_weight
-    return target, weights
 
 
 def _marched_keypoints(model, coeffs, camera):
