@@ -114,8 +114,9 @@ def aflw(reference: MTCNN, detector: MTCNN, limit: int | None, details: list | N
             mirrored = faces_flipped[0].landmarks5.double().numpy()[MIRROR]
             flips.append(top.landmarks5.double().numpy()[:, 0] + mirrored[:, 0] - image.shape[-1])
     errors, yaws, flips = np.array(errors), np.array(yaws), np.array(flips)
-    bins = {f"{lo}-{hi}": round(100 * float(errors[(yaws >= lo) & (yaws < hi)].mean()), 3)
-            for lo, hi in ((0, 30), (30, 60), (60, 91)) if ((yaws >= lo) & (yaws < hi)).any()}
+    # ../shared/faces/nme.py's bins: [0, 30], (30, 60], beyond 60 (the few annotated beyond 90 included)
+    in_bin = {"0-30": yaws <= 30, "30-60": (yaws > 30) & (yaws <= 60), "60-90": yaws > 60}
+    bins = {name: round(100 * float(errors[sel].mean()), 3) for name, sel in in_bin.items() if sel.any()}
     empty = [s for s in strips if not reference([s])[0]]
     return {
         "photos": len(items), "found_first_pass": first, "found": found,
