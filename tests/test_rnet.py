@@ -6,6 +6,8 @@ crops, in float32 and float64.
 """
 from __future__ import annotations
 
+import copy
+
 import importlib.util
 import json
 from dataclasses import replace
@@ -17,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from deep3dface.nets import CheckpointError, ResNet50, RNet, load_rnet
-from deep3dface.nets.packed import PackedConv2d, bfloat16_is_fast, packing_available
+from deep3dface.nets.packed import PackedConv2d, bfloat16_is_fast, pack_resnet, packing_available
 from deep3dface.nets.rnet import FORMATS, prepare_for_inference
 from deep3dface.types import DEEP3D_LAYOUT, Coefficients
 
@@ -156,6 +158,33 @@ def test_packed_convolution_equals_conv2d(stride, padding):
             for layout in (torch.contiguous_format, torch.channels_last):
                 torch.testing.assert_close(packed(x.contiguous(memory_format=layout)), expected,
                                            rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not packing_available(), reason="torch without oneDNN")
+@pytest.mark.parametrize("variant", ["recon", "seed"])
+def test_packed_resnet_with_fused_relus_and_adds_equals_the_folded_network(variant):
+    """pack_resnet (ReLUs and residual adds computed by the convolutions) is the same function as
+    the BatchNorm-folded ResNet it replaces, in float32 to rounding; it refuses an unfolded one."""
+    from deep3dface.nets.resnet import ResNet50, fold_batchnorm
+
+    torch.manual_seed(0)
+    net = ResNet50(variant).eval()
+    for module in net.modules():  # BatchNorms that do something, so a wrong fold or order shows
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0, 0.2)
+    x = torch.rand(2, 3, 224, 224)
+    with torch.inference_mode():
+        folded = fold_batchnorm(net)
+        expected = folded(x)
+        packed = pack_resnet(fold_batchnorm(net), torch.float32)
+        assert not any(isinstance(m, torch.nn.ReLU) for m in packed.modules())
+        torch.testing.assert_close(packed(x.contiguous(memory_format=torch.channels_last)), expected,
+                                   rtol=1e-4, atol=1e-4 * float(expected.abs().max()))
+    with pytest.raises(ValueError, match="folded"):
+        pack_resnet(copy.deepcopy(net), torch.float32)
 
 
 @pytest.mark.parametrize("name", FORMAT_NAMES)
