@@ -23,6 +23,17 @@ def _encode(path, images, rate):
         container.mux(stream.encode())
 
 
+def _encode_still(path, frame, count):
+    """A 25 fps clip of one frame repeated ``count`` times, at the frame's own size (even sides)."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=25)
+        stream.width, stream.height, stream.pix_fmt, stream.bit_rate = *frame.size, "yuv420p", 8_000_000
+        for _ in range(count):
+            container.mux(stream.encode(av.VideoFrame.from_image(frame)))
+        container.mux(stream.encode())
+    return path
+
+
 @pytest.fixture(scope="module")
 def frames(faces):
     paths = sorted((faces / "video_3ddfa_obama").glob("frame_*.jpg"))
@@ -71,13 +82,7 @@ def test_still_head_does_not_jitter(tmp_path, faces):
     from deep3dface.video import reconstruct_video
 
     frame = Image.open(faces / "video_3ddfa_obama" / "frame_000.jpg").convert("RGB")
-    clip = tmp_path / "still.mp4"
-    with av.open(str(clip), "w") as container:
-        stream = container.add_stream("mpeg4", rate=25)
-        stream.width, stream.height, stream.pix_fmt, stream.bit_rate = *frame.size, "yuv420p", 8_000_000
-        for _ in range(12):
-            container.mux(stream.encode(av.VideoFrame.from_image(frame)))
-        container.mux(stream.encode())
+    clip = _encode_still(tmp_path / "still.mp4", frame, 12)
     result = reconstruct_video(clip, SetObserver.create(descriptors=False), load_model("default"))
     assert len(result.fitted) == 12
     # every tracked frame keeps MediaPipe's 468 points: the identity and per-frame fits use them too
@@ -131,13 +136,7 @@ def test_turned_head_gets_the_yaw_a_photo_gets(tmp_path, faces):
     from deep3dface.video import reconstruct_video
 
     frame = Image.open(faces / "aflw2000_3d" / "images" / "image00004.jpg").convert("RGB").crop((0, 0, 448, 448))
-    clip = tmp_path / "turned.mp4"
-    with av.open(str(clip), "w") as container:
-        stream = container.add_stream("mpeg4", rate=25)
-        stream.width, stream.height, stream.pix_fmt, stream.bit_rate = *frame.size, "yuv420p", 8_000_000
-        for _ in range(4):
-            container.mux(stream.encode(av.VideoFrame.from_image(frame)))
-        container.mux(stream.encode())
+    clip = _encode_still(tmp_path / "turned.mp4", frame, 4)
     result = reconstruct_video(clip, SetObserver.create(descriptors=False), load_model("default"))
     video_yaw = np.degrees(result.raw.angle[:, 1].double().numpy())
     decoded = next(iter(av.open(str(clip)).decode(video=0))).to_image()
