@@ -12,9 +12,9 @@ Per clip:
    landmarker loses the face (score below ``min_score``) or no face was tracked yet.
 2. **Identity**: a joint fit (``fit.image_set.fit_identity``) over up to ``identity_frames`` tracked
    frames sampled evenly: the clip's one identity.
-3. **Per frame**: pose and expression with that identity fixed (``fit_landmarks_set``, one batch);
-   frames turned beyond 25 deg get one more solve with the yaw belief photos get
-   (``fit.landmark_fit.yaw_prior``: 2D landmarks see a turned head as turned less than it is).
+3. **Per frame**: pose and expression with that identity fixed (``fit_landmarks_set``, one batch),
+   frames turned beyond 25 deg under the yaw belief photos get (``fit.landmark_fit.yaw_prior``:
+   2D landmarks see a turned head as turned less than it is), taken from each frame's own fit.
 4. **Smoothing**: a one-euro filter (Casiez et al. 2012) on angles, translation and expression:
    strong low-pass on a still head (no jitter), little lag when it moves fast.  Causal, so it could
    run live; parameters in frames per second, per coefficient unit (radians, decimetres, N(0, 1)).

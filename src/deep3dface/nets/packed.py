@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .resnet import Bottleneck
+
 PRECISIONS = ("auto", "float32", "bfloat16")
 
 
@@ -110,8 +112,6 @@ class PackedBottleneck(nn.Module):
 def pack_resnet(resnet: nn.Module, dtype: torch.dtype) -> nn.Module:
     """A BatchNorm-folded ``resnet.ResNet50``, in place: the stem's convolution with its ReLU fused
     (the separate ReLU becomes an identity) and every bottleneck a ``PackedBottleneck``."""
-    from .resnet import Bottleneck
-
     if not isinstance(resnet.bn1, nn.Identity):
         raise ValueError("pack_resnet needs a ResNet with its BatchNorms folded (resnet.fold_batchnorm)")
     resnet.conv1 = PackedConv2d(resnet.conv1, dtype, relu=True)
