@@ -18,8 +18,9 @@ the same face.  On the AFLW2000-3D dev photos this finds 3 of the 17 lost faces 
 face lying on its side: landmarks 42.6 -> 3.9 % NME; image00074: 20.4 -> 10.2; image00476:
 8.3 -> 8.4, then fitted to its 68 points instead of MTCNN's 5); the 14 others stay lost, and
 the pipeline fits them to both detectors' points (``SecondLook.proposals``,
-``fit.fitter.detector_targets``).  A face only BlazeFace finds has its landmarks computed twice
-(here, to confirm it, and again by the pipeline): rare enough not to matter.
+``fit.fitter.detector_targets``).  A face only BlazeFace finds has its landmarks computed twice:
+here, to confirm it from BlazeFace's box and eyes, and again by the pipeline from the box and eye
+line those first 68 points give (a second, better-placed pass, not a repeat).
 """
 from __future__ import annotations
 
