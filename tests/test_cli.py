@@ -96,6 +96,28 @@ def test_outputs_chooses_the_files(batch, tmp_path):
     assert [p.name for p in only_json.iterdir()] == ["face.json"]
 
 
+def test_outputs_without_colour_skip_the_appearance_fit_and_change_nothing_else(batch, tmp_path, monkeypatch):
+    """JSON alone, or depth and normal maps: no output shows the fitted albedo or light, so the fit
+    skips that stage; every JSON number and the maps are what the full run wrote."""
+    import deep3dface.fit.fitter as fitter
+
+    inputs, full, _, _ = batch
+    calls = []
+    original = fitter._appearance_stage
+    monkeypatch.setattr(fitter, "_appearance_stage", lambda *a, **k: calls.append(1) or original(*a, **k))
+    out = tmp_path / "maps"
+    assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(out), "-q", "--outputs", "maps"]) == 0
+    assert calls == []
+    face = json.loads((out / "face.json").read_text())["faces"][0]
+    full_face = json.loads((full / "face.json").read_text())["faces"][0]
+    assert {k: v for k, v in face.items() if k not in ("files", "texture_size")} == \
+        {k: v for k, v in full_face.items() if k not in ("files", "texture_size")}
+    for name in ("face_face0_depth.png", "face_face0_normals.png"):
+        assert (out / name).read_bytes() == (full / name).read_bytes()
+    assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(tmp_path / "mesh"), "-q", "--outputs", "mesh"]) == 0
+    assert calls  # vertex colours need it
+
+
 def test_unknown_outputs_kind_is_a_clear_error(batch, tmp_path, capsys):
     inputs, _, _, _ = batch
     assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(tmp_path / "o"), "--outputs", "mesh,stl"]) == 2

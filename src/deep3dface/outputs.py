@@ -85,6 +85,10 @@ SCHEMA_VERSION = 2
 #: what ``photo_outputs`` can write besides the JSON (``deep3dface reconstruct --outputs``): the two
 #: OBJ meshes, the .mat, the depth and normal maps, the textured meshes and their maps, the overlays
 OUTPUT_KINDS = ("mesh", "mat", "maps", "texture", "overlay")
+#: the kinds that use the fitted albedo and light (vertex colours, Deep3D's tex/gamma, the texture
+#: maps, the shaded render): without them the fit's appearance stage can be skipped (the geometry
+#: and every JSON number do not depend on it unless the photometric stage runs)
+APPEARANCE_KINDS = frozenset({"mesh", "mat", "texture", "overlay"})
 DEPTH_SCALE = 1e-3               # model units per step of the 16-bit depth PNG (0.1 mm for decimetres)
 TEXTURE_SIZE = 1024              # default side of the baked texture maps
 GL_FROM_CV = np.diag([1.0, -1.0, -1.0, 1.0])   # OpenCV camera frame <-> OpenGL camera frame (its own inverse)
