@@ -25,7 +25,6 @@ turned 68-83 deg).
 from __future__ import annotations
 
 import math
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +33,7 @@ import torch
 
 from deep3dface.assets import asset_file
 from deep3dface.detect.crop import SquareRoi, apply, crop, crop_to_photo
+from deep3dface.detect.litert import LiteRTNetwork
 from deep3dface.detect.nms import pairwise_overlap
 
 #: Keypoint order of a BlazeFace answer ("right"/"left" are the subject's).
@@ -115,29 +115,20 @@ def weighted_merge(boxes: torch.Tensor, keypoints: torch.Tensor, scores: torch.T
 
 
 class _Network:
-    """One TFLite interpreter; invocations are serialised (an interpreter is not thread safe)."""
+    """A BlazeFace network: the letterboxed (size, size, 3) photo in, the raw SSD outputs out."""
 
     def __init__(self, path: Path, size: int) -> None:
-        from ai_edge_litert.interpreter import Interpreter  # optional at import time of the package
-
-        self._interpreter = Interpreter(model_path=str(path), num_threads=1)
-        self._interpreter.allocate_tensors()
-        (entry,) = self._interpreter.get_input_details()
-        if tuple(entry["shape"]) != (1, size, size, 3):
-            raise ValueError(f"{path} is not a {size}x{size} BlazeFace network (input {tuple(entry['shape'])})")
-        self._input = entry["index"]
-        outputs = {int(d["shape"][-1]): d["index"] for d in self._interpreter.get_output_details()}
+        self._net = LiteRTNetwork(path, num_threads=1)
+        if self._net.input_shape != (1, size, size, 3):
+            raise ValueError(f"{path} is not a {size}x{size} BlazeFace network (input {self._net.input_shape})")
+        outputs = {int(d["shape"][-1]): d["index"] for d in self._net.output_details}
         if set(outputs) != {16, 1}:
             raise ValueError(f"{path} is not a BlazeFace network (outputs {sorted(outputs)})")
-        self._regressors, self._logits = outputs[16], outputs[1]
-        self._lock = threading.Lock()
+        self._outputs = (outputs[16], outputs[1])
 
     def __call__(self, square_hwc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        with self._lock:
-            self._interpreter.set_tensor(self._input, np.ascontiguousarray(square_hwc[None], dtype=np.float32))
-            self._interpreter.invoke()
-            return (self._interpreter.get_tensor(self._regressors)[0].copy(),
-                    self._interpreter.get_tensor(self._logits)[0, :, 0].copy())
+        regressors, logits = self._net(square_hwc, self._outputs)
+        return regressors[0], np.ascontiguousarray(logits[0, :, 0])
 
 
 class BlazeFace:

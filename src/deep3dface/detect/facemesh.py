@@ -34,7 +34,6 @@ scripts/build_landmark_mapping.py on the AFLW2000-3D dev photos):
 from __future__ import annotations
 
 import math
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +44,7 @@ import torch
 from deep3dface.assets import ASSET_PACKAGES, AssetMissingError, DOWNLOAD_COMMAND, asset_file
 from deep3dface.detect.crop import SquareRoi, apply, crop, crop_to_photo, roi_from_box, roi_from_points
 from deep3dface.detect.landmarks import LandmarkResult, check_inputs, mesh_mirror, mesh_to_ibug68
+from deep3dface.detect.litert import LiteRTNetwork
 
 INPUT_SIZE = 192
 NUM_POINTS = 468
@@ -96,28 +96,19 @@ def roll_angle(points: torch.Tensor) -> float:
 
 
 class _Network:
-    """One TFLite interpreter; invocations are serialised (an interpreter is not thread safe)."""
+    """MediaPipe's face-mesh network: a (192, 192, 3) crop in, the mesh and the face score out."""
 
     def __init__(self, path: Path, num_threads: int) -> None:
-        from ai_edge_litert.interpreter import Interpreter  # optional at import time of the package
-
-        self._interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-        self._interpreter.allocate_tensors()
-        self._input = self._interpreter.get_input_details()[0]["index"]
-        outputs = {int(np.prod(d["shape"])): d["index"] for d in self._interpreter.get_output_details()}
+        self._net = LiteRTNetwork(path, num_threads)
+        outputs = {int(np.prod(d["shape"])): d["index"] for d in self._net.output_details}
         if set(outputs) != {3 * NUM_POINTS, 1}:
             raise ValueError(f"{path} is not MediaPipe's 468-point face mesh (outputs {sorted(outputs)})")
-        self._mesh, self._flag = outputs[3 * NUM_POINTS], outputs[1]
-        self._lock = threading.Lock()
+        self._outputs = (outputs[3 * NUM_POINTS], outputs[1])
 
     def __call__(self, crop_hwc: np.ndarray) -> tuple[np.ndarray, float]:
         """(192, 192, 3) float32 in [0, 1] -> ((468, 3) crop-pixel x, y, z; face score in [0, 1])."""
-        with self._lock:
-            self._interpreter.set_tensor(self._input, np.ascontiguousarray(crop_hwc[None], dtype=np.float32))
-            self._interpreter.invoke()
-            mesh = self._interpreter.get_tensor(self._mesh).reshape(NUM_POINTS, 3).copy()
-            logit = float(self._interpreter.get_tensor(self._flag).reshape(()))
-        return mesh, 1.0 / (1.0 + math.exp(-logit))
+        mesh, logit = self._net(crop_hwc, self._outputs)
+        return mesh.reshape(NUM_POINTS, 3), 1.0 / (1.0 + math.exp(-float(logit.reshape(()))))
 
 
 @dataclass(frozen=True, eq=False)
