@@ -195,17 +195,23 @@ def fit_identity(model: MorphableModel, pixels: torch.Tensor, camera: Camera, sc
     weights = photo_confidence(scores, single.angle[:, 1], single_rms, config)
     mean_id = _group_mean(single.id.double(), weights, groups)
     coeffs = single.replace(id=mean_id[groups].to(single.id))
-    prior, rounds = None, config.rounds
-    while rounds > 0:
+
+    def joint_round(coeffs, visible, weights, prior=None):
+        """One joint fit, then the hidden jaw points, residuals, photo weights and point weights anew."""
+        nonlocal robust
         coeffs = fit(base * visible, groups, coeffs, weights, prior)
         visible = visible_points(model, coeffs, config.visible_cosine)
         rms = landmark_rms(model, coeffs, pixels, camera, base * visible)
         weights = photo_confidence(scores, coeffs.angle[:, 1], rms, config)
         robust = point_robustness(coeffs, weights)
-        rounds -= 1
-        if rounds == 0 and prior is None and config.yaw_gain > 0:
-            prior = yaw_prior(coeffs.angle[:, 1], config.yaw_gain, config.yaw_knee, config.yaw_prior_weight)
-            rounds = int(bool(prior[1].any()))  # one more round, only where a photo is turned
+        return coeffs, visible, rms, weights
+
+    for _ in range(config.rounds):
+        coeffs, visible, rms, weights = joint_round(coeffs, visible, weights)
+    if config.yaw_gain > 0:
+        prior = yaw_prior(coeffs.angle[:, 1], config.yaw_gain, config.yaw_knee, config.yaw_prior_weight)
+        if bool(prior[1].any()):  # one more round, only where a photo is turned
+            coeffs, visible, rms, weights = joint_round(coeffs, visible, weights, prior)
     return SetFit(coeffs, weights, rms, single_rms, single)
 
 
