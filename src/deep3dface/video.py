@@ -36,7 +36,7 @@ import torch
 
 from .align import alignment_for
 from .camera import Camera
-from .detect.landmarks import box_from_ibug68, five_points, roll_from_eyes
+from .detect.landmarks import box_from_ibug68, five_points, landmarks_of, roll_from_eyes
 from .fit.annotation import annotation_vertices, output_keypoints
 from .fit.image_set import SetFitConfig, fit_identity, fit_landmarks_set, visible_points
 from .fit.landmark_fit import yaw_prior
@@ -118,15 +118,14 @@ def track(frames, observer: SetObserver, min_score: float = 0.5) -> Iterator[Tra
         redetected = False
         marks = None
         if previous is not None:
-            roll = roll_from_eyes(previous[36:42].mean(0), previous[42:48].mean(0))
+            eyes = five_points(previous)
+            roll = roll_from_eyes(eyes[0], eyes[1])
             marks = observer.landmarker(image, box_from_ibug68(previous), roll=roll)
         if marks is None or marks.score < min_score:
             redetected = True
             detections = observer.detector.detect(image)
             marks = None
             if detections:
-                from .detect.landmarks import landmarks_of
-
                 largest = max(detections, key=lambda d: d.eye_distance)
                 marks = landmarks_of(observer.landmarker, image, largest)
         if marks is None or marks.score < min_score:
