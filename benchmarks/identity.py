@@ -19,6 +19,10 @@ Protocol (one JSON line):
 * points: the 68 iBUG points plus MediaPipe's 468 through the dense correspondence
   (``fit.image_set``); ``--no-dense``: the 68 only; ``--robust-points``: with the optional
   cross-photo point reweighting.  The held-out residual is over the 68 points either way.
+* ``--prior-sweep 50,100``: the ratios and held-out residuals again under other identity prior
+  weights (``SetFitConfig.lambda_id``; the default is ``landmark_fit.LAMBDA_ID``): a stronger prior
+  shrinks every identity towards the mean face, which lowers the ratios and raises the held-out
+  residual (a less accurate identity); the ratio alone can be bought that way.
 * video: landmark jitter (mean second difference, px/frame²) of the detected points, the raw fit and
   the smoothed fit over the 8 frames encoded as a clip (frames 7 apart: real motion dominates), and
   over a still clip (one frame repeated at 25 fps): there it is pure jitter.
@@ -64,6 +68,9 @@ def main() -> None:
     parser.add_argument("--no-dense", action="store_true", help="fit the 68 points only")
     parser.add_argument("--robust-points", action="store_true", help="cross-photo point reweighting (fit.image_set)")
     parser.add_argument("--no-video", action="store_true", help="skip the video jitter measurement")
+    parser.add_argument("--prior-sweep", type=lambda text: [float(v) for v in text.split(",")], default=None,
+                        metavar="L1,L2,...", help="also report ratios and held-out residuals under these identity "
+                                                 "prior weights (SetFitConfig.lambda_id)")
     args = parser.parse_args()
     model = load_model("default")
     camera = Camera.crop(dtype=torch.float64)
@@ -76,10 +83,27 @@ def main() -> None:
             chosen.append(max(obs.faces, key=lambda f: f.landmark_score))
     pixels = torch.stack([f.crop_landmarks for f in chosen])
     dense = None if args.no_dense else dense_points(model, chosen)
-    config = SetFitConfig(robust_points=args.robust_points)
-    fit_people = functools.partial(fit_identity, model, camera=camera, config=config)  # groups: people
     names = sorted(set(people))
     label = torch.tensor([names.index(p) for p in people])
+    config = SetFitConfig(robust_points=args.robust_points)
+    result = {"photos": len(pixels), "people": len(names), "dense_points": dense is not None,
+              "robust_points": config.robust_points}
+    result.update(consistency(model, camera, config, pixels, dense, people, names, label, meshes=True))
+    if args.prior_sweep:
+        result["prior_sweep"] = [
+            {"lambda_id": strength,
+             **{k: round(v, 4) for k, v in consistency(model, camera, replace(config, lambda_id=strength), pixels,
+                                                      dense, people, names, label).items()}}
+            for strength in args.prior_sweep]
+    if not args.no_video:
+        result.update(video_jitter(observer, model))
+    emit("identity", **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()})
+
+
+def consistency(model, camera, config: SetFitConfig, pixels, dense, people, names, label, meshes: bool = False) -> dict:
+    """Single-photo and split-half set fits under ``config``: identity ratios, held-out residuals and,
+    with ``meshes``, the neutral meshes' ratios and distances (see the module notes)."""
+    fit_people = functools.partial(fit_identity, model, camera=camera, config=config)  # groups: people
     single = fit_people(pixels, dense=dense, groups=torch.arange(len(pixels)))
     halves, half_label, seen = [], [], {}
     for person in people:
@@ -93,22 +117,18 @@ def main() -> None:
     sets = fit_people(pixels, dense=dense, groups=groups)
     set_ids = torch.stack([sets.coefficients.id[groups == g][0] for g in range(len(halves))]).double()
     set_people = torch.tensor([names.index(p) for p, _ in halves])
-    front = model.front_vertices
-    mesh = lambda ids: neutral_front(model, ids, front)  # noqa: E731
-    result = {
-        "photos": len(pixels), "people": len(names), "dense_points": dense is not None,
-        "robust_points": config.robust_points,
-        "identity_ratio_single": ratio(pairwise(single.single.id.double()), label),
-        "identity_ratio_set": ratio(pairwise(set_ids), set_people),
-        "mesh_ratio_single": ratio(mesh_distances(mesh(single.single.id.double())), label),
-        "mesh_ratio_set": ratio(mesh_distances(mesh(set_ids)), set_people),
-    }
-    result.update(mesh_means(mesh_distances(mesh(single.single.id.double())), label, "single"))
-    result.update(mesh_means(mesh_distances(mesh(set_ids)), set_people, "set"))
-    result.update(held_out(model, pixels, dense, label, single.single.id.double(), camera, fit_people))
-    if not args.no_video:
-        result.update(video_jitter(observer, model))
-    emit("identity", **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()})
+    single_ids = single.single.id.double()
+    result = {"identity_ratio_single": ratio(pairwise(single_ids), label),
+              "identity_ratio_set": ratio(pairwise(set_ids), set_people)}
+    if meshes:
+        front = model.front_vertices
+        mesh = lambda ids: neutral_front(model, ids, front)  # noqa: E731
+        result["mesh_ratio_single"] = ratio(mesh_distances(mesh(single_ids)), label)
+        result["mesh_ratio_set"] = ratio(mesh_distances(mesh(set_ids)), set_people)
+        result.update(mesh_means(mesh_distances(mesh(single_ids)), label, "single"))
+        result.update(mesh_means(mesh_distances(mesh(set_ids)), set_people, "set"))
+    result.update(held_out(model, pixels, dense, label, single_ids, camera, fit_people))
+    return result
 
 
 def neutral_front(model, ids: torch.Tensor, front: torch.Tensor) -> np.ndarray:
