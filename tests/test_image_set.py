@@ -148,7 +148,7 @@ def test_dense_points_give_an_identity_that_predicts_a_held_out_photo_better(mod
     dense = dense_points(model, chosen)
     assert dense is not None and dense.pixels.shape == (len(OBAMA), 468, 2)
     weights = dense.point_weights(torch.zeros(len(OBAMA)), SetFitConfig())
-    assert torch.allclose(weights.sum(1), torch.full((len(OBAMA),), 68.0, dtype=torch.float64))
+    assert torch.allclose(weights.sum(1), torch.full((len(OBAMA),), 68.0 * SetFitConfig().dense_weight, dtype=torch.float64))
     turned = dense.point_weights(torch.full((len(OBAMA),), 0.7), SetFitConfig())  # 40°: no outline points
     assert (turned[:, dense.contour] == 0).all() and (weights[:, dense.contour] > 0).any()
 

@@ -37,7 +37,7 @@ from ..morphable.shading import irradiance
 from ..threads import torch_threads
 from ..types import Coefficients
 from .appearance import albedo_normal_equations, estimate_albedo, estimate_lighting, sample_photo, solve_with_prior
-from .landmark_fit import LAMBDA_EXP, LAMBDA_ID, YAW_GAIN, YAW_KNEE, YAW_PRIOR_WEIGHT, fit_landmarks, yaw_prior
+from .landmark_fit import DENSE_WEIGHT, LAMBDA_EXP, LAMBDA_ID, YAW_GAIN, YAW_KNEE, YAW_PRIOR_WEIGHT, fit_landmarks, yaw_prior
 from .losses import LANDMARK_WEIGHTS
 from .vertex_evidence import albedo_operators, albedo_weights, skin_weights, vertex_weights
 
@@ -58,7 +58,7 @@ class LandmarkStage:
     march_contour: bool = False
     lambda_id: float = LAMBDA_ID
     lambda_exp: float = LAMBDA_EXP
-    dense_weight: float = 1.0      # weight of the dense points (their weights sum to 68) against the 68
+    dense_weight: float = DENSE_WEIGHT  # weight of the dense points (their weights sum to 68) against the 68
     contour_max_yaw: float = 30.0  # dense outline points count only while the fitted |yaw| is below this
     # the landmarks' yaw compression corrected for faces turned beyond ``yaw_knee`` (``landmark_fit.yaw_prior``,
     # where the defaults are measured) in ``yaw_rounds`` more rounds for those faces only; 0 switches it off

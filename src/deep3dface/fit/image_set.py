@@ -53,7 +53,7 @@ from ..morphable.geometry import rotation_derivatives, rotation_matrix
 from ..morphable.model import MorphableModel
 from ..types import Coefficients
 from ..threads import torch_threads
-from .landmark_fit import LAMBDA_EXP, LAMBDA_ID, YAW_GAIN, YAW_KNEE, YAW_PRIOR_WEIGHT, yaw_prior
+from .landmark_fit import DENSE_WEIGHT, LAMBDA_EXP, LAMBDA_ID, YAW_GAIN, YAW_KNEE, YAW_PRIOR_WEIGHT, yaw_prior
 from .losses import LANDMARK_WEIGHTS
 from .keypoint_residuals import landmark_rms, point_residuals, visible_points  # noqa: F401 (public here too)
 from .rigid import orthographic_pose
@@ -75,7 +75,7 @@ class SetFitConfig:
     residual_scale: float = 2.0     # crop px: Cauchy scale of a photo's RMS landmark residual
     min_yaw_weight: float = 0.3     # weight of a profile photo relative to a frontal one
     visible_cosine: float = 0.0     # a jaw point counts when its normal's z (towards camera) exceeds this
-    dense_weight: float = 1.0       # total weight of the dense points relative to the 68 (as the pipeline's fit)
+    dense_weight: float = DENSE_WEIGHT  # total weight of the dense points relative to the 68 (as the pipeline's fit)
     contour_max_yaw: float = 30.0   # degrees: dense outline points count only on faces turned less than this
     robust_points: bool = False     # reweight points by their departure from the person's other photos (notes)
     # each photo's yaw compression corrected as the single-photo fitter does (``landmark_fit.yaw_prior``), in
