@@ -337,6 +337,18 @@ def test_prominent_first_prefers_a_large_central_face():
     assert prominent_first([small_corner, large_off, large_centre], 400, 400) == [large_centre, large_off, small_corner]
 
 
+def test_the_more_prominent_face_of_a_portrait_is_not_a_small_central_one():
+    """obama.jpg upscaled to 1820 x 2274 (shared faces, identity_face_recognition): MTCNN also finds
+    a 20-pixel 'face' on his tie, nearer the centre than his face high in the frame."""
+    from deep3dface.detect.mtcnn import prominent_first
+
+    face = Detection(box=torch.tensor([735.0, 152.0, 1230.0, 851.0]), score=1.0, landmarks5=torch.zeros(5, 2))
+    tie = Detection(box=torch.tensor([858.0, 1084.0, 878.0, 1106.0]), score=0.77, landmarks5=torch.zeros(5, 2))
+    assert prominent_first([tie, face], 1820, 2274) == [face, tie]
+    child = Detection(box=torch.tensor([860.0, 1000.0, 1060.0, 1250.0]), score=1.0, landmarks5=torch.zeros(5, 2))
+    assert prominent_first([face, child], 1820, 2274) == [child, face]  # a real, central face still comes first
+
+
 def _aflw(faces, name: str) -> tuple[torch.Tensor, np.ndarray]:
     """An AFLW2000-3D dev photo and its annotated face's box (corner convention)."""
     item = next(i for i in json.loads((faces / "manifest.json").read_text())["images"] if i["id"] == name)
