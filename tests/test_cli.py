@@ -170,3 +170,78 @@ def test_download_installs_required_then_optional_and_survives_a_missing_wheel(m
     monkeypatch.setattr(cli.subprocess, "run", lambda command, stdout=None: subprocess.CompletedProcess(command, 2))
     assert main(["download"]) == 2
     assert "pip failed with exit code 2" in capsys.readouterr().err
+
+
+def test_same_stems_never_share_outputs(batch, tmp_path):
+    """a/photo.jpg, b/photo.jpg and photo-2.jpg each get their own outputs; a rerun finds them, and a
+    later run with another photo of a taken stem does not take (or skip as done) the first's."""
+    from deep3dface.outputs import output_stems, recorded_photo
+
+    inputs, *_ = batch
+    root = tmp_path / "in"
+    for name in ("a/photo.jpg", "b/photo.jpg", "photo-2.jpg"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(inputs / "face.jpg", root / name)
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(root), "-o", str(out), "--outputs", "none", "-q"]) == 0
+    owners = {p.name: recorded_photo(p) for p in out.glob("*.json")}
+    assert owners == {"photo.json": (root / "a/photo.jpg").resolve(), "photo-3.json": (root / "b/photo.jpg").resolve(),
+                      "photo-2.json": (root / "photo-2.jpg").resolve()}
+    # the same photos again: each finds its own outputs (all skipped, nothing rewritten)
+    paths = [(root / n).resolve() for n in ("a/photo.jpg", "b/photo.jpg", "photo-2.jpg")]
+    assert output_stems(paths, out) == ["photo", "photo-3", "photo-2"]
+    # another photo.jpg alone, in a later run: a stem of its own, not b's nor a's
+    (root / "c").mkdir()
+    shutil.copy(inputs / "face.jpg", root / "c" / "photo.jpg")
+    assert output_stems([(root / "c" / "photo.jpg").resolve()], out) == ["photo-4"]
+    assert main(["reconstruct", str(root / "c" / "photo.jpg"), "-o", str(out), "--outputs", "none", "-q"]) == 0
+    assert recorded_photo(out / "photo-4.json") == (root / "c" / "photo.jpg").resolve()
+
+
+def test_a_failed_write_leaves_nothing_behind(batch, tmp_path, monkeypatch):
+    """A full disk (here: the third file fails) leaves no face file and no temporary file, so a
+    rerun is not blocked by "exists"."""
+    import deep3dface.outputs as outputs
+
+    inputs, *_ = batch
+    real, calls = outputs.stage_output, []
+
+    def failing(path, data):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError(28, f"cannot write {path}: No space left on device")
+        return real(path, data)
+
+    monkeypatch.setattr(outputs, "stage_output", failing)
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(out), "--outputs", "mesh", "-q"]) == 1
+    assert list(out.iterdir()) == []
+    monkeypatch.setattr(outputs, "stage_output", real)
+    assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(out), "--outputs", "mesh", "-q"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["face.json", "face_face0.obj", "face_face0_posed.obj"]
+
+
+def test_outputs_inside_the_input_folder_are_not_taken_for_photos(batch, tmp_path):
+    inputs, *_ = batch
+    root = tmp_path / "photos"
+    (root / "out").mkdir(parents=True)
+    shutil.copy(inputs / "face.jpg", root / "face.jpg")
+    (root / "out" / "face_overlay.png").write_bytes((inputs / "face.jpg").read_bytes())  # an earlier run's
+    photos, _ = expand_inputs([str(root), str(root / "*" / "*.png")], exclude=root / "out")
+    assert photos == [(root / "face.jpg").resolve()]
+    photos, _ = expand_inputs([str(root / "out" / "face_overlay.png")], exclude=root / "out")  # named outright
+    assert len(photos) == 1
+
+
+def test_bad_arguments_and_file_system_errors_are_one_line(batch, tmp_path, capsys):
+    inputs, *_ = batch
+    face = str(inputs / "face.jpg")
+    for flag, value, message in (("--max-faces", "0", "must be at least 1"), ("--max-faces", "-1", "must be at least 1"),
+                                 ("--device", "bogus", "unknown device 'bogus'")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["reconstruct", face, "-o", str(tmp_path / "o"), f"{flag}={value}"])
+        assert exit_.value.code == 2 and message in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")
+    assert main(["reconstruct", face, "-o", str(tmp_path / "afile"), "-q"]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+

@@ -148,3 +148,10 @@ def test_render_errors_are_one_line(saved, conformance, tmp_path, capsys):
     assert main(["render", str(root / "face.mat"), "-o", out, "--size", "32", "-q"]) == 0
     assert main(["render", str(root / "face.mat"), "-o", out, "--size", "32"]) == 1      # no overwrite
     assert "exists" in capsys.readouterr().err
+    (tmp_path / "folder").mkdir()
+    assert main(["render", str(root / "face.mat"), "-o", str(tmp_path / "folder"), "--overwrite"]) == 2
+    assert "folder is a folder: give the output a file name" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("")
+    assert main(["render", str(root / "face.mat"), "-o", str(tmp_path / "afile" / "x.png")]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "afile" in error and "Traceback" not in error

@@ -307,6 +307,42 @@ def test_fit_set_command_is_resumable(tmp_path, faces, capsys):
     assert texture.size == (1024, 1024) and b"neutral_textured.png" in (out / "obama" / "neutral_textured.mtl").read_bytes()
 
 
+
+def test_fit_set_drops_an_unreadable_photo_and_goes_on(tmp_path, faces, capsys):
+    """A broken file is one dropped photo (with its reason), not the end of the run; a person with
+    no usable photo gets no neutral mesh (the mean face is nobody's) and counts as failed, on a
+    rerun too."""
+    from deep3dface.cli import main
+
+    bank = tmp_path / "bank"
+    (bank / "obama").mkdir(parents=True)
+    (bank / "nobody").mkdir()
+    image = _small(faces / "identity_face_recognition" / OBAMA[0])
+    Image.fromarray((image.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(bank / "obama" / "a.png")
+    (bank / "obama" / "broken.jpg").write_bytes(b"not a jpeg")
+    (bank / "nobody" / "blank.jpg").write_bytes(b"")
+    out = tmp_path / "out"
+    args = ["fit-set", str(bank), "-o", str(out), "--no-overlay", "--no-appearance", "-q"]
+    assert main(args) == 1  # nobody
+    summary = json.loads((out / "obama" / "summary.json").read_text())
+    assert [u["photo"] for u in summary["used"]] == ["a"]
+    assert summary["dropped"] == [{"photo": "broken", "reason": "cannot read the photo (not an image Pillow can identify)"}]
+    nobody = json.loads((out / "nobody" / "summary.json").read_text())
+    assert nobody["used"] == [] and nobody["files"] == {} and not (out / "nobody" / "neutral.obj").exists()
+    assert nobody["dropped"] == [{"photo": "blank", "reason": "cannot read the photo (empty file (0 bytes))"}]
+    assert main(args) == 1  # the rerun skips both and still counts nobody
+
+
+def test_fit_set_list_file_cannot_send_outputs_outside_the_output_folder(tmp_path, capsys):
+    from deep3dface.cli import main
+
+    listing = tmp_path / "list.txt"
+    for person in ("../escaped", "/tmp/escaped", "a/b"):
+        listing.write_text(f"{person}\tphoto.jpg\n")
+        assert main(["fit-set", str(listing), "-o", str(tmp_path / "out"), "-q"]) == 2
+        assert f"list.txt line 1: person {person!r} is not a plain folder name" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "escaped").exists()
+
 def test_reconstruct_set_gives_one_albedo_and_one_fused_texture(faces):
     """Two photos turned to opposite sides: one albedo for both, and a texture map that takes each
     texel from the photos that see it (where both see it well, a blend of the two)."""

@@ -48,7 +48,7 @@ def test_one_euro_is_still_on_a_still_signal_and_follows_a_step():
     assert abs(one_euro(step, times, beta=5.0)[-1, 0] - 1) < 1e-3
 
 
-def test_video_command_tracks_fits_and_writes(tmp_path, frames):
+def test_video_command_tracks_fits_and_writes(tmp_path, frames, capsys):
     from deep3dface.cli import main
 
     clip = tmp_path / "clip.mp4"
@@ -70,6 +70,14 @@ def test_video_command_tracks_fits_and_writes(tmp_path, frames):
     (out / "plain").write_bytes(b"")
     assert (out / "overlay.mp4").stat().st_mode == (out / "plain").stat().st_mode == (out / "summary.json").stat().st_mode
     assert (out / "neutral.obj").read_bytes().startswith(b"# deep3dface mesh, unit: decimetre")
+    # a rerun without --overwrite: done already, skipped before any work; an interrupted one (no
+    # summary.json) says which file is in the way before the work, not after
+    before = (out / "summary.json").stat().st_mtime_ns
+    assert main(["video", str(clip), "-o", str(out), "-q"]) == 0
+    assert (out / "summary.json").stat().st_mtime_ns == before
+    (out / "summary.json").unlink()
+    assert main(["video", str(clip), "-o", str(out), "-q"]) == 2
+    assert "neutral.obj exists (an interrupted run?): --overwrite replaces it" in capsys.readouterr().err
 
 
 def test_still_head_does_not_jitter(tmp_path, faces):

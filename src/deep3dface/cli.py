@@ -61,25 +61,34 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 1 if missing else 0
 
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 
 
-def expand_inputs(inputs: list[str]) -> tuple[list[Path], list[str]]:
-    """Files, folders (their images, recursively, sorted) and glob patterns -> (photos, problems)."""
+def expand_inputs(inputs: list[str], exclude: Path | None = None) -> tuple[list[Path], list[str]]:
+    """Files, folders (their images, recursively, sorted) and glob patterns -> (photos, problems).
+    Folders and patterns skip what lies under ``exclude`` (the output folder: a rerun into a folder
+    inside the input's must not take its own overlays for photos); a file named outright is kept."""
     import glob
+
+    from .io.images import IMAGE_SUFFIXES
+
+    excluded = None if exclude is None else exclude.resolve()
+
+    def outside(p: Path) -> bool:
+        return excluded is None or not p.resolve().is_relative_to(excluded)
 
     photos, problems = [], []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(p for p in path.rglob("*")
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and outside(p))
             if not found:
                 problems.append(f"{item}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
             photos.extend(found)
         elif path.is_file():
             photos.append(path)
         elif glob.has_magic(item):
-            matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file())
+            matches = sorted(Path(p) for p in glob.glob(item, recursive=True) if Path(p).is_file() and outside(Path(p)))
             if not matches:
                 problems.append(f"{item}: pattern matches no files")
             photos.extend(matches)
@@ -118,7 +127,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .export import OutputExistsError
     from .io.images import ImageReadError, read_image
     from .fit.fitter import FitConfig
-    from .outputs import APPEARANCE_KINDS, parse_output_kinds, photo_outputs, unique_stems, write_photo_outputs
+    from .outputs import APPEARANCE_KINDS, output_stems, parse_output_kinds, photo_outputs, write_photo_outputs
     from .pipeline import Reconstructor, ReconstructorConfig
     from .threads import torch_threads
 
@@ -127,19 +136,22 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"deep3dface: error: --outputs: {exc}", file=sys.stderr)
         return 2
-    photos, problems = expand_inputs(args.inputs)
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        print(f"deep3dface: error: -o {out_dir}: exists and is not a folder", file=sys.stderr)
+        return 2
+    photos, problems = expand_inputs(args.inputs, exclude=out_dir)
     for problem in problems:
         print(f"deep3dface: error: {problem}", file=sys.stderr)
     if not photos:
         return min(len(problems), 100) or 1
-    out_dir = Path(args.output)
     # no output that shows colour: skip the albedo and light fit (~40 % of a face's fit time)
     fit = FitConfig() if kinds & APPEARANCE_KINDS else FitConfig(appearance=None)
     recon = Reconstructor(model=args.model, checkpoint=args.checkpoint, device=args.device,
                           config=ReconstructorConfig(max_faces=args.max_faces, fit=fit))
     failures, skipped, faces_total = len(problems), 0, 0
     progress = Progress(len(photos), args.quiet)
-    for path, stem in zip(photos, unique_stems(photos)):
+    for path, stem in zip(photos, output_stems(photos, out_dir)):
         progress.step(path.name)
         if not args.overwrite and (out_dir / f"{stem}.json").exists():
             skipped += 1
@@ -151,7 +163,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             with torch_threads(1):  # many small tensor ops: see deep3dface.threads
                 _, blobs = photo_outputs(str(path), stem, photo, faces, recon.model_name, kinds=kinds)
             write_photo_outputs(out_dir, blobs, overwrite=args.overwrite)
-        except (ImageReadError, OutputExistsError, ValueError, OSError) as exc:
+        except ImageReadError as exc:
+            failures += 1
+            progress.message(f"deep3dface: error: {path}: {exc.reason}")
+            continue
+        except (OutputExistsError, ValueError, OSError) as exc:
             failures += 1
             progress.message(f"deep3dface: error: {path}: {exc}")
             continue
@@ -210,6 +226,37 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def device_name(text: str) -> str:
+    """argparse type: a torch device this machine has ('cpu', 'cuda', 'cuda:1', 'mps', ...)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r} (cpu, cuda, cuda:1, mps, ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: CUDA is not available to this torch ({torch.__version__})")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise argparse.ArgumentTypeError(f"{text}: MPS is not available to this torch")
+    elif device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"{text}: not supported (cpu, cuda or mps)")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deep3dface", description="Accurate 3D faces from photos.")
     parser.add_argument("--version", action="version", version=f"deep3dface {__version__}")
@@ -227,8 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--model", default="default", help="'default' or a BFM_model_front.mat (or its folder)")
     p.add_argument("--checkpoint", default=None, help="R-Net checkpoint (either published format)")
-    p.add_argument("--max-faces", type=int, default=None, help="at most this many faces per photo, most prominent (largest, most central) first")
-    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--max-faces", type=positive_int, default=None, help="at most this many faces per photo, most prominent (largest, most central) first")
+    p.add_argument("--device", type=device_name, default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--outputs", default="all", metavar="KINDS",
                    help="files to write besides the JSON: 'all' (default), 'none', or a comma list of mesh (canonical and "
@@ -240,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="reconstruct a public-domain photo into ./deep3dface-demo/",
                        description=cmd_demo.__doc__)
     p.add_argument("-o", "--output", default="deep3dface-demo", help="output folder (default ./deep3dface-demo)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device_name, default="cpu")
     p.add_argument("-q", "--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
@@ -264,11 +311,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .export import OutputExistsError
+
     try:
         return args.func(args)
     except (AssetMissingError, FileNotFoundError, ValueError) as exc:
         print(f"deep3dface: error: {exc}", file=sys.stderr)
         return 2
+    except (OutputExistsError, OSError) as exc:  # an output that exists, a full disk, a read-only folder...
+        print(f"deep3dface: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from .detect.types import Detection
 from .fit.annotation import annotation_vertices, output_keypoints
 from .fit.image_set import DensePoints, SetFit, SetFitConfig, fit_identity
 from .detect.landmarks import landmarks_of
-from .io.images import read_image, to_uint8
+from .io.images import ImageReadError, read_image, to_uint8
 from .morphable.model import MorphableModel
 from .set_selection import outlier_reasons, select_faces  # noqa: F401 (public here too)
 from .types import Coefficients, Mesh
@@ -257,12 +257,18 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
     describer = FaceDescriber() if FaceDescriber.available() else None
     observer = SetObserver(reconstructor.detector, reconstructor.landmarker, describer)
     names = names or [Path(p).stem if not isinstance(p, torch.Tensor) else f"photo{i}" for i, p in enumerate(photos)]
-    observations, crops = [], {}
+    observations, crops, unreadable = [], {}, []
     for name, source in zip(names, photos, strict=True):
-        image = source if isinstance(source, torch.Tensor) else read_image(source)  # one photo in memory at a time
+        try:
+            image = source if isinstance(source, torch.Tensor) else read_image(source)  # one photo in memory at a time
+        except ImageReadError as exc:  # dropped with its reason: the person's other photos still count
+            unreadable.append(DroppedPhoto(name, f"cannot read the photo ({exc.reason})"))
+            continue
         observations.append(observer.observe(image, name))
         crops[name] = [align(image, face.detection.landmarks5)[0] for face in observations[-1].faces]
     result = reconstruct_identity(reconstructor.model, observations, config)
+    if unreadable:
+        result = replace(result, dropped=tuple(unreadable) + result.dropped)
     if not result.photos:
         return result
     chosen = [crops[p.name][next(i for i, f in enumerate(o.faces) if f is p.face)]

@@ -63,7 +63,9 @@ looks down −z); X_gl = diag(1, −1, −1)·X_cv.
 from __future__ import annotations
 
 import io
+import itertools
 import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -72,7 +74,7 @@ import torch
 from PIL import Image
 
 from .camera import Camera
-from .export import OutputExistsError, TexturedMesh, export_mesh, export_textured, write_output
+from .export import OutputExistsError, TexturedMesh, export_mesh, export_textured, stage_output
 from .export.coefficients import coefficients_to_mat, to_reference_pixels
 from .fit.annotation import output_keypoints
 from .io.images import to_uint8
@@ -241,7 +243,10 @@ def textured_outputs(face: FaceReconstruction, photo: torch.Tensor, base: str,
 
 
 def write_photo_outputs(out_dir: Path, blobs: dict[str, bytes], overwrite: bool = False) -> list[Path]:
-    """Write all files of one photo, the JSON last (its presence marks the photo as done)."""
+    """Write all files of one photo, all or none: every file goes to a temporary file first and
+    is renamed into place only when all were written (a full disk or any other failure leaves
+    nothing new behind, and nothing that blocks a rerun); the JSON is renamed last (its presence
+    marks the photo as done)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     targets = [out_dir / name for name in blobs]
     if not overwrite:
@@ -249,19 +254,50 @@ def write_photo_outputs(out_dir: Path, blobs: dict[str, bytes], overwrite: bool 
         if existing:
             raise OutputExistsError(f"{existing[0]} exists (use --overwrite to replace it)")
     ordered = sorted(blobs, key=lambda name: name.endswith(".json"))
-    return [write_output(out_dir / name, blobs[name], overwrite=overwrite) for name in ordered]
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name in ordered:
+            staged.append((stage_output(out_dir / name, blobs[name]), out_dir / name))
+        for temporary, target in staged:
+            os.replace(temporary, target)
+    except BaseException:
+        for temporary, _ in staged:
+            temporary.unlink(missing_ok=True)
+        raise
+    return [target for _, target in staged]
 
 
-def unique_stems(paths: list[Path]) -> list[str]:
-    """Output stems for input photos: the file stem, made unique by a counter where two collide."""
-    seen: dict[str, int] = {}
+def output_stems(paths: list[Path], out_dir: Path) -> list[str]:
+    """Output stems for input photos: the file stem, or ``<stem>-2``, ``-3``... where it is taken,
+    by another photo of this batch (its own stem or one given out before) or by an earlier run's
+    outputs of another photo (``out_dir/<stem>.json`` records its photo).  A photo keeps the stem
+    under which its own outputs already lie, so a rerun finds them; no photo's outputs can land on
+    another's."""
+    natural = {path.stem for path in paths}
+    given: set[str] = set()
     out = []
     for path in paths:
-        stem = path.stem
-        n = seen.get(stem, 0)
-        seen[stem] = n + 1
-        out.append(stem if n == 0 else f"{stem}-{n + 1}")
+        for k in itertools.count(1):
+            stem = path.stem if k == 1 else f"{path.stem}-{k}"
+            if stem in given or (k > 1 and stem in natural):
+                continue
+            owner = recorded_photo(out_dir / f"{stem}.json")
+            if owner is None or owner == Path(path).resolve():
+                break
+        given.add(stem)
+        out.append(stem)
     return out
+
+
+def recorded_photo(json_path: Path) -> Path | None:
+    """The photo a ``<stem>.json`` of ours was made from (resolved), None where there is no such
+    file; a file that is not ours names no photo (``Path()``), so its stem is never reused."""
+    if not json_path.exists():
+        return None
+    try:
+        return Path(json.loads(json_path.read_text())["image"]).resolve()
+    except (OSError, ValueError, KeyError, TypeError):
+        return Path()
 
 
 # -- camera-frame quantities (conventions at the top) --------------------------------------------
@@ -337,4 +373,4 @@ def _png(array: np.ndarray) -> bytes:
 
 __all__ = ["DEPTH_SCALE", "OUTPUT_KINDS", "SCHEMA_VERSION", "TEXTURE_SIZE", "camera_maps", "depth_png", "face_mat", "face_record",
            "landmarks_3d", "normal_png", "overlay_png", "parse_output_kinds", "photo_outputs", "pose_opencv", "read_depth_png",
-           "read_normal_png", "render_colours", "textured_outputs", "unique_stems", "write_photo_outputs"]
+           "read_normal_png", "render_colours", "textured_outputs", "output_stems", "write_photo_outputs"]

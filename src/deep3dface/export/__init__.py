@@ -59,19 +59,38 @@ def give_default_mode(path: str | Path) -> None:
 def write_output(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
     """Write ``data`` to ``path`` atomically; an existing file is an error unless ``overwrite``."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder: give the output a file name")
     if path.exists() and not overwrite:
         raise OutputExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    temporary = stage_output(path, data)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def stage_output(path: str | Path, data: bytes) -> Path:
+    """``data`` in a hidden temporary file beside ``path`` (same folder, so that ``os.replace``
+    moves it into place atomically), with the mode a plain ``open`` would give; removed again if
+    writing fails (e.g. a full disk: the error then names ``path``)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    temporary = Path(name)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
-        give_default_mode(tmp)
-        os.replace(tmp, path)
+        give_default_mode(temporary)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror or exc}") from exc
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
-    return path
+    return temporary
 
 
 def write_mesh(mesh: Mesh, path: str | Path, overwrite: bool = False) -> Path:
@@ -81,5 +100,5 @@ def write_mesh(mesh: Mesh, path: str | Path, overwrite: bool = False) -> Path:
 
 
 __all__ = ["MESH_FORMATS", "TEXTURED_FORMATS", "OutputExistsError", "TexturedMesh", "coefficients_to_mat", "export_mesh",
-           "export_textured", "give_default_mode", "read_coefficients_mat", "to_reference_pixels", "write_mesh", "write_output",
+           "export_textured", "give_default_mode", "read_coefficients_mat", "stage_output", "to_reference_pixels", "write_mesh", "write_output",
            "write_textured"]
