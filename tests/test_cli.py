@@ -122,7 +122,11 @@ def test_unknown_outputs_kind_is_a_clear_error(batch, tmp_path, capsys):
     inputs, _, _, _ = batch
     assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(tmp_path / "o"), "--outputs", "mesh,stl"]) == 2
     assert "unknown output kind(s) ['stl']" in capsys.readouterr().err
+    assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(tmp_path / "o"), "--outputs", "all,mesh"]) == 2
+    assert "'all' and 'none' stand alone" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+    from deep3dface.outputs import parse_output_kinds
+    assert parse_output_kinds("MESH, Mat") == {"mesh", "mat"}
 
 
 def test_missing_input_is_a_clear_error(tmp_path, capsys):

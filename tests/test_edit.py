@@ -148,6 +148,11 @@ def test_render_errors_are_one_line(saved, conformance, tmp_path, capsys):
     assert main(["render", str(root / "face.mat"), "-o", out, "--size", "32", "-q"]) == 0
     assert main(["render", str(root / "face.mat"), "-o", out, "--size", "32"]) == 1      # no overwrite
     assert "exists" in capsys.readouterr().err
+    assert main(["render", str(root / "face.mat"), "-o", str(tmp_path / "x.jpg")]) == 2
+    assert "the render is an RGBA PNG; give the output a .png name" in capsys.readouterr().err
+    (tmp_path / "light.txt").write_text("bright and warm")
+    assert main(["render", str(root / "face.mat"), "-o", out, "--light", str(tmp_path / "light.txt")]) == 2
+    assert "light.txt: a light file holds 27 numbers" in capsys.readouterr().err
     (tmp_path / "folder").mkdir()
     assert main(["render", str(root / "face.mat"), "-o", str(tmp_path / "folder"), "--overwrite"]) == 2
     assert "folder is a folder: give the output a file name" in capsys.readouterr().err

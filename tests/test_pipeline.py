@@ -163,6 +163,15 @@ def test_no_face_gives_an_empty_list(recon):
     assert recon.reconstruct(torch.full((3, 160, 200), 0.5)) == []
 
 
+def test_a_tensor_photo_that_is_not_0_to_1_rgb_is_a_clear_error(recon, aflw_face):
+    photo, _, _ = aflw_face("image00002", recon.detector)
+    with pytest.raises(ValueError, match="divide 0-255 values by 255"):
+        recon.reconstruct(photo * 255)
+    for wrong in (photo.permute(1, 2, 0), photo[None], (photo * 255).to(torch.uint8)):
+        with pytest.raises(ValueError, match=r"expected a float \(3, H, W\) RGB photo"):
+            recon.reconstruct(wrong)
+
+
 def test_photometric_stage_pulls_a_perturbed_face_back():
     """Render a synthetic face, start the photometric stage from a shifted pose: the render-based loss
     (no landmarks at all) moves it back towards the truth, and gradients reach every group."""

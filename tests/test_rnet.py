@@ -322,6 +322,18 @@ def test_pickled_objects_are_refused(state_dicts, tmp_path):
         load_rnet(path)
 
 
+def test_a_file_that_is_no_checkpoint_is_a_clear_error(state_dicts, tmp_path):
+    text = tmp_path / "notes.pth"
+    text.write_text("hello")  # torch.load raised a bare KeyError on this
+    with pytest.raises(CheckpointError, match="notes.pth: not a PyTorch checkpoint"):
+        load_rnet(text)
+    truncated = tmp_path / "truncated.pth"
+    torch.save({"net_recon": state_dicts["recon"]}, truncated)
+    truncated.write_bytes(truncated.read_bytes()[:4096])
+    with pytest.raises(CheckpointError, match="truncated.pth: cannot read the checkpoint"):
+        load_rnet(truncated)
+
+
 def test_rejects_images_of_the_wrong_shape(models):
     with pytest.raises(ValueError, match="224"):
         models["recon"](torch.zeros(1, 3, 112, 112))

@@ -80,6 +80,14 @@ def test_video_command_tracks_fits_and_writes(tmp_path, frames, capsys):
     assert "neutral.obj exists (an interrupted run?): --overwrite replaces it" in capsys.readouterr().err
 
 
+def test_a_file_that_is_no_video_is_a_clear_error(tmp_path, capsys):
+    from deep3dface.cli import main
+
+    (tmp_path / "notes.mp4").write_text("not a video")
+    assert main(["video", str(tmp_path / "notes.mp4"), "-o", str(tmp_path / "out"), "-q"]) == 2
+    assert "notes.mp4: not a video FFmpeg can read" in capsys.readouterr().err
+
+
 def test_still_head_does_not_jitter(tmp_path, faces):
     """A still head at the frames' own 1280×720: the smoothed fit must move less than the raw one.
 

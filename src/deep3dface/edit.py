@@ -100,7 +100,10 @@ def read_gamma(path: str | Path) -> torch.Tensor:
     elif path.suffix.lower() == ".npy":
         values = np.load(path)
     else:
-        values = np.array(path.read_text().replace(",", " ").split(), np.float64)
+        try:
+            values = np.array(path.read_text().replace(",", " ").split(), np.float64)
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError(f"{path}: a light file holds 27 numbers (SH coefficients, 9 bands × RGB)") from None
     values = np.asarray(values, np.float32).reshape(-1)
     if values.size != 27:
         raise ValueError(f"{path}: a light is 27 SH coefficients (9 bands × RGB), got {values.size}")
@@ -187,6 +190,10 @@ def render_command(face_path: str | Path, output: str | Path, pose: str | None =
 
     if size < 16:
         raise ValueError(f"--size must be at least 16 pixels, got {size}")
+    if Path(output).is_dir():
+        raise ValueError(f"{output} is a folder: give the output a file name")
+    if Path(output).suffix.lower() != ".png":
+        raise ValueError(f"{output}: the render is an RGBA PNG; give the output a .png name")
     face = load_face(face_path)
     gamma = None
     if light is not None:

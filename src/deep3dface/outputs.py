@@ -163,11 +163,13 @@ def face_mat(face: FaceReconstruction) -> bytes:
 def parse_output_kinds(text: str) -> frozenset[str]:
     """``"mesh,mat"``, ``"all"`` or ``"none"`` (the JSON alone) -> the kinds of ``OUTPUT_KINDS`` to
     write; a clear error otherwise."""
-    kinds = {k.strip() for k in text.split(",") if k.strip()}
+    kinds = {k.strip().lower() for k in text.split(",") if k.strip()}
     if kinds == {"all"}:
         return frozenset(OUTPUT_KINDS)
     if kinds == {"none"}:
         return frozenset()
+    if kinds & {"all", "none"}:
+        raise ValueError(f"{text!r}: 'all' and 'none' stand alone; or list kinds from {', '.join(OUTPUT_KINDS)}")
     unknown = sorted(kinds - set(OUTPUT_KINDS))
     if unknown or not kinds:
         raise ValueError(f"unknown output kind(s) {unknown or [text]}: choose all, none, or from {', '.join(OUTPUT_KINDS)}")

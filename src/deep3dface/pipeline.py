@@ -189,6 +189,17 @@ class ReconstructorConfig:
     fit: FitConfig = field(default_factory=FitConfig)
 
 
+def checked_photo(photo: torch.Tensor) -> torch.Tensor:
+    """A (3, H, W) float RGB tensor in [0, 1], as given; a clear error for anything else (a 0-255
+    float image otherwise failed deep inside the detector)."""
+    if photo.ndim != 3 or photo.shape[0] != 3 or not photo.is_floating_point():
+        raise ValueError(f"expected a float (3, H, W) RGB photo in [0, 1], got {photo.dtype} {tuple(photo.shape)}")
+    low, high = float(photo.min()), float(photo.max())
+    if low < -1e-3 or high > 1 + 1e-3:
+        raise ValueError(f"expected photo values in [0, 1], got {low:g} to {high:g}"
+                         + (" (divide 0-255 values by 255)" if high <= 255.5 else ""))
+    return photo
+
 class Reconstructor:
     """Detect, align, fit.  ``model``: "default" (embedded), a path to ``BFM_model_front.mat`` (or
     its folder), or a MorphableModel; ``checkpoint``: an R-Net checkpoint (either published format),
@@ -224,7 +235,7 @@ class Reconstructor:
         return torch_threads(self.config.threads) if self.config.threads else contextlib.nullcontext()
 
     def _reconstruct(self, image) -> list[FaceReconstruction]:
-        photo = read_image(image) if not isinstance(image, torch.Tensor) else image
+        photo = read_image(image) if not isinstance(image, torch.Tensor) else checked_photo(image)
         detections = self.detector.detect(photo.to(self.device))
         if self.config.max_faces is not None:
             detections = detections[: self.config.max_faces]

@@ -91,9 +91,7 @@ class VideoReconstruction:
 
 def read_frames(path: str | Path, max_frames: int | None = None) -> Iterator[tuple[float, torch.Tensor]]:
     """(time in seconds, (3, H, W) float32 RGB in [0, 1]) for each frame of a video file."""
-    import av
-
-    with av.open(str(path)) as container:
+    with open_video(path) as container:
         stream = container.streams.video[0]
         for count, frame in enumerate(container.decode(stream)):
             if max_frames is not None and count >= max_frames:
@@ -103,10 +101,22 @@ def read_frames(path: str | Path, max_frames: int | None = None) -> Iterator[tup
             yield seconds, torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0
 
 
-def video_rate(path: str | Path) -> float:
+def open_video(path: str | Path):
+    """``av.open`` for reading, with a one-line error for a file FFmpeg cannot read as a video."""
     import av
 
-    with av.open(str(path)) as container:
+    try:
+        container = av.open(str(path))
+    except av.error.FFmpegError as error:
+        raise ValueError(f"{path}: not a video FFmpeg can read ({error.strerror or error})") from None
+    if not container.streams.video:
+        container.close()
+        raise ValueError(f"{path}: holds no video stream")
+    return container
+
+
+def video_rate(path: str | Path) -> float:
+    with open_video(path) as container:
         rate = container.streams.video[0].average_rate
         return float(rate) if rate else 25.0
 
@@ -263,9 +273,7 @@ def _write_overlay(result: VideoReconstruction, video, path: Path, points: np.nd
 
 
 def _frame_size(path) -> tuple[int, int]:
-    import av
-
-    with av.open(str(path)) as container:
+    with open_video(path) as container:
         stream = container.streams.video[0]
         return int(stream.width), int(stream.height)
 

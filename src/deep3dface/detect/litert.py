@@ -6,6 +6,9 @@ network can serve several threads (a web server's requests, a thread pool over p
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
 import threading
 from pathlib import Path
 
@@ -21,7 +24,8 @@ class LiteRTNetwork:
 
         self.path = path
         self._interpreter = Interpreter(model_path=str(path), num_threads=num_threads)
-        self._interpreter.allocate_tensors()
+        with _native_stderr_silenced():  # "INFO: Created TensorFlow Lite XNNPACK delegate": noise under -q too
+            self._interpreter.allocate_tensors()
         entry = self._interpreter.get_input_details()[0]
         self.input_shape = tuple(int(n) for n in entry["shape"])
         self._input = entry["index"]
@@ -33,3 +37,24 @@ class LiteRTNetwork:
             self._interpreter.set_tensor(self._input, np.ascontiguousarray(x[None], dtype=np.float32))
             self._interpreter.invoke()
             return [self._interpreter.get_tensor(index).copy() for index in outputs]
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """File descriptor 2 pointed at the null device for the duration: the runtime's C++ logging
+    writes there directly, beyond Python's ``sys.stderr``.  Python's own errors still surface (as
+    exceptions); where descriptors cannot be swapped, nothing is silenced."""
+    with contextlib.suppress(Exception):
+        sys.stderr.flush()
+    try:
+        saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    except OSError:
+        yield
+        return
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)

@@ -230,11 +230,18 @@ def convert_state_dict(state: dict, fmt: CheckpointFormat) -> tuple[dict, Coeffi
 
 def _read(path: Path):
     """torch.load with ``weights_only=True``: tensors and plain containers only, never arbitrary code."""
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    # torch.save writes a zip archive; older checkpoints are a pickle (protocol 2+: 0x80)
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither torch.save's zip archive nor a pickle)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         raise CheckpointError(f"{path}: refused to unpickle (weights_only=True allows tensors and plain "
                               f"containers only): {_unpickling_reason(error)}") from error
+    except (RuntimeError, KeyError, EOFError, ValueError) as error:  # a damaged or truncated archive
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({type(error).__name__}: {error})") from error
 
 
 def _unpickling_reason(error: Exception) -> str:
