@@ -78,6 +78,18 @@ def test_rerun_skips_and_overwrite_replaces(batch):
     assert (out / "face.json").stat().st_mtime_ns != before
 
 
+def test_a_finished_batch_reruns_without_loading_the_models(batch, monkeypatch):
+    import deep3dface.pipeline
+
+    inputs, out, _, _ = batch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("models loaded for a batch with nothing to do")
+
+    monkeypatch.setattr(deep3dface.pipeline, "Reconstructor", refuse)
+    assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(out), "-q"]) == 0
+
+
 def test_outputs_chooses_the_files(batch, tmp_path):
     inputs, full, _, _ = batch
     out = tmp_path / "mesh_mat"
@@ -94,6 +106,10 @@ def test_outputs_chooses_the_files(batch, tmp_path):
     only_json = tmp_path / "none"
     assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(only_json), "-q", "--outputs", "none"]) == 0
     assert [p.name for p in only_json.iterdir()] == ["face.json"]
+    # overwriting with fewer kinds leaves no stale, unlisted files of the earlier run; others' files stay
+    (out / "notes.txt").write_text("mine")
+    assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(out), "-q", "--outputs", "mat", "--overwrite"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["face.json", "face_face0.mat", "notes.txt"]
 
 
 def test_outputs_without_colour_skip_the_appearance_fit_and_change_nothing_else(batch, tmp_path, monkeypatch):

@@ -147,8 +147,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         return min(len(problems), 100) or 1
     # no output that shows colour: skip the albedo and light fit (~40 % of a face's fit time)
     fit = FitConfig() if kinds & APPEARANCE_KINDS else FitConfig(appearance=None)
-    recon = Reconstructor(model=args.model, checkpoint=args.checkpoint, device=args.device,
-                          config=ReconstructorConfig(max_faces=args.max_faces, fit=fit))
+    recon = None  # loaded at the first photo to do: a rerun of a finished batch only checks files
     failures, skipped, faces_total = len(problems), 0, 0
     progress = Progress(len(photos), args.quiet)
     for path, stem in zip(photos, output_stems(photos, out_dir)):
@@ -157,6 +156,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             skipped += 1
             progress.message(f"deep3dface: skip {path}: {out_dir / (stem + '.json')} exists (--overwrite replaces)")
             continue
+        if recon is None:  # a bad --model or --checkpoint ends the run here (main: one line, exit 2)
+            recon = Reconstructor(model=args.model, checkpoint=args.checkpoint, device=args.device,
+                                  config=ReconstructorConfig(max_faces=args.max_faces, fit=fit))
         try:
             photo = read_image(path)
             faces = recon.reconstruct(photo)

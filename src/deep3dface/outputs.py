@@ -248,13 +248,16 @@ def write_photo_outputs(out_dir: Path, blobs: dict[str, bytes], overwrite: bool 
     """Write all files of one photo, all or none: every file goes to a temporary file first and
     is renamed into place only when all were written (a full disk or any other failure leaves
     nothing new behind, and nothing that blocks a rerun); the JSON is renamed last (its presence
-    marks the photo as done)."""
+    marks the photo as done).  Overwriting, the files the photo's previous JSON listed and this
+    set lacks (a face fewer, a kind not asked for again) are removed: they would describe another run."""
     out_dir.mkdir(parents=True, exist_ok=True)
     targets = [out_dir / name for name in blobs]
     if not overwrite:
         existing = [p for p in targets if p.exists()]
         if existing:
             raise OutputExistsError(f"{existing[0]} exists (use --overwrite to replace it)")
+    stale = {name for json_name in blobs if json_name.endswith(".json")
+             for name in listed_files(out_dir / json_name)} - set(blobs)
     ordered = sorted(blobs, key=lambda name: name.endswith(".json"))
     staged: list[tuple[Path, Path]] = []
     try:
@@ -266,7 +269,19 @@ def write_photo_outputs(out_dir: Path, blobs: dict[str, bytes], overwrite: bool 
         for temporary, _ in staged:
             temporary.unlink(missing_ok=True)
         raise
+    for name in sorted(stale):
+        (out_dir / name).unlink(missing_ok=True)
     return [target for _, target in staged]
+
+
+def listed_files(json_path: Path) -> list[str]:
+    """The face files a photo's JSON of ours lists (plain names in its folder); none when absent."""
+    try:
+        record = json.loads(json_path.read_text())
+        names = [name for face in record.get("faces", []) for name in face.get("files", {}).values()]
+    except (OSError, ValueError, AttributeError, TypeError):
+        return []
+    return [name for name in names if isinstance(name, str) and name and Path(name).name == name]
 
 
 def output_stems(paths: list[Path], out_dir: Path) -> list[str]:
