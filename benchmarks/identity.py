@@ -57,9 +57,10 @@ def photos() -> list[tuple[str, Path]]:
     manifest = json.loads((FACES / "manifest.json").read_text())
     out = []
     for image in manifest["images"]:
-        note = image.get("note", "")
-        if image["identity"] and not note.startswith("crop of") and "letterboxed" not in note:
-            out.append((image["identity"].split(":")[1], FACES / image["path"]))
+        note, identity = image.get("note", ""), image.get("identity")
+        if identity and not note.startswith("crop of") and "letterboxed" not in note:
+            # "source:person": the same person in two sources is one person (Obama's photos and frames)
+            out.append((identity.rsplit(":", 1)[-1], FACES / image["path"]))
     return out
 
 
@@ -197,13 +198,17 @@ def video_jitter(observer, model) -> dict:
     from deep3dface.video import landmark_jitter, reconstruct_video
 
     frames = [Image.open(p).convert("RGB") for p in sorted((FACES / "video_3ddfa_obama").glob("frame_*.jpg"))]
+    if not frames:
+        return {"video": "skipped: no video_3ddfa_obama/frame_*.jpg in the shared faces"}
+    width, height = (v - v % 2 for v in frames[0].size)  # yuv420p wants even sides
+    frames = [f.resize((width, height)) if f.size != (width, height) else f for f in frames]
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, images, rate in (("clip", frames, 25 / 7), ("still", [frames[0]] * 12, 25)):
             path = Path(tmp) / f"{name}.mp4"
             with av.open(str(path), "w") as container:
                 stream = container.add_stream("mpeg4", rate=round(rate) or 4)
-                stream.width, stream.height, stream.pix_fmt, stream.bit_rate = 1280, 720, "yuv420p", 8_000_000
+                stream.width, stream.height, stream.pix_fmt, stream.bit_rate = width, height, "yuv420p", 8_000_000
                 for image in images:
                     container.mux(stream.encode(av.VideoFrame.from_image(image)))
                 container.mux(stream.encode())
