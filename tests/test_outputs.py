@@ -74,6 +74,17 @@ def test_record_keeps_schema_1_and_adds_the_new_keys(real):
     assert json.loads(blobs["img.json"])["faces"][0] == record
 
 
+def test_landmark_error_is_in_photo_pixels(real):
+    """The fit measures its distance to the landmarker's points in the 224 crop; the JSON gives it
+    in photo pixels: divided by the crop's scale, measured here by mapping the landmarker's points."""
+    _, face, record, _ = real
+    photo_points = face.landmarks.ibug68.double()
+    crop_points = face.alignment.to_crop(photo_points)
+    scale = float(torch.pdist(crop_points).mean() / torch.pdist(photo_points).mean())
+    assert abs(scale - 1) > 0.2  # the two units differ here, so the check means something
+    assert record["landmark_error_px"] == pytest.approx(face.landmark_error / scale, rel=1e-3)
+
+
 def test_pose_maps_the_canonical_mesh_to_the_camera(real, seen):
     _, face, record, _ = real
     opencv, opengl = np.asarray(record["pose"]["opencv_4x4"]), np.asarray(record["pose"]["opengl_4x4"])

@@ -81,6 +81,39 @@ def test_render_lies_on_the_face(fitted):
         assert bool(mask[0, rows, cols].all())
 
 
+def test_mesh_and_render_share_one_colour_vocabulary_and_overlay_takes_a_path(fitted, faces, tmp_path):
+    photo, _, _, face = fitted[0]
+    geometry = face.geometry()
+    for colour in ("shaded", "albedo", "geometry"):
+        image, mask = face.render(colour, geometry=geometry)
+        colours = face.mesh(colour=colour, geometry=geometry).colours
+        # the clay is grey (equal channels); the photo's colours are not
+        assert np.allclose(colours[:, 0], colours[:, 2]) == (colour == "geometry")
+        inside = mask[0] > 0
+        assert bool((image[0][inside] == image[2][inside]).all()) == (colour == "geometry")
+    for wrong in (lambda: face.mesh(colour="clay"), lambda: face.render("clay")):
+        with pytest.raises(ValueError, match="colour must be one of shaded, albedo, geometry"):
+            wrong()
+    from PIL import Image
+    path = tmp_path / "photo.png"
+    Image.fromarray((photo.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(path)
+    assert (face.overlay(path) - face.overlay(photo)).abs().max() < 1 / 255 + 1e-6
+    with pytest.raises(ValueError, match="this face was fitted to a"):
+        face.overlay(photo[:, :100])
+
+
+def test_bad_devices_and_face_counts_are_clear_errors():
+    from deep3dface.pipeline import ReconstructorConfig
+
+    with pytest.raises(ValueError, match="max_faces must be None"):
+        ReconstructorConfig(max_faces=0)
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        Reconstructor(device="gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            Reconstructor(device="cuda")
+
+
 def test_pose_follows_the_head(fitted):
     """Yaw of the fit has AFLW's magnitude (its sign convention is the opposite of ours)."""
     yaws = np.array([y for _, _, y, _ in fitted])

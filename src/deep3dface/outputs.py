@@ -19,7 +19,8 @@ top-left corner of the top-left pixel, x right, y down::
                           "textured_glb": ..., "textured_obj": ..., "textured_mtl": ...,
                           "texture": ..., "texture_shaded": ...}}]}
 
-Schema 2 only added keys to schema 1.  ``detector`` is "mtcnn", or "blazeface" on a photo where
+``landmark_error_px``: the mean distance from the fitted model's points to the landmarker's, in
+photo pixels.  Schema 2 only added keys to schema 1.  ``detector`` is "mtcnn", or "blazeface" on a photo where
 MTCNN found no face (``detect.finder``: then bbox and landmarks5 come from the landmarker's
 points).  ``landmarks5`` are the detector's; ``landmarks68`` the
 fitted model's 68 points projected into the photo (3D-style: a hidden jaw point sits where a 3D
@@ -113,7 +114,8 @@ def face_record(face: FaceReconstruction, files: dict[str, str], texture_size: i
         "landmarks68": _round(face.landmarks68.double().numpy()),
         "angles_deg": [round(a, 3) for a in face.angles_deg],
         "intrinsics": _round(face.camera.K.double().numpy(), 4),
-        "landmark_error_px": round(face.landmark_error, 3),
+        # the fit's distance to the landmarker's points, from crop to photo pixels (the crop is a scaled photo)
+        "landmark_error_px": round(face.landmark_error / float(face.alignment.matrix[0, 0]), 3),
         "flags": list(face.flags),
         "unit": face.model.unit,
         "pose": {"angles_deg": [round(a, 3) for a in face.angles_deg],

@@ -28,6 +28,7 @@ from .detect import MTCNN, Detection, MTCNNConfig
 from .detect.correspondence import point_weights
 from .detect.finder import FaceFinder, FinderConfig
 from .detect.landmarks import LandmarkResult, create_landmarker, landmarks_of
+from .devices import resolve_device
 from .fit.annotation import annotation_vertices, output_keypoints
 from .fit.fitter import FitConfig, FitResult, FitTargets, detector_targets, fit_faces
 from .fit.losses import LANDMARK_WEIGHTS
@@ -83,28 +84,29 @@ class FaceReconstruction:
     def mesh(self, posed: bool = False, colour: str = "shaded", geometry: FaceGeometry | None = None) -> Mesh:
         """The face as a Mesh in model units.  ``posed=False``: the canonical (unposed) shape, as
         the reference saves it; ``posed=True``: R·shape + t in model space (camera at z = 10
-        looking down −z).  ``colour``: "shaded" (albedo × fitted light) or "albedo".  ``geometry``:
+        looking down −z).  ``colour``: one of ``COLOURS`` (``face_colours``).  ``geometry``:
         ``self.geometry()`` when the caller has it (here and below: it costs ~20 ms a call)."""
         g = self.geometry() if geometry is None else geometry
         vertices = (g.vertices if posed else g.shape)[0]
         normals = (g.normals if posed else g.normals_model)[0]
-        colours = (g.colour if colour == "shaded" else g.albedo)[0].clamp(0, 1)
+        colours = face_colours(g, colour)[0].clamp(0, 1)
         return Mesh(vertices.double().numpy(), self.model.triangles.numpy(), colours.double().numpy(),
                     normals.double().numpy(), self.model.unit)
 
     def render(self, colour: str = "shaded", geometry: FaceGeometry | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Render (3, H, W) and mask (1, H, W) at the photo's size, through the photo camera.
-        ``colour``: "shaded" (fitted albedo × fitted light), "albedo", or "geometry" (grey clay
-        under a fixed light from the upper front: shows the shape, not the photo's colours)."""
+        ``colour``: one of ``COLOURS`` (``face_colours``)."""
         g = self.geometry() if geometry is None else geometry
-        if colour == "geometry":
-            colours = shade(torch.full_like(g.albedo, 0.75), g.normals, GEOMETRY_LIGHT.to(g.normals).expand(len(g.normals), -1))
-        else:
-            colours = {"shaded": g.colour, "albedo": g.albedo}[colour]
-        image, mask = render_colours(g.vertices, colours, self.model.triangles, self.camera)
+        image, mask = render_colours(g.vertices, face_colours(g, colour), self.model.triangles, self.camera)
         return image[0], mask[0]
 
-    def overlay(self, photo: torch.Tensor, opacity: float = 1.0, colour: str = "shaded") -> torch.Tensor:
+    def overlay(self, photo, opacity: float = 1.0, colour: str = "shaded") -> torch.Tensor:
+        """The render blended over ``photo``: the photo this face was fitted to, as a (3, H, W)
+        tensor or anything ``io.read_image`` reads (a path, bytes, a PIL image)."""
+        photo = checked_photo(photo) if isinstance(photo, torch.Tensor) else read_image(photo)
+        if tuple(photo.shape[-2:]) != (self.image_size[1], self.image_size[0]):
+            raise ValueError(f"the photo is {photo.shape[-1]}x{photo.shape[-2]}; this face was fitted to a "
+                             f"{self.image_size[0]}x{self.image_size[1]} one")
         image, mask = self.render(colour)
         return overlay(photo, image[None], mask[None], opacity)
 
@@ -162,6 +164,22 @@ class FaceReconstruction:
         return uv, torch.as_tensor(mirror_vertex_map(model.data.mean_shape)[0])
 
 
+#: what a face's mesh and render can be coloured with (``face_colours``)
+COLOURS = ("shaded", "albedo", "geometry")
+
+
+def face_colours(g: FaceGeometry, colour: str) -> torch.Tensor:
+    """(B, N, 3) vertex colours: "shaded" (fitted albedo × fitted light), "albedo", or "geometry"
+    (grey clay under a fixed light from the upper front: shows the shape, not the photo's colours)."""
+    if colour == "shaded":
+        return g.colour
+    if colour == "albedo":
+        return g.albedo
+    if colour == "geometry":
+        return shade(torch.full_like(g.albedo, 0.75), g.normals, GEOMETRY_LIGHT.to(g.normals).expand(len(g.normals), -1))
+    raise ValueError(f"colour must be one of {', '.join(COLOURS)}, got {colour!r}")
+
+
 @dataclass(frozen=True)
 class ReconstructorConfig:
     max_faces: int | None = None
@@ -188,6 +206,10 @@ class ReconstructorConfig:
     finder: FinderConfig = field(default_factory=FinderConfig)
     fit: FitConfig = field(default_factory=FitConfig)
 
+    def __post_init__(self) -> None:
+        if self.max_faces is not None and self.max_faces < 1:
+            raise ValueError(f"max_faces must be None (all faces) or at least 1, got {self.max_faces}")
+
 
 def checked_photo(photo: torch.Tensor) -> torch.Tensor:
     """A (3, H, W) float RGB tensor in [0, 1], as given; a clear error for anything else (a 0-255
@@ -207,7 +229,7 @@ class Reconstructor:
 
     def __init__(self, model: str | Path | MorphableModel = "default", checkpoint: str | Path | None = None,
                  device: str | torch.device = "cpu", config: ReconstructorConfig = ReconstructorConfig()):
-        self.device = torch.device(device)
+        self.device = resolve_device(device)
         self.config = config
         self.model = model if isinstance(model, MorphableModel) else load_model(model)
         self.model_name = model.name if isinstance(model, MorphableModel) else str(model)
