@@ -145,6 +145,18 @@ def test_unknown_outputs_kind_is_a_clear_error(batch, tmp_path, capsys):
     assert parse_output_kinds("MESH, Mat") == {"mesh", "mat"}
 
 
+def test_inputs_may_follow_the_options(batch, tmp_path, capsys):
+    inputs, *_ = batch
+    shutil.copy(inputs / "face.jpg", tmp_path / "second.jpg")
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(out), "--outputs", "none", "-q",
+                 str(tmp_path / "second.jpg")]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["face.json", "second.json"]
+    with pytest.raises(SystemExit):
+        main(["reconstruct", str(inputs / "face.jpg"), "-o", str(out), "--no-such-option"])
+    assert "unrecognized arguments: --no-such-option" in capsys.readouterr().err
+
+
 def test_missing_input_is_a_clear_error(tmp_path, capsys):
     assert main(["reconstruct", str(tmp_path / "nope.jpg"), "-o", str(tmp_path / "o"), "-q"]) == 1
     assert "nope.jpg: no such file or folder" in capsys.readouterr().err

@@ -303,7 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # `reconstruct a.jpg -o out b.jpg`: argparse stops taking inputs at the first option; the
+        # photos after it are inputs too (an unknown option still is an error)
+        if getattr(args, "inputs", None) is None or any(item.startswith("-") for item in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.inputs = [*args.inputs, *extra]
     from .export import OutputExistsError
 
     try:
