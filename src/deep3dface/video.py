@@ -115,10 +115,12 @@ def open_video(path: str | Path):
     return container
 
 
-def video_rate(path: str | Path) -> float:
+def stream_info(path: str | Path) -> tuple[tuple[int, int], float]:
+    """((width, height), frames per second) of a video's first video stream (25 where unstated)."""
     with open_video(path) as container:
-        rate = container.streams.video[0].average_rate
-        return float(rate) if rate else 25.0
+        stream = container.streams.video[0]
+        rate = stream.average_rate
+        return (int(stream.width), int(stream.height)), (float(rate) if rate else 25.0)
 
 
 def track(frames, observer: SetObserver, min_score: float = 0.5) -> Iterator[TrackedFrame]:
@@ -149,7 +151,8 @@ def track(frames, observer: SetObserver, min_score: float = 0.5) -> Iterator[Tra
 def reconstruct_video(path: str | Path, observer: SetObserver, model: MorphableModel,
                       config: VideoConfig = VideoConfig()) -> VideoReconstruction:
     frames = tuple(track(read_frames(path, config.max_frames), observer, config.min_score))
-    return reconstruct_tracked(frames, model, _frame_size(path), video_rate(path), config)
+    size, rate = stream_info(path)
+    return reconstruct_tracked(frames, model, size, rate, config)
 
 
 def reconstruct_tracked(frames: tuple[TrackedFrame, ...], model: MorphableModel, size: tuple[int, int], rate: float,
@@ -270,12 +273,6 @@ def _write_overlay(result: VideoReconstruction, video, path: Path, points: np.nd
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
-
-
-def _frame_size(path) -> tuple[int, int]:
-    with open_video(path) as container:
-        stream = container.streams.video[0]
-        return int(stream.width), int(stream.height)
 
 
 # -- pure functions --------------------------------------------------------------------------------
