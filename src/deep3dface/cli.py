@@ -61,8 +61,6 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 1 if missing else 0
 
 
-
-
 def expand_inputs(inputs: list[str], exclude: Path | None = None) -> tuple[list[Path], list[str]]:
     """Files, folders (their images, recursively, sorted) and glob patterns -> (photos, problems).
     Folders and patterns skip what lies under ``exclude`` (the output folder: a rerun into a folder

@@ -222,6 +222,7 @@ def checked_photo(photo: torch.Tensor) -> torch.Tensor:
                          + (" (divide 0-255 values by 255)" if high <= 255.5 else ""))
     return photo
 
+
 class Reconstructor:
     """Detect, align, fit.  ``model``: "default" (embedded), a path to ``BFM_model_front.mat`` (or
     its folder), or a MorphableModel; ``checkpoint``: an R-Net checkpoint (either published format),
