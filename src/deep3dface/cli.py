@@ -134,10 +134,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"deep3dface: error: --outputs: {exc}", file=sys.stderr)
         return 2
-    out_dir = Path(args.output)
-    if out_dir.exists() and not out_dir.is_dir():
-        print(f"deep3dface: error: -o {out_dir}: exists and is not a folder", file=sys.stderr)
-        return 2
+    out_dir = output_folder(args.output)
     photos, problems = expand_inputs(args.inputs, exclude=out_dir)
     for problem in problems:
         print(f"deep3dface: error: {problem}", file=sys.stderr)
@@ -224,6 +221,14 @@ def cmd_render(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"wrote {path}")
     return 0
+
+
+def output_folder(text: str) -> Path:
+    """``-o``: a folder, or a path where one can be made; checked before any work (main: one line)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"-o {path}: exists and is not a folder")
+    return path
 
 
 def positive_int(text: str) -> int:

@@ -63,6 +63,7 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
     """Reconstruct one identity per person from a facebank folder or a list of photos (see
     deep3dface.cli_sets).  Exit code: the number of people with no usable photo (capped at 100),
     counting those a rerun finds done."""
+    from .cli import output_folder
     from .export import write_output
     from .image_set import SetConfig
     from .image_set_outputs import person_files
@@ -72,9 +73,7 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
 
     kinds = frozenset(OUTPUT_KINDS) - (set() if args.overlay else {"overlay"})
     sets = read_sets(args.root)
-    out_root = Path(args.output)
-    if out_root.exists() and not out_root.is_dir():
-        raise ValueError(f"-o {out_root}: exists and is not a folder")
+    out_root = output_folder(args.output)
     recon = Reconstructor(model=args.model, device=args.device)
     failed = 0
     for person, photos in sets.items():
