@@ -123,11 +123,12 @@ def consistency(model, camera, config: SetFitConfig, pixels, dense, people, name
               "identity_ratio_set": ratio(pairwise(set_ids), set_people)}
     if meshes:
         front = model.front_vertices
-        mesh = lambda ids: neutral_front(model, ids, front)  # noqa: E731
-        result["mesh_ratio_single"] = ratio(mesh_distances(mesh(single_ids)), label)
-        result["mesh_ratio_set"] = ratio(mesh_distances(mesh(set_ids)), set_people)
-        result.update(mesh_means(mesh_distances(mesh(single_ids)), label, "single"))
-        result.update(mesh_means(mesh_distances(mesh(set_ids)), set_people, "set"))
+        single_mm = mesh_distances(neutral_front(model, single_ids, front))
+        set_mm = mesh_distances(neutral_front(model, set_ids, front))
+        result["mesh_ratio_single"] = ratio(single_mm, label)
+        result["mesh_ratio_set"] = ratio(set_mm, set_people)
+        result.update(mesh_means(single_mm, label, "single"))
+        result.update(mesh_means(set_mm, set_people, "set"))
     result.update(held_out(model, pixels, dense, label, single_ids, camera, fit_people))
     return result
 
