@@ -156,3 +156,40 @@ def test_pose_jacobian_equals_autodiff():
         reference = autodiff_jacobian(lambda p, x, q, w: reprojection_residuals(p[:, :3], p[:, 3:], x, q, w, camera))(
             params[b:b + 1], points[b:b + 1], pixels[b:b + 1], root[b:b + 1])[0]
         assert torch.allclose(closed[b], reference, rtol=1e-10, atol=1e-10 * float(reference.abs().max()))
+
+
+SOLVE_AFTER_SET_THREADS = """
+import torch
+from deep3dface.fit.solve import solve_positive_definite
+torch.set_num_threads(2)
+generator = torch.Generator().manual_seed(0)
+for dtype in (torch.float32, torch.float64):
+    A = torch.randn(3, 150, 150, generator=generator, dtype=dtype)
+    system = A @ A.mT + 150 * torch.eye(150, dtype=dtype)
+    rhs = torch.randn(3, 150, 1, generator=generator, dtype=dtype)
+    x = solve_positive_definite(system, rhs)
+    print(float(((system @ x - rhs).norm() / rhs.norm())))
+"""
+
+
+def test_batched_solve_of_150_unknowns_returns_after_set_num_threads():
+    """The BFM's shape fit solves batches of 150 x 150 systems.  With torch's MKL batched LU, two
+    threads set by ``torch.set_num_threads`` made those never return on AMD CPUs (what the whole
+    suite hit after a render test restored its thread count): the solver must return, and solve."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", SOLVE_AFTER_SET_THREADS], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    residuals = [float(line) for line in result.stdout.split()]
+    assert len(residuals) == 2 and residuals[0] < 1e-4 and residuals[1] < 1e-10
+
+
+def test_solve_positive_definite_falls_back_per_face_when_not_positive_definite():
+    from deep3dface.fit.solve import solve_positive_definite
+
+    generator = torch.Generator().manual_seed(1)
+    A = torch.randn(2, 6, 6, generator=generator, dtype=torch.float64)
+    system = torch.stack([A[0] @ A[0].T + torch.eye(6, dtype=torch.float64), A[1] + A[1].T])  # 2nd indefinite
+    rhs = torch.randn(2, 6, 2, generator=generator, dtype=torch.float64)
+    torch.testing.assert_close(system @ solve_positive_definite(system, rhs), rhs)
