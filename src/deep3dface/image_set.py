@@ -256,11 +256,19 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
 
     describer = FaceDescriber() if FaceDescriber.available() else None
     observer = SetObserver(reconstructor.detector, reconstructor.landmarker, describer)
-    names = names or [Path(p).stem if not isinstance(p, torch.Tensor) else f"photo{i}" for i, p in enumerate(photos)]
-    observations, crops, unreadable = [], {}, []
+    from .pipeline import checked_photo
+
+    names = _photo_names(photos, names)
+    observations, crops, unreadable, files = [], {}, [], {}
     for name, source in zip(names, photos, strict=True):
+        if not isinstance(source, torch.Tensor):  # the same file twice would count twice in the identity
+            file = Path(source).resolve()
+            if file in files:
+                unreadable.append(DroppedPhoto(name, f"the same file as {files[file]}"))
+                continue
+            files[file] = name
         try:
-            image = source if isinstance(source, torch.Tensor) else read_image(source)  # one photo in memory at a time
+            image = checked_photo(source) if isinstance(source, torch.Tensor) else read_image(source)  # one in memory at a time
         except ImageReadError as exc:  # dropped with its reason: the person's other photos still count
             unreadable.append(DroppedPhoto(name, f"cannot read the photo ({exc.reason})"))
             continue
@@ -297,6 +305,28 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
     shared_albedo = None if shared is None else shared.albedo
     return replace(result, faces=tuple(faces), albedo=shared_albedo,
                    neutral=neutral_mesh(reconstructor.model, result.identity, shared_albedo))
+
+
+def _photo_names(photos: list, names: list[str] | None) -> list[str]:
+    """The caller's names (which must be unique: results are matched to photos by name), else each
+    file's stem (``photo<i>`` for a tensor), made unique with ``-2``, ``-3`` … as ``reconstruct``'s
+    output stems are."""
+    if names is not None:
+        if len(set(names)) != len(names):
+            raise ValueError(f"photo names must be unique, got {sorted(n for n in set(names) if names.count(n) > 1)} more than once")
+        if len(names) != len(photos):
+            raise ValueError(f"{len(names)} names for {len(photos)} photos")
+        return list(names)
+    unique, taken = [], set()
+    for i, photo in enumerate(photos):
+        stem = f"photo{i}" if isinstance(photo, torch.Tensor) else Path(photo).stem
+        name, k = stem, 1
+        while name in taken:
+            k += 1
+            name = f"{stem}-{k}"
+        taken.add(name)
+        unique.append(name)
+    return unique
 
 
 def _landmark_result(face: FaceObservation):

@@ -41,6 +41,9 @@ from .threads import torch_threads
 from .types import Coefficients, FaceGeometry, Mesh
 
 
+#: ``FaceReconstruction.texture`` sizes: a chart of a few texels a side is no texture (size 1
+#: crashed the gutter fill), and above 8192 the float maps alone pass 1.5 GB
+MIN_TEXTURE_SIZE, MAX_TEXTURE_SIZE = 16, 8192
 #: SH lighting of the "geometry" render: ambient plus a light from the camera and slightly above
 #: (bands 1 and 2 of ``morphable.shading``: −y·γ1 and +z·γ2), the same for every channel.
 GEOMETRY_LIGHT = torch.tensor([[-0.3, -0.25, 0.45, 0.0, 0, 0, 0, 0, 0] * 3], dtype=torch.float64)
@@ -103,12 +106,19 @@ class FaceReconstruction:
     def overlay(self, photo, opacity: float = 1.0, colour: str = "shaded") -> torch.Tensor:
         """The render blended over ``photo``: the photo this face was fitted to, as a (3, H, W)
         tensor or anything ``io.read_image`` reads (a path, bytes, a PIL image)."""
+        photo = self._own_photo(photo)
+        if not 0.0 <= opacity <= 1.0:  # also refuses NaN
+            raise ValueError(f"opacity must lie in [0, 1], got {opacity}")
+        image, mask = self.render(colour)
+        return overlay(photo, image[None], mask[None], opacity)
+
+    def _own_photo(self, photo) -> torch.Tensor:
+        """``photo`` as a checked (3, H, W) tensor of the size this face was fitted to."""
         photo = checked_photo(photo) if isinstance(photo, torch.Tensor) else read_image(photo)
         if tuple(photo.shape[-2:]) != (self.image_size[1], self.image_size[0]):
             raise ValueError(f"the photo is {photo.shape[-1]}x{photo.shape[-2]}; this face was fitted to a "
                              f"{self.image_size[0]}x{self.image_size[1]} one")
-        image, mask = self.render(colour)
-        return overlay(photo, image[None], mask[None], opacity)
+        return photo
 
     # -- UV texture (conventions: texture.uv, texture.bake) ----------------------------------------
     @property
@@ -117,13 +127,17 @@ class FaceReconstruction:
         ``BFM_UV.mat`` and the full-BFM vertex ids lie beside its ``BFM_model_front.mat``."""
         return self.uv_chart(self.model) is not None
 
-    def texture(self, photo: torch.Tensor, size: int = 1024, geometry: FaceGeometry | None = None):
-        """Bake ``photo`` (3, H, W), the photo this face was fitted to, into ``size``² UV maps
-        (``texture.TextureMaps``): photo colours through the photo camera divided by the fitted
-        light, hidden texels from the mirror side, then from the fitted albedo."""
+    def texture(self, photo, size: int = 1024, geometry: FaceGeometry | None = None):
+        """Bake ``photo``, the photo this face was fitted to ((3, H, W) tensor in [0, 1] or anything
+        ``io.read_image`` reads), into ``size``² UV maps (``texture.TextureMaps``): photo colours
+        through the photo camera divided by the fitted light, hidden texels from the mirror side,
+        then from the fitted albedo."""
         from .morphable.shading import irradiance
         from .texture import bake_texture, view_directions
 
+        if isinstance(size, bool) or not isinstance(size, int) or not MIN_TEXTURE_SIZE <= size <= MAX_TEXTURE_SIZE:
+            raise ValueError(f"texture size must be an integer in [{MIN_TEXTURE_SIZE}, {MAX_TEXTURE_SIZE}], got {size!r}")
+        photo = self._own_photo(photo)
         chart = self.uv_chart(self.model)
         if chart is None:
             raise ValueError(f"model {self.model.name!r} has no UV chart (a Deep3D model needs "
@@ -213,9 +227,13 @@ class ReconstructorConfig:
 
 def checked_photo(photo: torch.Tensor) -> torch.Tensor:
     """A (3, H, W) float RGB tensor in [0, 1], as given; a clear error for anything else (a 0-255
-    float image otherwise failed deep inside the detector)."""
+    float image otherwise failed deep inside the detector, and NaN pixels silently hid faces)."""
     if photo.ndim != 3 or photo.shape[0] != 3 or not photo.is_floating_point():
         raise ValueError(f"expected a float (3, H, W) RGB photo in [0, 1], got {photo.dtype} {tuple(photo.shape)}")
+    if photo.numel() == 0:
+        raise ValueError(f"the photo is empty: {tuple(photo.shape)}")
+    if not bool(torch.isfinite(photo).all()):
+        raise ValueError("the photo has NaN or infinite values")
     low, high = float(photo.min()), float(photo.max())
     if low < -1e-3 or high > 1 + 1e-3:
         raise ValueError(f"expected photo values in [0, 1], got {low:g} to {high:g}"

@@ -1,0 +1,90 @@
+"""The Python API's checks on what callers pass: photos, sizes, opacities, set names."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from deep3dface.io.images import read_image
+
+PHOTO = ("aflw2000_3d", "images", "image00002.jpg")
+
+
+@pytest.fixture(scope="module")
+def reconstructor():
+    from deep3dface import Reconstructor
+
+    return Reconstructor()
+
+
+@pytest.fixture(scope="module")
+def fitted(reconstructor, faces):
+    photo = read_image(faces.joinpath(*PHOTO))
+    return photo, reconstructor.reconstruct(photo)[0]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda p: p[:, :100, :100], "the photo is 100x100; this face was fitted to a 450x450 one"),
+    (lambda p: (p * 255).byte(), "expected a float (3, H, W) RGB photo in [0, 1], got torch.uint8"),
+    (lambda p: p * 255, "divide 0-255 values by 255"),
+    (lambda p: p[None], "expected a float (3, H, W) RGB photo in [0, 1], got torch.float32 (1, 3, 450, 450)"),
+])
+def test_texture_checks_its_photo_as_overlay_does(fitted, bad, message):
+    """A wrong photo was baked without a word (a crop, 0-255 values: a washed-out texture) or
+    failed deep in numba; now both methods give the same one-line reason."""
+    photo, face = fitted
+    for method in (lambda x: face.texture(x, 32), face.overlay):
+        with pytest.raises(ValueError) as error:
+            method(bad(photo))
+        assert message in str(error.value)
+
+
+def test_texture_takes_a_path_and_refuses_sizes_that_make_no_texture(fitted, faces):
+    photo, face = fitted
+    from_path = face.texture(faces.joinpath(*PHOTO), 32)
+    from_tensor = face.texture(photo, 32)
+    assert torch.equal(from_path.albedo, from_tensor.albedo) and from_tensor.albedo.shape[-1] == 32
+    for size in (1, 15, 8193, 32.0, True):
+        with pytest.raises(ValueError, match="texture size must be an integer in"):
+            face.texture(photo, size)
+
+
+@pytest.mark.parametrize("opacity", [2.0, -1.0, float("nan")])
+def test_overlay_refuses_an_opacity_outside_0_1(fitted, opacity):
+    photo, face = fitted
+    with pytest.raises(ValueError, match="opacity must lie in"):
+        face.overlay(photo, opacity=opacity)
+    blended = face.overlay(photo, opacity=0.5)
+    assert 0 <= float(blended.min()) and float(blended.max()) <= 1
+
+
+def test_reconstruct_refuses_empty_and_nan_photos(reconstructor, fitted):
+    photo, _ = fitted
+    with pytest.raises(ValueError, match="the photo is empty"):
+        reconstructor.reconstruct(torch.rand(3, 0, 10))
+    speckled = photo.clone()
+    speckled[:, ::10, ::10] = torch.nan  # 1% NaN pixels used to hide the face: 0 faces, no error
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        reconstructor.reconstruct(speckled)
+
+
+def test_reconstruct_set_names_photos_apart_and_counts_a_file_once(reconstructor, faces, tmp_path):
+    """Two photos with the same file name crashed (StopIteration: the second's crops replaced the
+    first's); the same file twice would weigh twice in the identity."""
+    folder = faces / "identity_face_recognition" / "obama"
+    for sub, name in (("a", "obama1.jpg"), ("b", "obama2.jpg")):
+        (tmp_path / sub).mkdir()
+        shutil.copy(folder / name, tmp_path / sub / "obama.jpg")
+    a, b = tmp_path / "a" / "obama.jpg", tmp_path / "b" / "obama.jpg"
+    result = reconstructor.reconstruct_set([a, b, a], appearance=False)
+    assert result.used == ("obama", "obama-2")
+    assert [(d.name, d.reason) for d in result.dropped] == [("obama-3", "the same file as obama")]
+    # each used photo keeps its own face: the fitted points lie on that photo's face
+    for photo, face in zip((a, b), result.faces):
+        alone = reconstructor.reconstruct(photo)[0]
+        assert float((face.landmarks68 - alone.landmarks68).norm(dim=1).mean()) < 0.1 * float(alone.detection.box[2] - alone.detection.box[0])
+    with pytest.raises(ValueError, match="photo names must be unique"):
+        reconstructor.reconstruct_set([a, b], names=["x", "x"])
+    with pytest.raises(ValueError, match="expected photo values in"):
+        reconstructor.reconstruct_set([read_image(a) * 255])
