@@ -160,3 +160,123 @@ def test_render_errors_are_one_line(saved, conformance, tmp_path, capsys):
     assert main(["render", str(root / "face.mat"), "-o", str(tmp_path / "afile" / "x.png")]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "afile" in error and "Traceback" not in error
+
+
+def refused(capsys, code: int, argv: list[str], folder) -> str:
+    """Run ``deep3dface`` expecting exit ``code`` and a one-line error, with ``folder`` left as it was."""
+    before = sorted(folder.rglob("*"))
+    assert main(argv) == code
+    error = capsys.readouterr().err
+    assert error.startswith("deep3dface: error: ") and error.count("\n") == 1, error
+    assert sorted(folder.rglob("*")) == before          # no render, no half-written temporary file
+    return error
+
+
+@pytest.mark.parametrize("pose", ["nan,0,0", "0,inf,0", "0,0,-1e400"])
+def test_non_finite_pose_is_refused(saved, tmp_path, capsys, pose):
+    root, _, _ = saved
+    error = refused(capsys, 2, ["render", str(root / "face.mat"), "-o", str(tmp_path / "b.png"), f"--pose={pose}"],
+                    tmp_path)
+    assert f"--pose: values must be finite, got '{pose}'" in error
+
+
+@pytest.mark.parametrize("kind", ["txt", "npy", "npy-overflow", "mat"])
+def test_non_finite_light_is_refused(saved, tmp_path, capsys, kind):
+    root, _, face = saved
+    light = tmp_path / f"light.{kind.split('-')[0]}"
+    if kind == "txt":
+        light.write_text(" ".join(["nan"] * 27))          # was: garbage colours and a PIL RuntimeWarning
+        what = "the light holds values"
+    elif kind == "npy":
+        np.save(light, np.full(27, np.inf))
+        what = "the light holds values"
+    elif kind == "npy-overflow":
+        np.save(light, np.full(27, 1e300))                # finite float64, infinite as the float32 drawn
+        what = "the light holds values"
+    else:
+        gamma = torch.full((1, 27), float("nan"))
+        light.write_bytes(coefficients_to_mat(face.coefficients.replace(gamma=gamma)))
+        what = "'gamma' holds values"
+    error = refused(capsys, 2, ["render", str(root / "face.mat"), "-o", str(tmp_path / "b.png"), "--light", str(light)],
+                    tmp_path)
+    assert f"--light {light}: {what} that are not finite" in error
+
+
+def test_non_finite_expression_and_face_are_refused(saved, tmp_path, capsys):
+    root, _, face = saved
+    other = tmp_path / "other.mat"
+    nan_exp = torch.full_like(face.coefficients.exp, np.nan)
+    other.write_bytes(coefficients_to_mat(face.coefficients.replace(exp=nan_exp)))
+    out = str(tmp_path / "b.png")
+    error = refused(capsys, 2, ["render", str(root / "face.mat"), "-o", out, "--expression", str(other)], tmp_path)
+    assert f"--expression {other}: 'exp' holds values that are not finite" in error
+    error = refused(capsys, 2, ["render", str(other), "-o", out], tmp_path)       # the face itself
+    assert f"{other}: 'exp' holds values that are not finite" in error
+
+
+def test_size_has_an_upper_bound_checked_first(saved, tmp_path, capsys):
+    root, _, _ = saved
+    error = refused(capsys, 2, ["render", str(root / "face.mat"), "-o", str(tmp_path / "b.png"), "--size", "100000"],
+                    tmp_path)
+    assert "--size must be 16 to 8192 pixels, got 100000" in error
+    # before any work: a missing face file is not even looked at
+    error = refused(capsys, 2, ["render", str(tmp_path / "missing.mat"), "-o", str(tmp_path / "b.png"),
+                                "--size", "8193"], tmp_path)
+    assert "--size must be 16 to 8192 pixels, got 8193" in error
+
+
+def write_bad_light(tmp_path, kind: str):
+    """A light file that is not 27 numbers, and the reason the error must give."""
+    from scipy.io import savemat
+
+    if kind == "text.npy":
+        (tmp_path / kind).write_text(" ".join(["0.1"] * 27))        # text under a .npy name
+        return tmp_path / kind, "not a .npy file (no NumPy header)"
+    if kind == "object.npy":
+        np.save(tmp_path / kind, np.array([object()] * 27, dtype=object), allow_pickle=True)
+        return tmp_path / kind, "not a .npy array of numbers"
+    if kind == "string.npy":
+        np.save(tmp_path / kind, np.array(["0.1"] * 27))
+        return tmp_path / kind, "the light holds text, not real numbers"
+    if kind == "string.mat":
+        savemat(tmp_path / kind, {"coeff": "hello"})
+        return tmp_path / kind, "'coeff' holds text, not real numbers"
+    (tmp_path / kind).mkdir()
+    return tmp_path / kind, "is a folder, not a light file"
+
+
+@pytest.mark.parametrize("kind", ["text.npy", "object.npy", "string.npy", "string.mat", "folder"])
+def test_bad_light_files_name_the_option_file_and_reason(saved, tmp_path, capsys, kind):
+    root, _, _ = saved
+    light, reason = write_bad_light(tmp_path, kind)
+    error = refused(capsys, 2, ["render", str(root / "face.mat"), "-o", str(tmp_path / "b.png"), "--light", str(light)],
+                    tmp_path)
+    assert error.startswith(f"deep3dface: error: --light {light}") and reason in error
+    assert "pickle" not in error and "Errno" not in error
+
+
+def test_bad_face_and_expression_files_name_the_file_and_reason(saved, tmp_path, capsys):
+    from scipy.io import savemat
+
+    root, _, _ = saved
+    text = tmp_path / "text.mat"
+    savemat(text, {"coeff": "hello"})
+    out = str(tmp_path / "b.png")
+    error = refused(capsys, 2, ["render", str(text), "-o", out], tmp_path)
+    assert f"error: {text}: 'coeff' holds text, not real numbers" in error
+    error = refused(capsys, 2, ["render", str(root / "face.mat"), "-o", out, "--expression", str(text)], tmp_path)
+    assert f"error: --expression {text}: 'coeff' holds text, not real numbers" in error
+    (tmp_path / "folder").mkdir()
+    error = refused(capsys, 2, ["render", str(root / "face.mat"), "-o", out, "--expression", str(tmp_path / "folder")],
+                    tmp_path)
+    assert f"error: --expression {tmp_path / 'folder'} is a folder, not a .mat file" in error
+
+
+def test_output_under_a_file_says_the_parent_is_a_file(saved, tmp_path, capsys):
+    root, _, _ = saved
+    (tmp_path / "x.json").write_text("{}")
+    for output in (tmp_path / "x.json" / "y.png", tmp_path / "x.json" / "deeper" / "y.png"):
+        error = refused(capsys, 1, ["render", str(root / "face.mat"), "-o", str(output)], tmp_path)
+        assert f"error: -o {output}: {tmp_path / 'x.json'} is a file, not a folder" in error
+        assert "Errno" not in error
+    assert (tmp_path / "x.json").read_text() == "{}"

@@ -87,6 +87,24 @@ def test_bad_coefficient_files(tmp_path):
         read_coefficients_mat(bad)
 
 
+def test_coefficient_files_with_text_or_non_finite_values(tmp_path):
+    from scipy.io import savemat
+
+    savemat(tmp_path / "text.mat", {"coeff": "hello"})
+    with pytest.raises(ValueError, match=r"text.mat: 'coeff' holds text, not real numbers"):
+        read_coefficients_mat(tmp_path / "text.mat")
+    coeffs = Coefficients.from_vector(torch.zeros(1, DEEP3D_LAYOUT.total), DEEP3D_LAYOUT)
+    nan = coefficients_to_mat(coeffs.replace(angle=torch.tensor([[0.0, float("nan"), 0.0]])))
+    with pytest.raises(ValueError, match=r"<bytes>: 'angle' holds values that are not finite"):
+        read_coefficients_mat(nan)
+    savemat(tmp_path / "huge.mat", {"coeff": np.full((1, DEEP3D_LAYOUT.total), 1e300)})   # inf as float32
+    with pytest.raises(ValueError, match=r"huge.mat: 'coeff' holds values that are not finite"):
+        read_coefficients_mat(tmp_path / "huge.mat")
+    (tmp_path / "folder.mat").mkdir()
+    with pytest.raises(ValueError, match=r"folder.mat is a folder, not a .mat file"):
+        read_coefficients_mat(tmp_path / "folder.mat")
+
+
 def _empty_mat() -> bytes:
     from scipy.io import savemat
 

@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -50,6 +52,9 @@ LIGHT_PRESETS: dict[str, tuple[float, float, tuple[float, float, float]]] = {
     "below": (0.3, 0.7, (0.0, -1.0, 0.6)),
 }
 COLOURS = ("shaded", "albedo", "geometry")
+T = TypeVar("T")
+#: largest --size: the rasteriser holds ~120 bytes a pixel (8192² ≈ 8 GB); beyond it torch fails mid-render
+MAX_SIZE = 8192
 
 
 @dataclass(frozen=True)
@@ -66,10 +71,11 @@ def load_face(path: str | Path) -> SavedFace:
     from scipy.io import loadmat
 
     from .export import read_coefficients_mat
+    from .export.coefficients import numeric_array
 
     coefficients = read_coefficients_mat(path)
     mat = loadmat(str(path), variable_names=["albedo"])
-    albedo = torch.as_tensor(np.asarray(mat["albedo"], np.float32)) if "albedo" in mat else None
+    albedo = torch.as_tensor(numeric_array(mat["albedo"], f"{path}: 'albedo'")) if "albedo" in mat else None
     if albedo is not None and (albedo.ndim != 2 or albedo.shape[1] != 3):
         raise ValueError(f"{path}: 'albedo' must be (N, 3), got {tuple(albedo.shape)}")
     return SavedFace(coefficients, albedo, str(path))
@@ -92,22 +98,42 @@ def light_gamma(preset: str) -> torch.Tensor:
     return band.repeat(3)[None].float()
 
 
+def read_npy(path: Path) -> np.ndarray:
+    """A .npy file's array, or a one-line error naming the file (not numpy's pickle advice)."""
+    with path.open("rb") as handle:
+        if handle.read(6) != b"\x93NUMPY":
+            raise ValueError(f"{path}: not a .npy file (no NumPy header)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, EOFError) as exc:   # object arrays need pickle, which a light file has no need of
+        raise ValueError(f"{path}: not a .npy array of numbers (Python objects or a damaged file)") from exc
+
+
+def light_row(path: Path, values: np.ndarray) -> torch.Tensor:
+    """The 27 numbers read from a light file -> (1, 27), or a one-line error naming the file."""
+    from .export.coefficients import numeric_array
+
+    values = numeric_array(values, f"{path}: the light").reshape(-1)
+    if values.size != 27:
+        raise ValueError(f"{path}: a light is 27 SH coefficients (9 bands × RGB), got {values.size}")
+    return torch.as_tensor(values)[None]
+
+
 def read_gamma(path: str | Path) -> torch.Tensor:
     """(1, 27) SH coefficients from a .mat (``gamma``, or a coefficient file), .npy or text file."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a light file")
     if path.suffix.lower() == ".mat":
         values = load_face(path).coefficients.gamma.numpy()
     elif path.suffix.lower() == ".npy":
-        values = np.load(path)
+        values = read_npy(path)
     else:
         try:
             values = np.array(path.read_text().replace(",", " ").split(), np.float64)
         except (ValueError, UnicodeDecodeError):
             raise ValueError(f"{path}: a light file holds 27 numbers (SH coefficients, 9 bands × RGB)") from None
-    values = np.asarray(values, np.float32).reshape(-1)
-    if values.size != 27:
-        raise ValueError(f"{path}: a light is 27 SH coefficients (9 bands × RGB), got {values.size}")
-    return torch.as_tensor(values)[None]
+    return light_row(path, values)
 
 
 def parse_pose(text: str) -> tuple[float, float, float]:
@@ -118,7 +144,31 @@ def parse_pose(text: str) -> tuple[float, float, float]:
         values = ()
     if len(values) != 3:
         raise ValueError(f"--pose takes pitch,yaw,roll in degrees (e.g. 0,30,0), got {text!r}")
+    if not all(math.isfinite(v) for v in values):   # float() takes 'nan' and 'inf': they draw nothing
+        raise ValueError(f"--pose: values must be finite, got {text!r}")
     return values
+
+
+def check_output(output: Path) -> None:
+    """``-o``: a .png path whose nearest existing ancestor is a folder; checked before any work."""
+    if output.is_dir():
+        raise ValueError(f"{output} is a folder: give the output a file name")
+    if output.suffix.lower() != ".png":
+        raise ValueError(f"{output}: the render is an RGBA PNG; give the output a .png name")
+    parent = next((p for p in output.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        # mkdir would say only "File exists" about the parent
+        raise NotADirectoryError(f"-o {output}: {parent} is a file, not a folder")
+
+
+def read_option(option: str, read: Callable[[str | Path], T], path: str | Path) -> T:
+    """``read(path)`` for a file an option names; its errors say the option (one line, exit 2)."""
+    try:
+        return read(path)
+    except OSError as exc:
+        raise ValueError(f"{option} {path}: cannot read it ({exc.strerror or exc})") from exc
+    except ValueError as exc:
+        raise ValueError(f"{option} {exc}") from exc
 
 
 def edit_coefficients(coefficients: Coefficients, pose_deg: tuple[float, float, float] | None = None,
@@ -188,18 +238,17 @@ def render_command(face_path: str | Path, output: str | Path, pose: str | None =
     from .export import write_output
     from .morphable import load_model
 
-    if size < 16:
-        raise ValueError(f"--size must be at least 16 pixels, got {size}")
-    if Path(output).is_dir():
-        raise ValueError(f"{output} is a folder: give the output a file name")
-    if Path(output).suffix.lower() != ".png":
-        raise ValueError(f"{output}: the render is an RGBA PNG; give the output a .png name")
+    if not 16 <= size <= MAX_SIZE:
+        raise ValueError(f"--size must be 16 to {MAX_SIZE} pixels, got {size}")
+    check_output(Path(output))
+    pose_deg = None if pose is None else parse_pose(pose)
     face = load_face(face_path)
     gamma = None
     if light is not None:
-        gamma = light_gamma(light) if light in LIGHT_PRESETS or not Path(light).exists() else read_gamma(light)
-    exp = None if expression is None else load_face(expression).coefficients.exp
-    coefficients = edit_coefficients(face.coefficients, None if pose is None else parse_pose(pose), gamma, exp)
+        gamma = (light_gamma(light) if light in LIGHT_PRESETS or not Path(light).exists()
+                 else read_option("--light", read_gamma, light))
+    exp = None if expression is None else read_option("--expression", load_face, expression).coefficients.exp
+    coefficients = edit_coefficients(face.coefficients, pose_deg, gamma, exp)
     face_model = load_model(model)
     image, mask = render_face(face_model, coefficients, face.albedo, size, colour)
     return write_output(output, rgba_png(image, mask), overwrite=overwrite), albedo_note(face_model, face)

@@ -38,23 +38,43 @@ def coefficients_to_mat(coeffs: Coefficients, **extras: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+#: how data that are not numbers read, by dtype kind (a MATLAB cell or struct loads as objects or records)
+NOT_NUMBERS = {"U": "text", "S": "text", "O": "objects (a cell or struct)", "V": "records (a struct)",
+               "b": "true/false values", "c": "complex numbers", "M": "dates", "m": "time spans"}
+
+
+def numeric_array(value: object, what: str) -> np.ndarray:
+    """``value`` as finite float32, or a one-line error starting with ``what`` (file and key)."""
+    array = np.asarray(value)
+    if array.dtype.kind not in "iuf":   # float() would fail on the content with a message naming neither
+        raise ValueError(f"{what} holds {NOT_NUMBERS.get(array.dtype.kind, array.dtype.name)}, not real numbers")
+    with np.errstate(over="ignore"):   # a float64 beyond float32's range becomes inf: reported below
+        array = array.astype(np.float32)
+    if not np.isfinite(array).all():   # NaN or inf would draw nothing (or garbage) without an error
+        raise ValueError(f"{what} holds values that are not finite (NaN or infinity)")
+    return array
+
+
 def read_coefficients_mat(source: str | Path | bytes, layout: CoefficientLayout | None = None) -> Coefficients:
     """Coefficients from a .mat written by us or by Deep3D (``coeff`` or the named groups)."""
     from scipy.io import loadmat
 
     name = "<bytes>" if isinstance(source, bytes) else str(source)
+    if not isinstance(source, bytes) and Path(source).is_dir():
+        # loadmat would try NAME.mat next and report that missing file instead
+        raise ValueError(f"{name} is a folder, not a .mat file")
     try:
         mat = loadmat(io.BytesIO(source) if isinstance(source, bytes) else str(source))
     except Exception as exc:
         raise ValueError(f"{name}: not a readable .mat file ({exc})") from exc
     if all(g in mat for g in GROUPS):
-        groups = {g: torch.as_tensor(np.asarray(mat[g], np.float32).reshape(1, -1)) for g in GROUPS}
+        groups = {g: torch.as_tensor(numeric_array(mat[g], f"{name}: '{g}'").reshape(1, -1)) for g in GROUPS}
         coeffs = Coefficients(**groups)
         if layout is not None and coeffs.layout != layout:
             raise ValueError(f"{name}: coefficient layout {coeffs.layout} is not the expected {layout}")
         return coeffs
     if "coeff" in mat:
-        vector = np.asarray(mat["coeff"], np.float32).reshape(1, -1)
+        vector = numeric_array(mat["coeff"], f"{name}: 'coeff'").reshape(1, -1)
         layout = layout or DEEP3D_LAYOUT
         if vector.shape[1] != layout.total:
             raise ValueError(f"{name}: 'coeff' holds {vector.shape[1]} values, the layout needs {layout.total}")
