@@ -148,6 +148,9 @@ def test_render_errors_are_one_line(saved, conformance, tmp_path, capsys):
     assert main(["render", str(root / "face.mat"), "-o", out, "--size", "32", "-q"]) == 0
     assert main(["render", str(root / "face.mat"), "-o", out, "--size", "32"]) == 1      # no overwrite
     assert "exists" in capsys.readouterr().err
+    # refused before the model is loaded and the face rendered: a bogus --model is never opened
+    assert main(["render", str(root / "face.mat"), "-o", out, "--size", "32", "--model", str(tmp_path / "nothing")]) == 1
+    assert "x.png exists; pass overwrite=True" in capsys.readouterr().err
     assert main(["render", str(root / "face.mat"), "-o", str(tmp_path / "x.jpg")]) == 2
     assert "the render is an RGBA PNG; give the output a .png name" in capsys.readouterr().err
     (tmp_path / "light.txt").write_text("bright and warm")
