@@ -343,6 +343,74 @@ def test_fit_set_list_file_cannot_send_outputs_outside_the_output_folder(tmp_pat
         assert f"list.txt line 1: person {person!r} is not a plain folder name" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "escaped").exists()
 
+def test_fit_set_list_file_lines_are_read_as_written(tmp_path, faces, capsys):
+    """A BOM is no part of the first path; a photo given twice counts once (noted); a listed photo
+    that does not exist is an error that fails the run (on a rerun too), the rest still done."""
+    from deep3dface.cli import main
+
+    photo = faces / "identity_openface_cmu" / "clapton-1.jpg"
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"eric\t{photo}\neric\t{photo}\neric\tnothere.jpg\n", encoding="utf-8-sig")
+    out = tmp_path / "out"
+    args = ["fit-set", str(listing), "-o", str(out), "--no-overlay", "--no-appearance"]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert f"list.txt line 2: {photo} is given already for eric (" in err and "used once" in err
+    assert f"list.txt line 3: {tmp_path / 'nothere.jpg'}: no such file" in err
+    summary = json.loads((out / "eric" / "summary.json").read_text())
+    assert summary["photos"] == [str(photo)] and [u["photo"] for u in summary["used"]] == ["clapton-1"]
+    assert summary["dropped"] == [] and not list((out / "eric").glob("clapton-1-2*"))
+    assert main([*args, "-q"]) == 1  # eric is done; the missing photo still counts
+    assert "nothere.jpg: no such file" in capsys.readouterr().err
+
+
+def test_fit_set_root_that_is_no_list_or_a_line_without_a_path_is_a_clear_error(tmp_path, faces, capsys):
+    from deep3dface.cli import main
+
+    photo = faces / "identity_openface_cmu" / "clapton-1.jpg"
+    assert main(["fit-set", str(photo), "-o", str(tmp_path / "out"), "-q"]) == 2
+    assert f"{photo}: not a folder of people or a text list file" in capsys.readouterr().err
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"eric\t{photo}\neric\t\n")
+    assert main(["fit-set", str(listing), "-o", str(tmp_path / "out"), "-q"]) == 2
+    assert "list.txt line 2: no path" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_fit_set_does_not_replace_files_it_did_not_write(tmp_path, faces, capsys):
+    """Without --overwrite a user's file in a person's folder is refused (that person fails, the
+    batch goes on, nothing of that person written); an interrupted person's own files are not."""
+    from deep3dface.cli import main
+
+    folder = faces / "identity_openface_cmu"
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"eric\t{folder / 'clapton-1.jpg'}\nother\t{folder / 'clapton-2.jpg'}\n")
+    out = tmp_path / "out"
+    (out / "eric").mkdir(parents=True)
+    (out / "eric" / "neutral.obj").write_text("MINE")
+    args = ["fit-set", str(listing), "-o", str(out), "--no-overlay", "--no-appearance", "-q"]
+    assert main(args) == 1
+    assert (f"{out / 'eric' / 'neutral.obj'} exists and is not fit-set's output for eric (--overwrite replaces it); "
+            "eric skipped") in capsys.readouterr().err
+    assert [p.name for p in (out / "eric").iterdir()] == ["neutral.obj"]
+    assert (out / "eric" / "neutral.obj").read_text() == "MINE"
+    assert (out / "other" / "summary.json").is_file()
+    # a photo's file without its JSON: found only once the fit says what that file would hold
+    (out / "eric" / "neutral.obj").unlink()
+    (out / "eric" / "clapton-1_face0.mat").write_text("MINE")
+    assert main(args) == 1
+    assert f"{out / 'eric' / 'clapton-1_face0.mat'} exists and is not fit-set's output" in capsys.readouterr().err
+    assert [p.name for p in (out / "eric").iterdir()] == ["clapton-1_face0.mat"]
+    assert main([*args, "--overwrite"]) == 0
+    assert (out / "eric" / "clapton-1_face0.mat").read_bytes().startswith(b"MATLAB")
+    # interrupted after a photo's files but before its JSON (renamed last): a rerun finishes it
+    first = _contents(out)
+    for path in [*(out / "eric").glob("neutral*"), out / "eric" / "summary.json", out / "eric" / "clapton-1.json"]:
+        path.unlink()
+    assert main(args) == 0
+    assert _contents(out) == first
+
+
 def test_reconstruct_set_gives_one_albedo_and_one_fused_texture(faces):
     """Two photos turned to opposite sides: one albedo for both, and a texture map that takes each
     texel from the photos that see it (where both see it well, a blend of the two)."""

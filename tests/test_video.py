@@ -160,3 +160,69 @@ def test_turned_head_gets_the_yaw_a_photo_gets(tmp_path, faces):
     photo_yaw = Reconstructor().reconstruct(read_image(tmp_path / "frame.png"))[0].angles_deg[1]
     assert abs(photo_yaw) > 60 and (np.abs(video_yaw) > 60).all()
     assert np.abs(video_yaw - photo_yaw).max() < 4.0
+
+
+def _no_face_clip(tmp_path, faces, count):
+    """The left of a real frame (the door behind Obama): no face in it."""
+    frame = Image.open(faces / "video_3ddfa_obama" / "frame_000.jpg").convert("RGB").crop((0, 0, 480, 720))
+    return _encode_still(tmp_path / "door.mp4", frame, count)
+
+
+def test_video_overwrite_replaces_the_whole_result_and_keeps_other_files(tmp_path, frames, faces, capsys):
+    """--overwrite leaves none of the earlier run's files that this run does not write (frames past
+    --max-frames, an overlay, a neutral mesh), and never removes files that are not ours."""
+    from deep3dface.cli import main
+
+    clip = tmp_path / "clip.mp4"
+    _encode(clip, frames, rate=4)
+    out = tmp_path / "out"
+    assert main(["video", str(clip), "-o", str(out), "-q"]) == 0
+    assert len(list((out / "frames").iterdir())) == len(frames) and (out / "overlay.mp4").is_file()
+    (out / "frames" / "notes.json").write_text('{"mine": 1}')
+    (out / "frames" / "000042.json").write_text('{"frame": 7}')  # our name, not our record
+    (out / "mine.txt").write_text("MINE")
+    args = ["video", str(clip), "-o", str(out), "--overwrite", "--max-frames", "3", "--no-overlay", "-q"]
+    assert main(args) == 0
+    assert sorted(p.name for p in (out / "frames").iterdir()) == [
+        "000000.json", "000001.json", "000002.json", "000042.json", "notes.json"]
+    assert not (out / "overlay.mp4").exists() and (out / "mine.txt").read_text() == "MINE"
+    assert json.loads((out / "summary.json").read_text())["frames"] == 3
+    # an overlay.mp4 that is not ours stays; so does nothing of ours this run does not write
+    (out / "overlay.mp4").write_bytes(clip.read_bytes())
+    assert main(["video", str(_no_face_clip(tmp_path, faces, 2)), "-o", str(out), "--overwrite", "-q"]) == 1
+    assert (out / "overlay.mp4").read_bytes() == clip.read_bytes()
+    assert not (out / "neutral.obj").exists()  # the earlier clip's: nobody's identity now
+    assert sorted(p.name for p in (out / "frames").iterdir()) == ["000000.json", "000001.json", "000042.json",
+                                                                  "notes.json"]
+
+
+def test_video_output_that_is_a_file_is_refused_before_any_work(tmp_path, frames, capsys, monkeypatch):
+    import deep3dface.video
+    from deep3dface.cli import main
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the output was checked only after the work")
+
+    monkeypatch.setattr(deep3dface.video, "reconstruct_video", no_work)
+    clip = tmp_path / "clip.mp4"
+    _encode(clip, frames[:2], rate=4)
+    (tmp_path / "out").write_text("MINE")
+    assert main(["video", str(clip), "-o", str(tmp_path / "out"), "-q"]) == 2
+    assert f"-o {tmp_path / 'out'}: exists and is not a folder" in capsys.readouterr().err
+    assert (tmp_path / "out").read_text() == "MINE"
+
+
+def test_video_with_no_face_writes_no_neutral_mesh_and_fails_on_a_rerun(tmp_path, faces, capsys):
+    from deep3dface.cli import main
+
+    clip = _no_face_clip(tmp_path, faces, 2)
+    out = tmp_path / "out"
+    assert main(["video", str(clip), "-o", str(out), "-q"]) == 1
+    assert "door.mp4: no face found in any of its 2 frame(s) (so no neutral.obj" in capsys.readouterr().err
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
+        "frames/000000.json", "frames/000001.json", "summary.json"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tracked"] == 0 and summary["identity"] is None
+    assert not json.loads((out / "frames" / "000000.json").read_text())["face"]
+    assert main(["video", str(clip), "-o", str(out), "-q"]) == 1  # still a failure, not "done"
+    assert "door.mp4: done already" in capsys.readouterr().err and not (out / "neutral.obj").exists()

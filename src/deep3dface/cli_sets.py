@@ -17,7 +17,10 @@ file listing photos, one a line, either ``PATH`` (the person is the photo's fold
 
 Resumable: a person whose summary.json exists is skipped; an interrupted person is redone from the
 start, and the fit is deterministic, so the files it had written are rewritten identically.  Every
-file is written atomically (``export.write_output``).
+file is written atomically (``export.write_output``).  Without ``--overwrite`` nothing else is
+replaced: a file in the person's folder that is neither listed by a photo JSON of ours nor holds
+what this run writes (someone else's) is refused before anything of that person is written, and
+the person counts as failed.
 
 ``deep3dface video IN -o OUT``: see deep3dface.video (needs PyAV: ``pip install deep3dface[video]``).
 """
@@ -28,43 +31,72 @@ import json
 import sys
 from pathlib import Path
 
-def read_sets(root: str | Path) -> dict[str, list[Path]]:
+def read_sets(root: str | Path, problems: list[str] | None = None,
+              notes: list[str] | None = None) -> dict[str, list[Path]]:
     """{person: photos} from a facebank folder or a list file, people and photos in sorted order;
-    photo paths resolved (the JSON files record them, and a rerun from elsewhere must find them)."""
+    photo paths resolved (the JSON files record them, and a rerun from elsewhere must find them).
+    A listed photo that is not a file is left out and described in ``problems`` (without that
+    list, it is an error); a photo given twice for one person counts once (twice would double its
+    weight), described in ``notes``."""
     from .io.images import IMAGE_SUFFIXES
 
     root = Path(root)
-    sets: dict[str, list[Path]] = {}
+    found: dict[str, dict[Path, str]] = {}  # person -> {photo: where it was given}
+    missing: list[str] = []
+
+    def add(person: str, photo: Path, where: str) -> None:
+        given = found.setdefault(person, {})
+        if photo in given:
+            if notes is not None:
+                notes.append(f"{where}: {photo} is given already for {person} ({given[photo]}), used once")
+        else:
+            given[photo] = where
+
     if root.is_dir():
         for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-            photos = sorted(p.resolve() for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-            if photos:
-                sets[folder.name] = photos
+            files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            for resolved, path in sorted((p.resolve(), p) for p in files):
+                add(folder.name, resolved, str(path))
     elif root.is_file():
-        for number, line in enumerate(root.read_text().splitlines(), 1):
-            line = line.strip()
-            if not line or line.startswith("#"):
+        try:
+            text = root.read_text(encoding="utf-8-sig")  # -sig: a BOM is no part of the first path
+        except UnicodeDecodeError:
+            raise ValueError(f"{root}: not a folder of people or a text list file") from None
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip() or line.strip().startswith("#"):
                 continue
-            person, _, path = line.rpartition("\t")
+            where = f"{root} line {number}"
+            person, _, path = line.rpartition("\t")  # before stripping: 'PERSON<TAB>' has no path
+            path = path.strip()
+            if not path:
+                raise ValueError(f"{where}: no path")
             photo = Path(path) if Path(path).is_absolute() else root.parent / path
             person = person.strip() or photo.parent.name
             if person in ("", ".", "..") or any(sep in person for sep in ("/", "\\")) or Path(person).is_absolute():
-                raise ValueError(f"{root} line {number}: person {person!r} is not a plain folder name "
+                raise ValueError(f"{where}: person {person!r} is not a plain folder name "
                                  "(their outputs go to OUT/<person>)")
-            sets.setdefault(person, []).append(photo.resolve())
+            if not photo.is_file():
+                missing.append(f"{where}: {photo}: {'not a file' if photo.exists() else 'no such file'}")
+                continue
+            add(person, photo.resolve(), where)
     else:
         raise FileNotFoundError(f"{root}: no such folder or list file")
-    if not sets:
+    if missing and problems is None:
+        raise FileNotFoundError(missing[0])
+    if problems is not None:
+        problems.extend(missing)
+    if not found and not missing:
         raise ValueError(f"{root}: no photos found (expected ROOT/<person>/*.jpg or a list file)")
-    return sets
+    return {person: list(given) for person, given in found.items()}
 
 
 def cmd_fit_set(args: argparse.Namespace) -> int:
     """Reconstruct one identity per person from a facebank folder or a list of photos (see
-    deep3dface.cli_sets).  Exit code: the number of people with no usable photo (capped at 100),
-    counting those a rerun finds done."""
+    deep3dface.cli_sets).  Exit code: the number of people with no usable photo (counting those a
+    rerun finds done) or refused for a file of someone else's in the way, plus listed photos that
+    do not exist (capped at 100)."""
     from .cli import output_folder
-    from .export import write_output
+    from .export import OutputExistsError, write_output
     from .image_set import SetConfig
     from .image_set_outputs import person_files
     from .io.images import read_image
@@ -72,10 +104,19 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
     from .pipeline import Reconstructor
 
     kinds = frozenset(OUTPUT_KINDS) - (set() if args.overlay else {"overlay"})
-    sets = read_sets(args.root)
+    problems, notes = [], []
+    sets = read_sets(args.root, problems, notes)
     out_root = output_folder(args.output)
-    recon = Reconstructor(model=args.model, device=args.device)
-    failed = 0
+    for note in notes:
+        _say(args, f"deep3dface: warning: {note}")
+    for problem in problems:
+        print(f"deep3dface: error: {problem}", file=sys.stderr)
+    recon = Reconstructor(model=args.model, device=args.device) if sets else None
+    failed = len(problems)
+
+    def photo_blobs(face, fit, path) -> dict[str, bytes]:
+        return photo_outputs(str(path), fit.name, read_image(path), [face], recon.model_name, kinds=kinds)[1]
+
     for person, photos in sets.items():
         out = out_root / person
         summary_path = out / "summary.json"
@@ -85,23 +126,84 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
             _say(args, f"{person}: done already ({summary_path}, {used} photo(s) used), skipped")
             continue
         stems = output_stems(photos, out)
-        result = recon.reconstruct_set(photos, names=stems, config=SetConfig(), appearance=args.appearance)
-        paths = [photos[stems.index(fit.name)] for fit in result.photos]
+        try:
+            if not args.overwrite:
+                _refuse_person_files(out, stems)  # before the fit where it can tell already
+            result = recon.reconstruct_set(photos, names=stems, config=SetConfig(), appearance=args.appearance)
+            paths = [photos[stems.index(fit.name)] for fit in result.photos]
+            files, blobs = {}, {}
+            if result.photos:  # no photo, no identity: the mean face is nobody's neutral mesh
+                files, blobs = person_files(result, lambda i: read_image(paths[i]))
+            checked = {}  # a photo's files computed for the check, written as they are
+            if not args.overwrite:
+                # the fit is deterministic: what this person's interrupted run wrote holds the same bytes
+                _refuse_foreign(out, blobs)
+                existing = {p.name for p in out.iterdir()} if out.is_dir() else set()
+                ours = _listed_outputs(out, stems)
+                for face, fit, path in zip(result.faces, result.photos, paths):
+                    if any(n.startswith((f"{fit.name}.", f"{fit.name}_")) for n in existing - ours):
+                        checked[fit.name] = photo_blobs(face, fit, path)
+                        _refuse_foreign(out, checked[fit.name], ours)
+        except OutputExistsError as exc:  # nothing of this person written: the batch goes on
+            print(f"deep3dface: error: {exc}; {person} skipped", file=sys.stderr)
+            failed += 1
+            continue
         for face, fit, path in zip(result.faces, result.photos, paths):
-            _, blobs = photo_outputs(str(path), fit.name, read_image(path), [face], recon.model_name,
-                                     kinds=kinds)
-            write_photo_outputs(out, blobs, overwrite=True)  # a rerun rewrites an interrupted person's files
-        files: dict[str, str] = {}
-        if result.photos:  # no photo, no identity: the mean face is nobody's neutral mesh
-            files, blobs = person_files(result, lambda i: read_image(paths[i]))
-            for name, data in blobs.items():
-                write_output(out / name, data, overwrite=True)
+            photo_files = checked.pop(fit.name, None) or photo_blobs(face, fit, path)
+            # ours, or checked above: a rerun rewrites an interrupted person's files
+            write_photo_outputs(out, photo_files, overwrite=True)
+        for name, data in blobs.items():
+            write_output(out / name, data, overwrite=True)
         summary = {"person": person, "photos": [str(p) for p in photos], "files": files, **result.summary()}
         write_output(summary_path, json.dumps(summary, indent=1).encode(), overwrite=True)
         failed += not result.photos
         _say(args, f"{person}: {len(result.photos)} photo(s) used, {len(result.dropped)} dropped"
                    + "".join(f"\n  dropped {d.name}: {d.reason}" for d in result.dropped))
     return min(failed, 100)
+
+
+PERSON_FILES = ("neutral.obj", "neutral_textured.glb", "neutral_textured.obj", "neutral_textured.mtl",
+                "neutral_textured.png")
+
+
+def _refuse_person_files(out: Path, stems: list[str]) -> None:
+    """A neutral mesh beside no photo JSON of ours is not from this person's run (which writes the
+    photos' files first): refused before the fit."""
+    from .export import OutputExistsError
+
+    if any((out / f"{stem}.json").exists() for stem in stems):
+        return
+    for name in PERSON_FILES:
+        if (out / name).exists():
+            raise OutputExistsError(f"{out / name} exists and is not fit-set's output for {out.name} "
+                                    "(--overwrite replaces it)")
+
+
+def _listed_outputs(out: Path, stems: list[str]) -> set[str]:
+    """Names of the files this person's photo JSONs of ours list, the JSONs included: ours to replace
+    (output_stems gives a photo a stem whose JSON, where one exists, records that photo)."""
+    from .outputs import listed_files
+
+    ours = set()
+    for stem in stems:
+        if (out / f"{stem}.json").is_file():
+            ours.update([f"{stem}.json", *listed_files(out / f"{stem}.json")])
+    return ours
+
+
+def _refuse_foreign(out: Path, blobs: dict[str, bytes], ours: set[str] = frozenset()) -> None:
+    """OutputExistsError for the first file of ``blobs`` that exists, is not in ``ours`` and holds
+    other bytes (a .mat file's 128-byte header holds a timestamp)."""
+    from .export import OutputExistsError
+
+    for name, data in blobs.items():
+        path = out / name
+        if name in ours or not (path.exists() or path.is_symlink()):
+            continue
+        skip = 128 if name.endswith(".mat") else 0
+        if not path.is_file() or path.stat().st_size != len(data) or path.read_bytes()[skip:] != data[skip:]:
+            raise OutputExistsError(f"{path} exists and is not fit-set's output for {out.name} "
+                                    "(--overwrite replaces it)")
 
 
 def _used_photos(summary_path: Path) -> int:
@@ -114,18 +216,26 @@ def _used_photos(summary_path: Path) -> int:
 
 def cmd_video(args: argparse.Namespace) -> int:
     """Track and reconstruct the largest face of a video: one identity, per-frame pose and
-    expression (one-euro smoothed), frames/*.json, neutral.obj, summary.json and overlay.mp4."""
+    expression (one-euro smoothed), frames/*.json, neutral.obj, summary.json and overlay.mp4.
+    Exit code 1 when no frame shows a face (no neutral.obj then: the mean face is nobody's), on a
+    rerun too."""
     import importlib.util
 
+    from .cli import output_folder
+
+    out = output_folder(args.output)  # before any work
     if importlib.util.find_spec("av") is None:
         raise ValueError("the video command needs PyAV: pip install 'deep3dface[video]' (or pip install av)")
     from .image_set import SetObserver
     from .morphable import load_model
     from .video import VideoConfig, reconstruct_video, write_video_outputs
 
-    out = Path(args.output)
     if not args.overwrite:
         if (out / "summary.json").exists():
+            if _tracked_frames(out / "summary.json") == 0:
+                print(f"deep3dface: error: {args.input}: done already ({out / 'summary.json'}), no face found in it "
+                      "(--overwrite redoes it)", file=sys.stderr)
+                return 1
             _say(args, f"{args.input}: done already ({out / 'summary.json'}), skipped (--overwrite redoes it)")
             return 0
         stale = [p for p in (out / "neutral.obj", out / "frames", out / "overlay.mp4") if p.exists()]
@@ -134,10 +244,22 @@ def cmd_video(args: argparse.Namespace) -> int:
     model = load_model(args.model)
     observer = SetObserver.create(descriptors=False)
     result = reconstruct_video(args.input, observer, model, VideoConfig(max_frames=args.max_frames))
-    write_video_outputs(result, args.input, args.output, overlay=args.overlay, overwrite=args.overwrite)
+    write_video_outputs(result, args.input, out, overlay=args.overlay, overwrite=args.overwrite)
+    if not result.fitted:
+        print(f"deep3dface: error: {args.input}: no face found in any of its {len(result.frames)} frame(s) "
+              f"(so no neutral.obj; {out / 'summary.json'} says so)", file=sys.stderr)
+        return 1
     _say(args, f"{args.input}: {len(result.fitted)}/{len(result.frames)} frame(s) with a face, "
-               f"{sum(f.redetected for f in result.frames)} detection(s) -> {args.output}")
-    return 0 if result.fitted else 1
+               f"{sum(f.redetected for f in result.frames)} detection(s) -> {out}")
+    return 0
+
+
+def _tracked_frames(summary_path: Path) -> int:
+    """How many frames with a face a finished clip's summary.json counts (0 when unreadable)."""
+    try:
+        return int(json.loads(summary_path.read_text()).get("tracked", 0))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return 0
 
 
 def add_commands(sub) -> None:

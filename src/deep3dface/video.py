@@ -203,11 +203,19 @@ def reconstruct_tracked(frames: tuple[TrackedFrame, ...], model: MorphableModel,
 def write_video_outputs(result: VideoReconstruction, video: str | Path, out_dir: str | Path,
                         overlay: bool = True, overwrite: bool = False) -> list[Path]:
     """``frames/<index>.json`` per frame, ``neutral.obj``, ``summary.json`` and ``overlay.mp4``
-    (green: smoothed fitted points; red: the landmarker's), all written atomically."""
+    (green: smoothed fitted points; red: the landmarker's), all written atomically, the summary
+    last (it marks the clip done).  A clip with no face gets no ``neutral.obj`` (the mean face is
+    nobody's) and a summary with ``tracked`` 0 and no identity.  Overwriting replaces the whole
+    result: the files of ours an earlier run left that this one does not write (more frames, an
+    overlay, a neutral mesh) are removed; other files are never touched."""
     from .export import export_mesh, write_output
 
     out = Path(out_dir)
-    written = [write_output(out / "neutral.obj", export_mesh(result.neutral, "obj"), overwrite)]
+    if overwrite:  # an interrupted overwrite must not look done
+        (out / "summary.json").unlink(missing_ok=True)
+    written = []
+    if result.fitted:
+        written.append(write_output(out / "neutral.obj", export_mesh(result.neutral, "obj"), overwrite))
     position = {frame: row for row, frame in enumerate(result.fitted)}
     points = result.projected(True).numpy() if result.fitted else None
     for i, frame in enumerate(result.frames):
@@ -226,12 +234,51 @@ def write_video_outputs(result: VideoReconstruction, video: str | Path, out_dir:
         written.append(write_output(out / "frames" / f"{frame.index:06d}.json", json.dumps(record).encode(), overwrite))
     if overlay and result.fitted:
         written.append(_write_overlay(result, video, out / "overlay.mp4", points, overwrite))
+    if overwrite:
+        for path in set(earlier_outputs(out)) - set(written):
+            path.unlink(missing_ok=True)
     summary = {"video": str(video), "width": result.size[0], "height": result.size[1], "rate": result.rate,
                "frames": len(result.frames), "tracked": len(result.fitted),
                "redetections": sum(f.redetected for f in result.frames), "model": result.model.name,
-               "unit": result.model.unit, "identity": [round(float(v), 6) for v in result.identity]}
+               "unit": result.model.unit,
+               "identity": [round(float(v), 6) for v in result.identity] if result.fitted else None}
     written.append(write_output(out / "summary.json", json.dumps(summary, indent=1).encode(), overwrite))
     return written
+
+
+OVERLAY_TAG = "deep3dface video overlay"  # the overlay's container comment: marks it as ours
+
+
+def earlier_outputs(out_dir: str | Path) -> list[Path]:
+    """The files of ``write_video_outputs`` in a folder, recognised by name and content (a frame
+    record, our mesh header, our overlay's tag), so that nothing of anyone else's is taken."""
+    out = Path(out_dir)
+    found = []
+    if (out / "frames").is_dir():
+        for path in sorted((out / "frames").glob("[0-9][0-9][0-9][0-9][0-9][0-9].json")):
+            try:
+                record = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue
+            if isinstance(record, dict) and record.get("frame") == int(path.stem) and "landmark_score" in record:
+                found.append(path)
+    neutral = out / "neutral.obj"
+    try:
+        with open(neutral, "rb") as handle:
+            if handle.read(17) == b"# deep3dface mesh":
+                found.append(neutral)
+    except OSError:
+        pass
+    if (out / "overlay.mp4").is_file():
+        import av
+
+        try:
+            with av.open(str(out / "overlay.mp4")) as container:
+                if container.metadata.get("comment") == OVERLAY_TAG:
+                    found.append(out / "overlay.mp4")
+        except av.error.FFmpegError:
+            pass
+    return found
 
 
 def _write_overlay(result: VideoReconstruction, video, path: Path, points: np.ndarray, overwrite: bool) -> Path:
@@ -252,6 +299,7 @@ def _write_overlay(result: VideoReconstruction, video, path: Path, points: np.nd
     width, height = (result.size[0] // 2) * 2, (result.size[1] // 2) * 2  # yuv420p needs even sizes
     try:
         with av.open(tmp, "w", format="mp4") as container:
+            container.metadata["comment"] = OVERLAY_TAG
             stream = container.add_stream("mpeg4", rate=round(result.rate) or 25)
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
             stream.bit_rate = 4_000_000
@@ -332,5 +380,6 @@ def landmark_jitter(points: np.ndarray) -> float:
     return float(np.linalg.norm(points[2:] - 2 * points[1:-1] + points[:-2], axis=-1).mean())
 
 
-__all__ = ["TrackedFrame", "VideoConfig", "VideoReconstruction", "clip_alignment", "five_points", "landmark_jitter",
-           "one_euro", "read_frames", "reconstruct_tracked", "reconstruct_video", "track", "write_video_outputs"]
+__all__ = ["OVERLAY_TAG", "TrackedFrame", "VideoConfig", "VideoReconstruction", "clip_alignment", "earlier_outputs",
+           "five_points", "landmark_jitter", "one_euro", "read_frames", "reconstruct_tracked", "reconstruct_video",
+           "track", "write_video_outputs"]
