@@ -343,6 +343,7 @@ def test_fit_set_list_file_cannot_send_outputs_outside_the_output_folder(tmp_pat
         assert f"list.txt line 1: person {person!r} is not a plain folder name" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "escaped").exists()
 
+
 def test_fit_set_list_file_lines_are_read_as_written(tmp_path, faces, capsys):
     """A BOM is no part of the first path; a photo given twice counts once (noted); a listed photo
     that does not exist is an error that fails the run (on a rerun too), the rest still done."""
