@@ -5,7 +5,7 @@ timed interleaved (one run of each in turn) so that load from other processes hi
   eager_f32        the network as loaded (NCHW, BatchNorm separate)
   prepared_f32     ``prepare_for_inference(precision="float32")``: BatchNorm folded, channels_last
   prepared_bf16    ``prepare_for_inference(precision="bfloat16")``: bfloat16 backbone, weights packed
-                   once for oneDNN (what "auto" picks on CPUs with AVX512-BF16 / AMX; elsewhere slow);
+                   once for oneDNN (what "auto" picks on CPUs with AMX; slower elsewhere);
                    ``bf16_rel_error`` = max |bf16 − f32| / max |f32| on the B = 16 batch
   autocast_bf16    prepared_f32 under ``torch.autocast("cpu", bfloat16)`` (weights cast every call)
   compiled_*       ``torch.compile`` (inductor, freezing) of prepared_f32; skipped with a reason when

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from deep3dface.nets import CheckpointError, ResNet50, RNet, load_rnet
-from deep3dface.nets.packed import PackedConv2d, bfloat16_is_fast, pack_resnet, packing_available
+from deep3dface.nets.packed import PackedConv2d, bfloat16_is_fast, bfloat16_is_native, pack_resnet, packing_available
 from deep3dface.nets.rnet import FORMATS, prepare_for_inference
 from deep3dface.types import DEEP3D_LAYOUT, Coefficients
 
@@ -118,11 +118,11 @@ def test_prepared_network_matches_reference(name, models, crops, reference):
 BF16_REL = 1e-2
 
 
-@pytest.mark.skipif(not bfloat16_is_fast(), reason="this CPU has no native bfloat16 (AVX512-BF16 / AMX)")
+@pytest.mark.skipif(not bfloat16_is_native(), reason="this CPU has no native bfloat16 (AVX512-BF16 / AMX)")
 @pytest.mark.parametrize("name", FORMAT_NAMES)
 def test_bfloat16_network_stays_near_float32(name, models, crops):
-    """"auto" runs the backbone in bfloat16 here; the coefficients still come back float32."""
-    fast = prepare_for_inference(models[name])
+    """The backbone in bfloat16 (what "auto" picks on AMX CPUs); the coefficients still come back float32."""
+    fast = prepare_for_inference(models[name], precision="bfloat16")
     assert fast.backbone_dtype == torch.bfloat16
     with torch.inference_mode():
         low = fast.vector(crops)

@@ -10,9 +10,9 @@ ReLU computes it as oneDNN's post-op, and a bottleneck's last convolution adds t
 applies the ReLU in the same call (``PackedBottleneck``), instead of three more passes over each
 activation map (separate ReLU, add, ReLU: ~3 ms of ~28 at batch 1 in bfloat16 here).
 
-Precision.  On CPUs with native bfloat16 (AVX512-BF16, AMX) oneDNN's bf16 convolutions run 2-3x
-faster than float32 ones; elsewhere bf16 is emulated and slower, so ``"auto"`` picks bf16 only
-where the CPU has it (``bfloat16_is_fast``).
+Precision.  On CPUs with AMX tiles these packed bf16 convolutions run 2-3x faster than float32
+ones; with AVX512-BF16 alone (AMD Zen 4) they were 2-3x slower at batch 1, and emulated bf16 is
+slower still, so ``"auto"`` picks bf16 only where the CPU has AMX (``bfloat16_is_fast``).
 
 Inference only: the packed weight is an opaque oneDNN tensor, not a parameter; a packed module
 cannot be trained, saved, copied or moved to another device (prepare the original instead).
@@ -34,12 +34,21 @@ def packing_available() -> bool:
             and hasattr(mkldnn, "_reorder_convolution_weight"))
 
 
-def bfloat16_is_fast() -> bool:
+def bfloat16_is_native() -> bool:
     """True where this CPU computes bfloat16 natively (AVX512-BF16 or AMX tiles) and oneDNN can use it."""
     cpu = torch.cpu
     native = any(getattr(cpu, check, lambda: False)() for check in ("_is_avx512_bf16_supported",
                                                                      "_is_amx_tile_supported"))
     return native and packing_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def bfloat16_is_fast() -> bool:
+    """True where R-Net's packed bfloat16 backbone beats float32: with AMX tiles (Intel Xeon 4th
+    gen and later: 0.37x float32's time at batch 1).  With AVX512-BF16 alone it did not: on an AMD
+    EPYC (Zen 4) it took 78-120 ms per face at batch 1 against float32's 34-39, and about the same
+    at batch 8 (benchmarks/rnet.py; there ``torch.autocast`` bfloat16 took 25 ms at batch 1 and 14
+    at 8, a faster choice for such CPUs not taken yet)."""
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()) and bfloat16_is_native()
 
 
 def use_bfloat16(precision: str, device: torch.device) -> bool:

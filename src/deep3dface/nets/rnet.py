@@ -102,7 +102,7 @@ def prepare_for_inference(model: RNet, channels_last: bool = True, precision: st
     the weights. Outputs equal the original's to rounding (float32: ~1e-7 relative).
 
     ``precision`` (packed.py): "auto" runs a float32 model's backbone in bfloat16 where the CPU
-    computes it natively (AVX512-BF16 / AMX: ~2.5x faster), in float32 elsewhere; "float32" keeps
+    computes it fast (AMX: ~2.5x faster; not AVX512-BF16 alone), in float32 elsewhere; "float32" keeps
     the model's own precision; "bfloat16" forces bfloat16.
     In bfloat16 the convolution weights are also reordered once for oneDNN, with the ReLUs and the
     residual adds computed by the convolutions (``packed.pack_resnet``), and
