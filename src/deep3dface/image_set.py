@@ -252,12 +252,10 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
     from .align import align
     from .fit.fitter import FitTargets, fit_faces
     from .fit.shared_albedo import fit_shared_appearance
-    from .pipeline import FaceReconstruction
+    from .pipeline import FaceReconstruction, photo_tensor
 
     describer = FaceDescriber() if FaceDescriber.available() else None
     observer = SetObserver(reconstructor.detector, reconstructor.landmarker, describer)
-    from .pipeline import checked_photo
-
     names = _photo_names(photos, names)
     observations, crops, unreadable, files = [], {}, [], {}
     for name, source in zip(names, photos, strict=True):
@@ -268,7 +266,7 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
                 continue
             files[file] = name
         try:
-            image = checked_photo(source) if isinstance(source, torch.Tensor) else read_image(source)  # one in memory at a time
+            image = photo_tensor(source)  # one photo in memory at a time
         except ImageReadError as exc:  # dropped with its reason: the person's other photos still count
             unreadable.append(DroppedPhoto(name, f"cannot read the photo ({exc.reason})"))
             continue
@@ -309,24 +307,16 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
 
 def _photo_names(photos: list, names: list[str] | None) -> list[str]:
     """The caller's names (which must be unique: results are matched to photos by name), else each
-    file's stem (``photo<i>`` for a tensor), made unique with ``-2``, ``-3`` … as ``reconstruct``'s
-    output stems are."""
+    file's stem (``photo<i>`` for a tensor), made unique as ``reconstruct``'s output stems are."""
+    from .outputs import output_stems
+
     if names is not None:
         if len(set(names)) != len(names):
             raise ValueError(f"photo names must be unique, got {sorted(n for n in set(names) if names.count(n) > 1)} more than once")
         if len(names) != len(photos):
             raise ValueError(f"{len(names)} names for {len(photos)} photos")
         return list(names)
-    unique, taken = [], set()
-    for i, photo in enumerate(photos):
-        stem = f"photo{i}" if isinstance(photo, torch.Tensor) else Path(photo).stem
-        name, k = stem, 1
-        while name in taken:
-            k += 1
-            name = f"{stem}-{k}"
-        taken.add(name)
-        unique.append(name)
-    return unique
+    return output_stems([Path(f"photo{i}") if isinstance(p, torch.Tensor) else Path(p) for i, p in enumerate(photos)])
 
 
 def _landmark_result(face: FaceObservation):

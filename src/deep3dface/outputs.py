@@ -286,12 +286,12 @@ def listed_files(json_path: Path) -> list[str]:
     return [name for name in names if isinstance(name, str) and name and Path(name).name == name]
 
 
-def output_stems(paths: list[Path], out_dir: Path) -> list[str]:
+def output_stems(paths: list[Path], out_dir: Path | None = None) -> list[str]:
     """Output stems for input photos: the file stem, or ``<stem>-2``, ``-3``... where it is taken,
     by another photo of this batch (its own stem or one given out before) or by an earlier run's
-    outputs of another photo (``out_dir/<stem>.json`` records its photo).  A photo keeps the stem
-    under which its own outputs already lie, so a rerun finds them; no photo's outputs can land on
-    another's."""
+    outputs of another photo (``out_dir/<stem>.json`` records its photo; without ``out_dir``, the
+    batch alone).  A photo keeps the stem under which its own outputs already lie, so a rerun finds
+    them; no photo's outputs can land on another's."""
     natural = {path.stem for path in paths}
     given: set[str] = set()
     out = []
@@ -300,7 +300,7 @@ def output_stems(paths: list[Path], out_dir: Path) -> list[str]:
             stem = path.stem if k == 1 else f"{path.stem}-{k}"
             if stem in given or (k > 1 and stem in natural):
                 continue
-            owner = recorded_photo(out_dir / f"{stem}.json")
+            owner = None if out_dir is None else recorded_photo(out_dir / f"{stem}.json")
             if owner is None or owner == Path(path).resolve():
                 break
         given.add(stem)

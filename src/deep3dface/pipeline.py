@@ -114,7 +114,7 @@ class FaceReconstruction:
 
     def _own_photo(self, photo) -> torch.Tensor:
         """``photo`` as a checked (3, H, W) tensor of the size this face was fitted to."""
-        photo = checked_photo(photo) if isinstance(photo, torch.Tensor) else read_image(photo)
+        photo = photo_tensor(photo)
         if tuple(photo.shape[-2:]) != (self.image_size[1], self.image_size[0]):
             raise ValueError(f"the photo is {photo.shape[-1]}x{photo.shape[-2]}; this face was fitted to a "
                              f"{self.image_size[0]}x{self.image_size[1]} one")
@@ -241,6 +241,12 @@ def checked_photo(photo: torch.Tensor) -> torch.Tensor:
     return photo
 
 
+def photo_tensor(source) -> torch.Tensor:
+    """A photo as a (3, H, W) float tensor in [0, 1]: a tensor checked (``checked_photo``), anything
+    else read (``io.read_image``: a path, bytes, a PIL image)."""
+    return checked_photo(source) if isinstance(source, torch.Tensor) else read_image(source)
+
+
 class Reconstructor:
     """Detect, align, fit.  ``model``: "default" (embedded), a path to ``BFM_model_front.mat`` (or
     its folder), or a MorphableModel; ``checkpoint``: an R-Net checkpoint (either published format),
@@ -276,7 +282,7 @@ class Reconstructor:
         return torch_threads(self.config.threads) if self.config.threads else contextlib.nullcontext()
 
     def _reconstruct(self, image) -> list[FaceReconstruction]:
-        photo = read_image(image) if not isinstance(image, torch.Tensor) else checked_photo(image)
+        photo = photo_tensor(image)
         detections = self.detector.detect(photo.to(self.device))
         if self.config.max_faces is not None:
             detections = detections[: self.config.max_faces]
