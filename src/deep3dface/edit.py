@@ -235,7 +235,7 @@ def render_command(face_path: str | Path, output: str | Path, pose: str | None =
                    expression: str | Path | None = None, size: int = 512, model: str | Path = "default",
                    colour: str = "shaded", overwrite: bool = False) -> tuple[Path, str | None]:
     """What ``deep3dface render`` does: returns the written path and a warning (or None)."""
-    from .export import write_output
+    from .export import refuse_existing, write_output
     from .morphable import load_model
 
     if not 16 <= size <= MAX_SIZE:
@@ -249,10 +249,7 @@ def render_command(face_path: str | Path, output: str | Path, pose: str | None =
                  else read_option("--light", read_gamma, light))
     exp = None if expression is None else read_option("--expression", load_face, expression).coefficients.exp
     coefficients = edit_coefficients(face.coefficients, pose_deg, gamma, exp)
-    if Path(output).exists() and not overwrite:  # before the render, not after it (write_output checks again)
-        from .export import OutputExistsError
-
-        raise OutputExistsError(f"{output} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    refuse_existing(output, overwrite)  # before the render, not after it (write_output checks again)
     face_model = load_model(model)
     image, mask = render_face(face_model, coefficients, face.albedo, size, colour)
     return write_output(output, rgba_png(image, mask), overwrite=overwrite), albedo_note(face_model, face)

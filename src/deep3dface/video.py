@@ -288,10 +288,9 @@ def _write_overlay(result: VideoReconstruction, video, path: Path, points: np.nd
     import av
     from PIL import Image, ImageDraw
 
-    from .export import OutputExistsError, give_default_mode
+    from .export import give_default_mode, refuse_existing
 
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    refuse_existing(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".mp4", dir=path.parent)
     os.close(fd)

@@ -56,13 +56,19 @@ def give_default_mode(path: str | Path) -> None:
     os.chmod(path, 0o666 & ~_umask())
 
 
+def refuse_existing(path: str | Path, overwrite: bool) -> None:
+    """OutputExistsError where ``path`` exists and overwriting was not allowed (``write_output``'s
+    check, for callers that want it before their work)."""
+    if Path(path).exists() and not overwrite:
+        raise OutputExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+
+
 def write_output(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
     """Write ``data`` to ``path`` atomically; an existing file is an error unless ``overwrite``."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder: give the output a file name")
-    if path.exists() and not overwrite:
-        raise OutputExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    refuse_existing(path, overwrite)
     temporary = stage_output(path, data)
     try:
         os.replace(temporary, path)
@@ -100,5 +106,5 @@ def write_mesh(mesh: Mesh, path: str | Path, overwrite: bool = False) -> Path:
 
 
 __all__ = ["MESH_FORMATS", "TEXTURED_FORMATS", "OutputExistsError", "TexturedMesh", "coefficients_to_mat", "export_mesh",
-           "export_textured", "give_default_mode", "read_coefficients_mat", "stage_output", "to_reference_pixels", "write_mesh", "write_output",
+           "export_textured", "give_default_mode", "read_coefficients_mat", "refuse_existing", "stage_output", "to_reference_pixels", "write_mesh", "write_output",
            "write_textured"]

@@ -45,10 +45,11 @@ def bfloat16_is_native() -> bool:
 def bfloat16_is_fast() -> bool:
     """True where R-Net's packed bfloat16 backbone beats float32: with AMX tiles (Intel Xeon 4th
     gen and later; 0.37x float32's time at batch 1 on the VM where this path was built, whose
-    processor went unrecorded: AMX is assumed, as the Xeons with AVX512-BF16 have it).  With AVX512-BF16 alone it did not: on an AMD
-    EPYC (Zen 4) it took 78-120 ms per face at batch 1 against float32's 34-39, and about the same
-    at batch 8 (benchmarks/rnet.py; there ``torch.autocast`` bfloat16 took 25 ms at batch 1 and 14
-    at 8, a faster choice for such CPUs not taken yet)."""
+    processor went unrecorded: AMX is assumed, as the Xeons with AVX512-BF16 have it).  With
+    AVX512-BF16 alone it did not: on an AMD EPYC (Zen 4) it took 78-120 ms per face at batch 1
+    against float32's 34-39, and about the same at batch 8 (benchmarks/rnet.py; there
+    ``torch.autocast`` bfloat16 took 25 ms at batch 1 and 14 at 8, a faster choice for such CPUs
+    not taken yet)."""
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()) and bfloat16_is_native()
 
 
