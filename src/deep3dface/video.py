@@ -252,6 +252,8 @@ OVERLAY_TAG = "deep3dface video overlay"  # the overlay's container comment: mar
 def earlier_outputs(out_dir: str | Path) -> list[Path]:
     """The files of ``write_video_outputs`` in a folder, recognised by name and content (a frame
     record, our mesh header, our overlay's tag), so that nothing of anyone else's is taken."""
+    from .export.meshes import OBJ_HEADER
+
     out = Path(out_dir)
     found = []
     if (out / "frames").is_dir():
@@ -265,18 +267,16 @@ def earlier_outputs(out_dir: str | Path) -> list[Path]:
     neutral = out / "neutral.obj"
     try:
         with open(neutral, "rb") as handle:
-            if handle.read(17) == b"# deep3dface mesh":
+            if handle.read(len(OBJ_HEADER)) == OBJ_HEADER.encode():
                 found.append(neutral)
     except OSError:
         pass
     if (out / "overlay.mp4").is_file():
-        import av
-
         try:
-            with av.open(str(out / "overlay.mp4")) as container:
+            with open_video(out / "overlay.mp4") as container:
                 if container.metadata.get("comment") == OVERLAY_TAG:
                     found.append(out / "overlay.mp4")
-        except av.error.FFmpegError:
+        except ValueError:  # not a video FFmpeg reads: not ours
             pass
     return found
 

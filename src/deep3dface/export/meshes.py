@@ -29,10 +29,14 @@ def write_rows(out, array: np.ndarray, fmt: str) -> None:
     out.write(format_rows(array if array.ndim == 2 else array.reshape(len(array), -1), fmt))
 
 
+#: first line of our OBJ files, before the unit (``video`` recognises its own meshes by it)
+OBJ_HEADER = "# deep3dface mesh"
+
+
 def mesh_to_obj(mesh: Mesh) -> bytes:
     """Wavefront OBJ, 1-based faces, optional per-vertex colours and normals."""
     out = io.StringIO()
-    out.write("# deep3dface mesh, unit: %s\n" % mesh.unit)
+    out.write(f"{OBJ_HEADER}, unit: {mesh.unit}\n")
     vertices = np.asarray(mesh.vertices, np.float64)
     if mesh.colours is not None:
         write_rows(out, np.hstack([vertices, np.clip(mesh.colours, 0, 1)]), "v %.6f %.6f %.6f %.4f %.4f %.4f")
