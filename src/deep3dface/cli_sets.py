@@ -134,16 +134,8 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
             files, blobs = {}, {}
             if result.photos:  # no photo, no identity: the mean face is nobody's neutral mesh
                 files, blobs = person_files(result, lambda i: read_image(paths[i]))
-            checked = {}  # a photo's files computed for the check, written as they are
-            if not args.overwrite:
-                # the fit is deterministic: what this person's interrupted run wrote holds the same bytes
-                _refuse_foreign(out, blobs)
-                existing = {p.name for p in out.iterdir()} if out.is_dir() else set()
-                ours = _listed_outputs(out, stems)
-                for face, fit, path in zip(result.faces, result.photos, paths):
-                    if any(n.startswith((f"{fit.name}.", f"{fit.name}_")) for n in existing - ours):
-                        checked[fit.name] = photo_blobs(face, fit, path)
-                        _refuse_foreign(out, checked[fit.name], ours)
+            # a photo's files computed for the check, written as they are
+            checked = {} if args.overwrite else _refuse_files_in_the_way(out, stems, blobs, result, paths, photo_blobs)
         except OutputExistsError as exc:  # nothing of this person written: the batch goes on
             print(f"deep3dface: error: {exc}; {person} skipped", file=sys.stderr)
             failed += 1
@@ -162,14 +154,11 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
     return min(failed, 100)
 
 
-PERSON_FILES = ("neutral.obj", "neutral_textured.glb", "neutral_textured.obj", "neutral_textured.mtl",
-                "neutral_textured.png")
-
-
 def _refuse_person_files(out: Path, stems: list[str]) -> None:
     """A neutral mesh beside no photo JSON of ours is not from this person's run (which writes the
     photos' files first): refused before the fit."""
     from .export import OutputExistsError
+    from .image_set_outputs import PERSON_FILES
 
     if any((out / f"{stem}.json").exists() for stem in stems):
         return
@@ -177,6 +166,22 @@ def _refuse_person_files(out: Path, stems: list[str]) -> None:
         if (out / name).exists():
             raise OutputExistsError(f"{out / name} exists and is not fit-set's output for {out.name} "
                                     "(--overwrite replaces it)")
+
+
+def _refuse_files_in_the_way(out: Path, stems: list[str], person_blobs: dict[str, bytes], result, paths,
+                             photo_blobs) -> dict[str, dict[str, bytes]]:
+    """Without --overwrite: OutputExistsError for a file in the person's folder that this run would
+    not write as it is (the fit is deterministic: what this person's interrupted run wrote holds
+    the same bytes).  Returns {photo name: its files} computed for the check."""
+    _refuse_foreign(out, person_blobs)
+    existing = {p.name for p in out.iterdir()} if out.is_dir() else set()
+    ours = _listed_outputs(out, stems)
+    checked = {}
+    for face, fit, path in zip(result.faces, result.photos, paths):
+        if any(n.startswith((f"{fit.name}.", f"{fit.name}_")) for n in existing - ours):
+            checked[fit.name] = photo_blobs(face, fit, path)
+            _refuse_foreign(out, checked[fit.name], ours)
+    return checked
 
 
 def _listed_outputs(out: Path, stems: list[str]) -> set[str]:
@@ -206,12 +211,17 @@ def _refuse_foreign(out: Path, blobs: dict[str, bytes], ours: set[str] = frozens
                                     "(--overwrite replaces it)")
 
 
-def _used_photos(summary_path: Path) -> int:
-    """How many photos a finished person's summary.json says were used (0 when unreadable)."""
+def _summary_count(summary_path: Path, count) -> int:
+    """``count(summary)`` of a finished person's or clip's summary.json (0 when unreadable)."""
     try:
-        return len(json.loads(summary_path.read_text()).get("used", []))
-    except (OSError, ValueError, AttributeError):
+        return count(json.loads(summary_path.read_text()))
+    except (OSError, ValueError, AttributeError, TypeError):
         return 0
+
+
+def _used_photos(summary_path: Path) -> int:
+    """How many photos a finished person's summary.json says were used."""
+    return _summary_count(summary_path, lambda summary: len(summary.get("used", [])))
 
 
 def cmd_video(args: argparse.Namespace) -> int:
@@ -255,11 +265,8 @@ def cmd_video(args: argparse.Namespace) -> int:
 
 
 def _tracked_frames(summary_path: Path) -> int:
-    """How many frames with a face a finished clip's summary.json counts (0 when unreadable)."""
-    try:
-        return int(json.loads(summary_path.read_text()).get("tracked", 0))
-    except (OSError, ValueError, AttributeError, TypeError):
-        return 0
+    """How many frames with a face a finished clip's summary.json counts."""
+    return _summary_count(summary_path, lambda summary: int(summary.get("tracked", 0)))
 
 
 def add_commands(sub) -> None:

@@ -23,6 +23,8 @@ from .outputs import TEXTURE_SIZE
 from .texture import TextureMaps, bake_texture_set, view_directions
 
 NEUTRAL = "neutral"
+#: every file ``person_files`` can write (the textured ones where the model has a UV chart)
+PERSON_FILES = (f"{NEUTRAL}.obj", *(f"{NEUTRAL}_textured.{ext}" for ext in ("glb", "obj", "mtl", "png")))
 
 
 def person_files(result: IdentityReconstruction, read_photo: Callable[[int], torch.Tensor],
