@@ -4,9 +4,12 @@ Random weights (speed does not depend on them). Configurations, all under ``torc
 timed interleaved (one run of each in turn) so that load from other processes hits them alike:
   eager_f32        the network as loaded (NCHW, BatchNorm separate)
   prepared_f32     ``prepare_for_inference(precision="float32")``: BatchNorm folded, channels_last
-  prepared_bf16    ``prepare_for_inference(precision="bfloat16")``: bfloat16 backbone, weights packed
-                   once for oneDNN (what "auto" picks on CPUs with AMX; slower elsewhere);
-                   ``bf16_rel_error`` = max |bf16 − f32| / max |f32| on the B = 16 batch
+  packed_bf16      prepared_f32 with a bfloat16 backbone whose weights are packed once for oneDNN
+                   (``packed.lower_to_bfloat16(packed=True)``: the form "auto" picks with AMX)
+  plain_bf16       the same with the modules cast to bfloat16 as they are (``packed=False``: the
+                   form "auto" picks on CPUs with AVX512-BF16 but no AMX)
+                   ``bf16_rel_error`` = max |bf16 − f32| / max |f32| on the B = 16 batch, per form;
+                   ``auto_picks``: what ``prepare_for_inference`` chooses on this CPU
   autocast_bf16    prepared_f32 under ``torch.autocast("cpu", bfloat16)`` (weights cast every call)
   compiled_*       ``torch.compile`` (inductor, freezing) of prepared_f32; skipped with a reason when
                    the compiler is unavailable or ``--no-compile`` is given
@@ -27,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit  # noqa: E402
 
+from deep3dface.nets.packed import has_amx, lower_to_bfloat16, use_bfloat16  # noqa: E402
 from deep3dface.nets.rnet import RNet, prepare_for_inference  # noqa: E402
 
 BATCHES = (1, 8, 16)
@@ -77,12 +81,18 @@ def main() -> None:
     torch.manual_seed(0)
     model = RNet(args.variant).eval()
     fast = prepare_for_inference(model, precision="float32")
-    low = prepare_for_inference(model, precision="bfloat16")
+    lowered = {}
+    for form, packed in (("packed_bf16", True), ("plain_bf16", False)):
+        lowered[form] = prepare_for_inference(model, precision="float32")
+        lower_to_bfloat16(lowered[form].backbone, packed=packed)
+        lowered[form].backbone_dtype = torch.bfloat16
     images = torch.rand(16, 3, 224, 224)
 
     configs = {"eager_f32": (model.vector, False), "prepared_f32": (fast.vector, False),
-               "prepared_bf16": (low.vector, False), "autocast_bf16": (fast.vector, True)}
-    results = {}
+               **{form: (net.vector, False) for form, net in lowered.items()},
+               "autocast_bf16": (fast.vector, True)}
+    bf16 = use_bfloat16("auto", torch.device("cpu"))
+    results = {"auto_picks": ("packed_bf16" if has_amx() else "plain_bf16") if bf16 else "prepared_f32"}
     if args.no_compile:
         results["compiled"] = "skipped: --no-compile"
     else:
@@ -94,8 +104,9 @@ def main() -> None:
     results.update(per_face_ms(configs, images, runs))
     with torch.inference_mode():
         reference = model.vector(images)
-        error = (low.vector(images) - reference).abs().max() / reference.abs().max()
-    results["bf16_rel_error"] = float(f"{error.item():.2e}")
+        errors = {form: (net.vector(images) - reference).abs().max() / reference.abs().max()
+                  for form, net in lowered.items()}
+    results["bf16_rel_error"] = {form: float(f"{error.item():.2e}") for form, error in errors.items()}
     emit("rnet_forward", variant=args.variant, unit="ms_per_face", **results)
 
 

@@ -19,7 +19,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from deep3dface.nets import CheckpointError, ResNet50, RNet, load_rnet
-from deep3dface.nets.packed import PackedConv2d, bfloat16_is_fast, bfloat16_is_native, pack_resnet, packing_available
+from deep3dface.nets.packed import (PackedConv2d, bfloat16_is_fast, bfloat16_is_native, has_amx, lower_to_bfloat16,
+                                    pack_resnet, packing_available)
 from deep3dface.nets.rnet import FORMATS, prepare_for_inference
 from deep3dface.types import DEEP3D_LAYOUT, Coefficients
 
@@ -120,10 +121,19 @@ BF16_REL = 1e-2
 
 @pytest.mark.skipif(not bfloat16_is_native(), reason="this CPU has no native bfloat16 (AVX512-BF16 / AMX)")
 @pytest.mark.parametrize("name", FORMAT_NAMES)
-def test_bfloat16_network_stays_near_float32(name, models, crops):
-    """The backbone in bfloat16 (what "auto" picks on AMX CPUs); the coefficients still come back float32."""
-    fast = prepare_for_inference(models[name], precision="bfloat16")
+@pytest.mark.parametrize("packed", [None, True, False], ids=["this-cpu", "packed", "plain"])
+def test_bfloat16_network_stays_near_float32(name, packed, models, crops):
+    """The backbone in bfloat16 (what "auto" picks on CPUs with native bfloat16), in the form this
+    CPU gets and in both forms explicitly; the coefficients still come back float32."""
+    if packed is None:
+        fast = prepare_for_inference(models[name], precision="bfloat16")
+    else:
+        fast = prepare_for_inference(models[name], precision="float32")
+        lower_to_bfloat16(fast.backbone, packed=packed)
+        fast.backbone_dtype = torch.bfloat16
     assert fast.backbone_dtype == torch.bfloat16
+    has_packed = any(isinstance(m, PackedConv2d) for m in fast.modules())
+    assert has_packed == (has_amx() if packed is None else packed)
     with torch.inference_mode():
         low = fast.vector(crops)
         full = prepare_for_inference(models[name], precision="float32").vector(crops)

@@ -10,9 +10,13 @@ ReLU computes it as oneDNN's post-op, and a bottleneck's last convolution adds t
 applies the ReLU in the same call (``PackedBottleneck``), instead of three more passes over each
 activation map (separate ReLU, add, ReLU: ~3 ms of ~28 at batch 1 in bfloat16 here).
 
-Precision.  On CPUs with AMX tiles these packed bf16 convolutions run 2-3x faster than float32
-ones; with AVX512-BF16 alone (AMD Zen 4) they were 2-3x slower at batch 1, and emulated bf16 is
-slower still, so ``"auto"`` picks bf16 only where the CPU has AMX (``bfloat16_is_fast``).
+Precision.  ``"auto"`` runs the backbone in bfloat16 where the CPU computes it natively, in one of
+two forms (``lower_to_bfloat16``).  With AMX tiles (Intel Xeon 4th gen and later) these packed bf16
+convolutions ran 2-3x faster than float32 ones.  With AVX512-BF16 alone (AMD Zen 4) the packed form
+was 2-3x *slower* than float32 (oneDNN picks a poor kernel for the pre-reordered layout there), while
+plain ``nn.Conv2d`` modules cast to bfloat16 were ~1.6-2x faster (benchmarks/rnet.py: 19 against 31
+ms per face at batch 1, 11 against 22 at batch 8), so that is the form used without AMX.  Emulated
+bf16 is slower than float32, so "auto" keeps float32 on CPUs with neither.
 
 Inference only: the packed weight is an opaque oneDNN tensor, not a parameter; a packed module
 cannot be trained, saved, copied or moved to another device (prepare the original instead).
@@ -42,15 +46,16 @@ def bfloat16_is_native() -> bool:
     return native and packing_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
+def has_amx() -> bool:
+    """True where this CPU has AMX tiles (where the packed bfloat16 form is the fast one)."""
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
+
+
 def bfloat16_is_fast() -> bool:
-    """True where R-Net's packed bfloat16 backbone beats float32: with AMX tiles (Intel Xeon 4th
-    gen and later; 0.37x float32's time at batch 1 on the VM where this path was built, whose
-    processor went unrecorded: AMX is assumed, as the Xeons with AVX512-BF16 have it).  With
-    AVX512-BF16 alone it did not: on an AMD EPYC (Zen 4) it took 78-120 ms per face at batch 1
-    against float32's 34-39, and about the same at batch 8 (benchmarks/rnet.py; there
-    ``torch.autocast`` bfloat16 took 25 ms at batch 1 and 14 at 8, a faster choice for such CPUs
-    not taken yet)."""
-    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()) and bfloat16_is_native()
+    """True where R-Net's bfloat16 backbone beats float32: CPUs that compute bfloat16 natively, in
+    the form ``lower_to_bfloat16`` picks (measured: AMX packed ~0.4x float32's time at batch 1;
+    AMD EPYC Zen 4 plain bf16 modules 0.6x at batch 1, 0.5x at batch 8)."""
+    return bfloat16_is_native()
 
 
 def use_bfloat16(precision: str, device: torch.device) -> bool:
@@ -61,6 +66,17 @@ def use_bfloat16(precision: str, device: torch.device) -> bool:
     if precision == "auto":
         return device.type == "cpu" and bfloat16_is_fast()
     return precision == "bfloat16"
+
+
+def lower_to_bfloat16(resnet: nn.Module, packed: bool | None = None) -> nn.Module:
+    """A BatchNorm-folded ``resnet.ResNet50`` in bfloat16, in place: ``packed`` (default: where the
+    CPU has AMX) reorders the weights once for oneDNN and fuses ReLUs and adds (``pack_resnet``);
+    otherwise the modules are cast to bfloat16 as they are (the fast form with AVX512-BF16 alone)."""
+    if packed is None:
+        packed = has_amx()
+    if packed:
+        return pack_resnet(resnet, torch.bfloat16)
+    return resnet.to(torch.bfloat16)
 
 
 class PackedConv2d(nn.Module):

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ..types import DEEP3D_LAYOUT, CoefficientLayout, Coefficients
-from .packed import pack_resnet, packing_available, use_bfloat16
+from .packed import lower_to_bfloat16, packing_available, use_bfloat16
 from .resnet import FEATURES, ResNet50, fold_batchnorm
 
 INPUT_SIZE = 224
@@ -102,12 +102,12 @@ def prepare_for_inference(model: RNet, channels_last: bool = True, precision: st
     the weights. Outputs equal the original's to rounding (float32: ~1e-7 relative).
 
     ``precision`` (packed.py): "auto" runs a float32 model's backbone in bfloat16 where the CPU
-    computes it fast (AMX: ~2.5x faster; not AVX512-BF16 alone), in float32 elsewhere; "float32" keeps
-    the model's own precision; "bfloat16" forces bfloat16.
-    In bfloat16 the convolution weights are also reordered once for oneDNN, with the ReLUs and the
-    residual adds computed by the convolutions (``packed.pack_resnet``), and
-    the outputs differ from float32 by ~0.5 % of their largest value (tests/test_rnet.py states
-    the limit); the head and the returned coefficients stay float32.
+    computes it natively (AMX: ~2.5x faster, AVX512-BF16: ~1.6-2x), in float32 elsewhere; "float32"
+    keeps the model's own precision; "bfloat16" forces bfloat16. With AMX the bfloat16 convolution
+    weights are also reordered once for oneDNN, with the ReLUs and residual adds computed by the
+    convolutions (``packed.lower_to_bfloat16``). In bfloat16 the outputs differ from float32 by
+    ~0.5 % of their largest value (tests/test_rnet.py states the limit); the head and the returned
+    coefficients stay float32.
     """
     fast = fold_batchnorm(model).requires_grad_(False)
     if channels_last:
@@ -117,7 +117,7 @@ def prepare_for_inference(model: RNet, channels_last: bool = True, precision: st
     if use_bfloat16(precision, weight.device) and (precision == "bfloat16" or weight.dtype == torch.float32):
         if weight.device.type != "cpu" or not packing_available():
             raise ValueError("bfloat16 R-Net inference needs a CPU model and torch with oneDNN")
-        pack_resnet(fast.backbone, torch.bfloat16)
+        lower_to_bfloat16(fast.backbone)
         fast.backbone_dtype = torch.bfloat16
     return fast
 
