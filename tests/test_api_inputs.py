@@ -88,3 +88,22 @@ def test_reconstruct_set_names_photos_apart_and_counts_a_file_once(reconstructor
         reconstructor.reconstruct_set([a, b], names=["x", "x"])
     with pytest.raises(ValueError, match="expected photo values in"):
         reconstructor.reconstruct_set([read_image(a) * 255])
+
+
+@pytest.mark.parametrize("bad, message", [
+    (lambda p: (p * 255).byte().permute(1, 2, 0), "expected a float (3, H, W) RGB photo in [0, 1], got torch.uint8"),
+    (lambda p: p * 255, "divide 0-255 values by 255"),
+    (lambda p: p[:, :0], "the photo is empty"),
+    (lambda p: torch.where(torch.arange(p.numel()).reshape(p.shape) % 100 == 0, torch.nan, p), "NaN or infinite"),
+])
+def test_set_observer_checks_a_tensor_as_reconstruct_does(reconstructor, fitted, bad, message):
+    """observe took any tensor: an (H, W, 3) one failed deep in the detector, 0-255 values or NaN
+    pixels silently found no face."""
+    from deep3dface.image_set import SetObserver
+
+    photo, _ = fitted
+    observer = SetObserver(reconstructor.detector, reconstructor.landmarker)
+    with pytest.raises(ValueError) as error:
+        observer.observe(bad(photo), "bad")
+    assert message in str(error.value)
+    assert len(observer.observe(photo, "good").faces) == 1

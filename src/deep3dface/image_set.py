@@ -41,7 +41,7 @@ from .detect.types import Detection
 from .fit.annotation import annotation_vertices, output_keypoints
 from .fit.image_set import DensePoints, SetFit, SetFitConfig, fit_identity
 from .detect.landmarks import landmarks_of
-from .io.images import ImageReadError, read_image, to_uint8
+from .io.images import ImageReadError, to_uint8
 from .morphable.model import MorphableModel
 from .set_selection import outlier_reasons, select_faces  # noqa: F401 (public here too)
 from .types import Coefficients, Mesh
@@ -189,7 +189,9 @@ class SetObserver:
     def observe(self, image: str | Path | torch.Tensor, name: str | None = None) -> PhotoObservation:
         if name is None:
             name = Path(image).stem if not isinstance(image, torch.Tensor) else "photo"
-        photo = image if isinstance(image, torch.Tensor) else read_image(image)
+        from .pipeline import photo_tensor  # a tensor checked as reconstruct checks it
+
+        photo = photo_tensor(image)
         return self.observe_detections(name, photo, self.detector.detect(photo))
 
     def observe_detections(self, name: str, photo: torch.Tensor, detections: list[Detection]) -> PhotoObservation:
