@@ -228,6 +228,25 @@ def test_size_has_an_upper_bound_checked_first(saved, tmp_path, capsys):
     assert "--size must be 16 to 8192 pixels, got 8193" in error
 
 
+
+def test_size_help_states_the_limits_the_check_enforces(tmp_path, capsys):
+    """The help typed out "16 to 8192" beside the constants the check uses; both now read
+    deep3dface.edit_limits, which the CLI imports without loading torch."""
+    import subprocess
+    import sys
+
+    from deep3dface.edit_limits import MAX_SIZE, MIN_SIZE
+
+    with pytest.raises(SystemExit):
+        main(["render", "--help"])
+    assert f"(square, {MIN_SIZE} to {MAX_SIZE})" in " ".join(capsys.readouterr().out.split())
+    for size in (MIN_SIZE - 1, MAX_SIZE + 1):
+        error = refused(capsys, 2, ["render", str(tmp_path / "missing.mat"), "-o", str(tmp_path / "b.png"),
+                                    "--size", str(size)], tmp_path)
+        assert f"--size must be {MIN_SIZE} to {MAX_SIZE} pixels, got {size}" in error
+    light = "import sys; from deep3dface.cli import build_parser; build_parser(); print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", light], capture_output=True, text=True, check=True).stdout == "False\n"
+
 def write_bad_light(tmp_path, kind: str):
     """A light file that is not 27 numbers, and the reason the error must give."""
     from scipy.io import savemat

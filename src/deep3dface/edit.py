@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .camera import CROP_FOCAL, CROP_SIZE, Camera
+from .edit_limits import MAX_SIZE, MIN_SIZE
 from .morphable.model import MorphableModel
 from .morphable.shading import DEFAULT_AMBIENT, NUM_BANDS, sh_basis, shade
 from .render.shaded import render_colours
@@ -53,8 +54,6 @@ LIGHT_PRESETS: dict[str, tuple[float, float, tuple[float, float, float]]] = {
 }
 COLOURS = ("shaded", "albedo", "geometry")
 T = TypeVar("T")
-#: largest --size: the rasteriser holds ~120 bytes a pixel (8192² ≈ 8 GB); beyond it torch fails mid-render
-MAX_SIZE = 8192
 
 
 @dataclass(frozen=True)
@@ -238,8 +237,8 @@ def render_command(face_path: str | Path, output: str | Path, pose: str | None =
     from .export import refuse_existing, write_output
     from .morphable import load_model
 
-    if not 16 <= size <= MAX_SIZE:
-        raise ValueError(f"--size must be 16 to {MAX_SIZE} pixels, got {size}")
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(f"--size must be {MIN_SIZE} to {MAX_SIZE} pixels, got {size}")
     check_output(Path(output))
     pose_deg = None if pose is None else parse_pose(pose)
     face = load_face(face_path)
