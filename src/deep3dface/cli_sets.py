@@ -107,8 +107,8 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
     problems, notes = [], []
     sets = read_sets(args.root, problems, notes)
     out_root = output_folder(args.output)
-    for note in notes:
-        _say(args, f"deep3dface: warning: {note}")
+    for note in notes:  # an input left out: said even with --quiet, as reconstruct's skips are
+        print(f"deep3dface: warning: {note}", file=sys.stderr)
     for problem in problems:
         print(f"deep3dface: error: {problem}", file=sys.stderr)
     recon = Reconstructor(model=args.model, device=args.device) if sets else None
@@ -123,7 +123,11 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
         if summary_path.exists() and not args.overwrite:
             used = _used_photos(summary_path)
             failed += used == 0
-            _say(args, f"{person}: done already ({summary_path}, {used} photo(s) used), skipped")
+            if used == 0:  # counted in the exit code: said even with --quiet
+                print(f"deep3dface: error: {person}: done already ({summary_path}), no usable photo in it "
+                      "(--overwrite redoes it)", file=sys.stderr)
+            else:
+                _say(args, f"{person}: done already ({summary_path}, {used} photo(s) used), skipped")
             continue
         stems = output_stems(photos, out)
         try:
@@ -149,8 +153,12 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
         summary = {"person": person, "photos": [str(p) for p in photos], "files": files, **result.summary()}
         write_output(summary_path, json.dumps(summary, indent=1).encode(), overwrite=True)
         failed += not result.photos
-        _say(args, f"{person}: {len(result.photos)} photo(s) used, {len(result.dropped)} dropped"
-                   + "".join(f"\n  dropped {d.name}: {d.reason}" for d in result.dropped))
+        _say(args, f"{person}: {len(result.photos)} photo(s) used, {len(result.dropped)} dropped")
+        for dropped in result.dropped:  # photos left out: said even with --quiet
+            print(f"deep3dface: warning: {person}: dropped {dropped.name}: {dropped.reason}", file=sys.stderr)
+        if not result.photos:
+            print(f"deep3dface: error: {person}: no usable photo, so no neutral mesh ({summary_path} says why)",
+                  file=sys.stderr)
     return min(failed, 100)
 
 
@@ -295,7 +303,7 @@ def _common(p) -> None:
     p.add_argument("--device", type=device_name, default="cpu")
     p.add_argument("--no-overlay", dest="overlay", action="store_false", help="skip overlay images/video")
     p.add_argument("--overwrite", action="store_true", help="redo finished outputs")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only errors and warnings about inputs left out")
 
 
 def _say(args, text: str) -> None:
