@@ -39,3 +39,29 @@ def test_quiet_hides_progress_but_not_the_inputs_left_out(listing, faces, tmp_pa
                                "no usable photo in it")
     assert main(args[:-1]) == 1  # without -q the progress is back
     assert "eric: done already" in capsys.readouterr().err
+
+
+def test_a_summary_json_fit_set_did_not_write_is_refused_not_taken_for_done(faces, tmp_path, capsys):
+    """Any OUT/<person>/summary.json made the person count as finished (and, unreadable, as failed
+    without a word); now only fit-set's own does, anything else there is refused for that person
+    and left as it is, and the other people are still done."""
+    folder = faces / "identity_openface_cmu"
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"eric\t{folder / 'clapton-1.jpg'}\nother\t{folder / 'clapton-2.jpg'}\n")
+    out = tmp_path / "out"
+    args = ["fit-set", str(listing), "-o", str(out), "--no-overlay", "--no-appearance", "-q"]
+    (out / "eric").mkdir(parents=True)
+    mine = out / "eric" / "summary.json"
+    refusal = (f"deep3dface: error: {mine} exists but was not written by deep3dface fit-set for eric; "
+               "remove it or choose another -o (--overwrite replaces it); eric skipped\n")
+    for content in (b"MINE", b"\xff\xfe", b"[1, 2]", b'{"person": "eric", "used": []}', None):
+        # None: a summary fit-set wrote, but for another person
+        data = (out / "other" / "summary.json").read_bytes() if content is None else content
+        mine.write_bytes(data)
+        assert main(args) == 1
+        assert capsys.readouterr().err == refusal
+        assert [p.name for p in (out / "eric").iterdir()] == ["summary.json"] and mine.read_bytes() == data
+        assert (out / "other" / "neutral.obj").is_file()
+    mine.unlink()
+    assert main(args) == 0 and main(args) == 0  # fit-set's own summary is a finished person
+    assert capsys.readouterr().err == ""

@@ -15,9 +15,10 @@ file listing photos, one a line, either ``PATH`` (the person is the photo's fold
 * ``summary.json`` (written last): the person's files (``files``: role -> name), photos used
   (weights, residuals, pose) and dropped (reasons), the identity coefficients.
 
-Resumable: a person whose summary.json exists is skipped; an interrupted person is redone from the
-start, and the fit is deterministic, so the files it had written are rewritten identically.  Every
-file is written atomically (``export.write_output``).  Without ``--overwrite`` nothing else is
+Resumable: a person whose summary.json exists is skipped (one fit-set did not write is refused and
+the person counts as failed); an interrupted person is redone from the start, and the fit is
+deterministic, so the files it had written are rewritten identically.  Every file is written
+atomically (``export.write_output``).  Without ``--overwrite`` nothing else is
 replaced: a file in the person's folder that is neither listed by a photo JSON of ours nor holds
 what this run writes (someone else's) is refused before anything of that person is written, and
 the person counts as failed.
@@ -30,6 +31,11 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+#: keys every summary.json of fit-set's holds (cmd_fit_set's own, then IdentityReconstruction.summary()'s);
+#: not "files", which came later: an earlier version's finished person is still finished
+SUMMARY_KEYS = ("person", "photos", "model", "unit", "identity", "used", "dropped")
+
 
 def read_sets(root: str | Path, problems: list[str] | None = None,
               notes: list[str] | None = None) -> dict[str, list[Path]]:
@@ -120,8 +126,15 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
     for person, photos in sets.items():
         out = out_root / person
         summary_path = out / "summary.json"
-        if summary_path.exists() and not args.overwrite:
-            used = _used_photos(summary_path)
+        if (summary_path.exists() or summary_path.is_symlink()) and not args.overwrite:
+            summary = _finished_summary(summary_path, person)
+            if summary is None:  # someone else's file: not a sign this person is done
+                print(f"deep3dface: error: {summary_path} exists but was not written by deep3dface fit-set for "
+                      f"{person}; remove it or choose another -o (--overwrite replaces it); {person} skipped",
+                      file=sys.stderr)
+                failed += 1
+                continue
+            used = len(summary["used"])
             failed += used == 0
             if used == 0:  # counted in the exit code: said even with --quiet
                 print(f"deep3dface: error: {person}: done already ({summary_path}), no usable photo in it "
@@ -227,9 +240,17 @@ def _summary_count(summary_path: Path, count) -> int:
         return 0
 
 
-def _used_photos(summary_path: Path) -> int:
-    """How many photos a finished person's summary.json says were used."""
-    return _summary_count(summary_path, lambda summary: len(summary.get("used", [])))
+def _finished_summary(summary_path: Path, person: str) -> dict | None:
+    """A finished person's summary.json as fit-set writes it (last, so the person is done), or None
+    for anything else there: not JSON, a user's own JSON, another person's summary."""
+    try:
+        summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+        return None
+    if (not isinstance(summary, dict) or not set(SUMMARY_KEYS) <= summary.keys() or summary["person"] != person
+            or not isinstance(summary["used"], list)):
+        return None
+    return summary
 
 
 def cmd_video(args: argparse.Namespace) -> int:
