@@ -277,3 +277,24 @@ def test_bad_arguments_and_file_system_errors_are_one_line(batch, tmp_path, caps
     assert main(["reconstruct", face, "-o", str(tmp_path / "afile"), "-q"]) == 2
     assert "exists and is not a folder" in capsys.readouterr().err
 
+
+def test_output_under_a_file_is_a_bad_argument_found_before_any_work(batch, tmp_path, capsys, monkeypatch):
+    """reconstruct -o FILE/out fitted each photo, then failed its write ("[Errno 20] Not a
+    directory", exit 1); render said the parent is a file but exited 1 too.  Now reconstruct,
+    fit-set and render refuse it up front as a bad argument, exit 2, as -o FILE itself is."""
+    import deep3dface.pipeline
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("models loaded for an output that cannot be written")
+
+    monkeypatch.setattr(deep3dface.pipeline, "Reconstructor", refuse)
+    inputs, out, *_ = batch
+    (tmp_path / "afile").write_text("mine")
+    output = tmp_path / "afile" / "out"
+    for argv in (["reconstruct", str(inputs / "face.jpg")], ["fit-set", str(inputs.parent)],
+                 ["render", str(out / "face_face0.mat")]):
+        target = output / "x.png" if argv[0] == "render" else output
+        assert main([*argv, "-o", str(target), "-q"]) == 2
+        error = capsys.readouterr().err
+        assert error == f"deep3dface: error: -o {target}: {tmp_path / 'afile'} is a file, not a folder\n"
+    assert (tmp_path / "afile").read_text() == "mine"

@@ -160,7 +160,7 @@ def test_render_errors_are_one_line(saved, conformance, tmp_path, capsys):
     assert main(["render", str(root / "face.mat"), "-o", str(tmp_path / "folder"), "--overwrite"]) == 2
     assert "folder is a folder: give the output a file name" in capsys.readouterr().err
     (tmp_path / "afile").write_text("")
-    assert main(["render", str(root / "face.mat"), "-o", str(tmp_path / "afile" / "x.png")]) == 1
+    assert main(["render", str(root / "face.mat"), "-o", str(tmp_path / "afile" / "x.png")]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "afile" in error and "Traceback" not in error
 
@@ -295,10 +295,11 @@ def test_bad_face_and_expression_files_name_the_file_and_reason(saved, tmp_path,
 
 
 def test_output_under_a_file_says_the_parent_is_a_file(saved, tmp_path, capsys):
+    """A bad -o is a bad argument: exit 2, as for reconstruct (it was 1, the code of a failed write)."""
     root, _, _ = saved
     (tmp_path / "x.json").write_text("{}")
     for output in (tmp_path / "x.json" / "y.png", tmp_path / "x.json" / "deeper" / "y.png"):
-        error = refused(capsys, 1, ["render", str(root / "face.mat"), "-o", str(output)], tmp_path)
+        error = refused(capsys, 2, ["render", str(root / "face.mat"), "-o", str(output)], tmp_path)
         assert f"error: -o {output}: {tmp_path / 'x.json'} is a file, not a folder" in error
         assert "Errno" not in error
     assert (tmp_path / "x.json").read_text() == "{}"

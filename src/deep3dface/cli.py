@@ -225,10 +225,14 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def output_folder(text: str) -> Path:
-    """``-o``: a folder, or a path where one can be made; checked before any work (main: one line)."""
+    """``-o``: a folder, or a path where one can be made; checked before any work (main: one line,
+    exit 2, as for any bad argument)."""
+    from .export import refuse_file_above
+
     path = Path(text)
     if path.exists() and not path.is_dir():
         raise ValueError(f"-o {path}: exists and is not a folder")
+    refuse_file_above(path)
     return path
 
 

@@ -150,14 +150,13 @@ def parse_pose(text: str) -> tuple[float, float, float]:
 
 def check_output(output: Path) -> None:
     """``-o``: a .png path whose nearest existing ancestor is a folder; checked before any work."""
+    from .export import refuse_file_above
+
     if output.is_dir():
         raise ValueError(f"{output} is a folder: give the output a file name")
     if output.suffix.lower() != ".png":
         raise ValueError(f"{output}: the render is an RGBA PNG; give the output a .png name")
-    parent = next((p for p in output.parents if p.exists()), None)
-    if parent is not None and not parent.is_dir():
-        # mkdir would say only "File exists" about the parent
-        raise NotADirectoryError(f"-o {output}: {parent} is a file, not a folder")
+    refuse_file_above(output)
 
 
 def read_option(option: str, read: Callable[[str | Path], T], path: str | Path) -> T:

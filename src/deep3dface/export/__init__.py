@@ -63,6 +63,16 @@ def refuse_existing(path: str | Path, overwrite: bool) -> None:
         raise OutputExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
 
 
+def refuse_file_above(path: str | Path, option: str = "-o") -> None:
+    """ValueError (a bad argument: the CLI's exit 2) where the nearest existing path above ``path``
+    is not a folder, so nothing can be written there; checked before any work (the OS would say
+    only "Not a directory" or "File exists", once the work was done)."""
+    path = Path(path)
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
+
+
 def write_output(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
     """Write ``data`` to ``path`` atomically; an existing file is an error unless ``overwrite``."""
     path = Path(path)
@@ -106,5 +116,5 @@ def write_mesh(mesh: Mesh, path: str | Path, overwrite: bool = False) -> Path:
 
 
 __all__ = ["MESH_FORMATS", "TEXTURED_FORMATS", "OutputExistsError", "TexturedMesh", "coefficients_to_mat", "export_mesh",
-           "export_textured", "give_default_mode", "read_coefficients_mat", "refuse_existing", "stage_output", "to_reference_pixels", "write_mesh", "write_output",
+           "export_textured", "give_default_mode", "read_coefficients_mat", "refuse_existing", "refuse_file_above", "stage_output", "to_reference_pixels", "write_mesh", "write_output",
            "write_textured"]
