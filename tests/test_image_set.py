@@ -448,3 +448,21 @@ def _contents(folder):
     """File bytes by relative path; a .mat file without its 128-byte header (it holds a timestamp)."""
     return {p.relative_to(folder): p.read_bytes()[128 if p.suffix == ".mat" else 0:]
             for p in folder.rglob("*") if p.is_file()}
+
+
+def test_reconstruct_set_keeps_one_identity_under_a_photometric_stage(faces):
+    """A configured photometric stage refines each photo's expression, pose and light, never the
+    person's identity: every face keeps the set's one identity (refining it per photo would give
+    each photo its own face shape, not the person's)."""
+    from deep3dface import Reconstructor
+    from deep3dface.fit.fitter import FitConfig, PhotometricStage
+    from deep3dface.pipeline import ReconstructorConfig
+
+    photos = [_small(faces / "identity_face_recognition" / n) for n in OBAMA[2:]]
+    config = ReconstructorConfig(fit=FitConfig(photometric=PhotometricStage(iterations=30, learning_rate=0.001)))
+    plain = Reconstructor().reconstruct_set(photos, names=["obama2", "obama1"])
+    refined = Reconstructor(config=config).reconstruct_set(photos, names=["obama2", "obama1"])
+    identity = refined.identity.to(refined.faces[0].coefficients.id)
+    for face, before in zip(refined.faces, plain.faces):
+        torch.testing.assert_close(face.coefficients.id[0], identity, rtol=0, atol=1e-6)
+        assert not torch.equal(face.coefficients.exp, before.coefficients.exp)  # the stage did run

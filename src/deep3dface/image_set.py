@@ -252,8 +252,8 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
     from dataclasses import replace
 
     from .align import align
-    from .fit.fitter import FitTargets, fit_faces
-    from .fit.shared_albedo import fit_shared_appearance
+    from .fit.fitter import FitTargets, fit_faces, landmark_error
+    from .fit.photometric import refine_photometric
     from .pipeline import FaceReconstruction, photo_tensor
 
     describer = FaceDescriber() if FaceDescriber.available() else None
@@ -284,16 +284,27 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
     targets = FitTargets(crops=torch.stack(chosen),
                          landmarks=torch.stack([p.face.crop_landmarks for p in result.photos]).float())
     coeffs = result.fit.coefficients.to(torch.float32)
-    stages = replace(reconstructor.config.fit, landmarks=None)
+    # the photometric stage runs below, on the person's one albedo with the identity held
+    # (fit_faces would refine each photo's identity on its own albedo)
+    photometric = reconstructor.config.fit.photometric if appearance else None
+    stages = replace(reconstructor.config.fit, landmarks=None, photometric=None)
     if not appearance:
-        stages = replace(stages, appearance=None, photometric=None)
+        stages = replace(stages, appearance=None)
     fitted = fit_faces(reconstructor.model, targets, stages, coeffs)
     coeffs, albedo, shared = fitted.coefficients, fitted.albedo, None
     if stages.appearance is not None:  # one albedo for the person, one light per photo
-        shared = fit_shared_appearance(reconstructor.model, targets.crops, coeffs, result.fit.photo_weights,
-                                       stages.appearance)
-        coeffs = coeffs.replace(gamma=shared.gamma.to(coeffs.gamma), tex=shared.tex.to(coeffs.tex).expand_as(coeffs.tex))
-        albedo = None if albedo is None else shared.albedo.expand(len(result.photos), -1, -1)
+        coeffs, albedo, shared = _shared_appearance(reconstructor.model, targets, coeffs, albedo, result.fit.photo_weights,
+                                                    stages.appearance)
+        if photometric is not None and photometric.iterations > 0:
+            flags = [list(f) for f in fitted.flags]
+            camera = Camera.crop()
+            coeffs, _ = refine_photometric(reconstructor.model, targets, photometric, camera, coeffs, albedo,
+                                           fitted.landmark_weights, flags, fixed=("id", "tex"))
+            error = landmark_error(reconstructor.model, coeffs, targets.landmarks, fitted.landmark_weights, camera)
+            fitted = replace(fitted, landmark_error=error, flags=tuple(tuple(f) for f in flags))
+            # the geometry moved: each photo's light and the person's albedo again
+            coeffs, albedo, shared = _shared_appearance(reconstructor.model, targets, coeffs, albedo,
+                                                        result.fit.photo_weights, stages.appearance)
     faces = []
     for i, p in enumerate(result.photos):
         faces.append(FaceReconstruction(
@@ -305,6 +316,17 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
     shared_albedo = None if shared is None else shared.albedo
     return replace(result, faces=tuple(faces), albedo=shared_albedo,
                    neutral=neutral_mesh(reconstructor.model, result.identity, shared_albedo))
+
+
+def _shared_appearance(model, targets, coeffs, albedo, photo_weights, stage):
+    """(coefficients with each photo's light and the shared tex, per-photo albedo rows or None, the
+    ``SharedAppearance``): one albedo for the person, one light per photo."""
+    from .fit.shared_albedo import fit_shared_appearance
+
+    shared = fit_shared_appearance(model, targets.crops, coeffs, photo_weights, stage)
+    coeffs = coeffs.replace(gamma=shared.gamma.to(coeffs.gamma), tex=shared.tex.to(coeffs.tex).expand_as(coeffs.tex))
+    albedo = None if albedo is None else shared.albedo.expand(len(coeffs.id), -1, -1)
+    return coeffs, albedo, shared
 
 
 def _photo_names(photos: list, names: list[str] | None) -> list[str]:

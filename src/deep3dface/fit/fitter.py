@@ -202,7 +202,7 @@ def _fit_faces(model, targets, config, initial) -> FitResult:
                                             weights68, flags)
         if config.appearance is not None:  # the geometry moved: colours belong to other vertices now
             coeffs, albedo = _appearance_stage(model, targets, config.appearance, camera, coeffs, flags)
-    error = _landmark_error(model, coeffs, targets.landmarks, weights68, camera)
+    error = landmark_error(model, coeffs, targets.landmarks, weights68, camera)
     return FitResult(coeffs, albedo, error, weights68, tuple(tuple(f) for f in flags))
 
 
@@ -401,7 +401,8 @@ def _appearance_stage(model, targets, stage, camera, coeffs, flags):
     return fitted, (None if model.has_albedo_basis else albedo)
 
 
-def _landmark_error(model, coeffs, landmarks, weights, camera):
+def landmark_error(model, coeffs, landmarks, weights, camera) -> torch.Tensor:
+    """(B,) mean crop-pixel distance of the projected keypoints to the landmarks of weight > 0."""
     with torch.no_grad():
         projected = camera.project(model.posed_vertices(coeffs.to(model.mean_shape.dtype), model.keypoints))
         distance = (projected - landmarks.to(projected)).norm(dim=-1)

@@ -21,16 +21,19 @@ from .losses import REG_WEIGHTS, coefficient_regularisation, gamma_loss, photome
 from .skin import skin_probability
 
 
-def refine_photometric(model, targets, stage, camera: Camera, coeffs: Coefficients, albedo, weights68, flags):
+def refine_photometric(model, targets, stage, camera: Camera, coeffs: Coefficients, albedo, weights68, flags,
+                       fixed: tuple[str, ...] = ()):
     """Adam on the paper's loss from ``coeffs``; returns (coefficients, albedo) with the best
-    iterate per face (the loss is tracked per face, so one diverging face cannot spoil another)."""
+    iterate per face (the loss is tracked per face, so one diverging face cannot spoil another).
+    ``fixed``: coefficient groups held at their start (an image set's shared "id" and "tex")."""
     dtype = model.mean_shape.dtype
     crops = targets.crops.to(dtype)
     skin = skin_probability(crops)
     landmarks = targets.landmarks.to(dtype)
     w68 = weights68.to(dtype)
     start = coeffs.to(dtype)
-    params = {g: getattr(start, g).clone().requires_grad_(True) for g in GROUPS if getattr(start, g).shape[1]}
+    params = {g: getattr(start, g).clone().requires_grad_(True) for g in GROUPS
+              if getattr(start, g).shape[1] and g not in fixed}
     optimiser = torch.optim.Adam(params.values(), lr=stage.learning_rate)
     best = {g: getattr(start, g).detach().clone() for g in GROUPS}
     best_loss = None
