@@ -175,6 +175,28 @@ def refused(capsys, code: int, argv: list[str], folder) -> str:
     return error
 
 
+
+def test_a_face_file_is_read_by_the_name_given(saved, tmp_path, capsys):
+    """scipy's loadmat reads NAME.mat when NAME is missing, so a mistyped face or --expression
+    drew another file without a word; now a missing name is an error naming it, and a .mat
+    under another name still reads."""
+    import shutil
+
+    root, _, face = saved
+    shutil.copy(root / "face.mat", tmp_path / "face.mat")
+    shutil.copy(root / "face.mat", tmp_path / "saved")
+    with pytest.raises(FileNotFoundError, match="face: no such file"):
+        load_face(tmp_path / "face")
+    again = load_face(tmp_path / "saved")
+    assert torch.equal(again.coefficients.to_vector(), load_face(root / "face.mat").coefficients.to_vector())
+    np.testing.assert_allclose(again.albedo.numpy(), face.albedo.numpy(), atol=1e-6)
+    out = str(tmp_path / "b.png")
+    error = refused(capsys, 2, ["render", str(tmp_path / "face"), "-o", out], tmp_path)
+    assert error == f"deep3dface: error: {tmp_path / 'face'}: no such file\n"
+    error = refused(capsys, 2, ["render", str(tmp_path / "saved"), "-o", out, "--expression", str(tmp_path / "face")],
+                    tmp_path)
+    assert error == f"deep3dface: error: --expression {tmp_path / 'face'}: no such file\n"
+
 @pytest.mark.parametrize("pose", ["nan,0,0", "0,inf,0", "0,0,-1e400"])
 def test_non_finite_pose_is_refused(saved, tmp_path, capsys, pose):
     root, _, _ = saved

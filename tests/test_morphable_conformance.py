@@ -114,6 +114,23 @@ def test_bad_model_files_are_clear_errors(tmp_path):
         load_model_data(junk)
 
 
+
+def test_model_file_is_read_by_the_name_given(tiny_path, tmp_path):
+    """scipy's loadmat reads NAME.mat when NAME is missing; the loader reads the name it is given
+    (a .mat under another name too) or says that name is missing."""
+    import shutil
+
+    from deep3dface.morphable.formats.deep3d import load_deep3d_mat
+
+    shutil.copy(tiny_path, tmp_path / "mine.mat")
+    shutil.copy(tiny_path, tmp_path / "bfm")
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'mine'}: no such face-model file"):
+        load_deep3d_mat(tmp_path / "mine")
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path / 'mine'}: no such face model"):
+        load_model_data(tmp_path / "mine")
+    np.testing.assert_array_equal(load_deep3d_mat(tmp_path / "bfm").mean_shape, load_model_data(tiny_path).mean_shape)
+    assert load_model_data(tmp_path / "mine.mat").num_vertices == 1517
+
 def test_posed_vertices_equal_the_forward_pass(conformance):
     """``posed_vertices`` (the rows of a few vertices) equals the full forward pass at those vertices."""
     model = load_model(conformance / "tiny_bfm", dtype=torch.float64)

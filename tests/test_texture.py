@@ -288,3 +288,16 @@ def test_compiled_lookup_keeps_torch_thread_count():
     with torch_threads(1):
         sample_image(torch.rand(3, 16, 16), torch.rand(100, 2) * 16)
         assert torch.get_num_threads() == 1
+
+
+def test_vertex_id_and_uv_files_are_read_by_the_name_given(tmp_path):
+    """scipy's loadmat reads NAME.mat when NAME is missing; these read the name they are given."""
+    from deep3dface.texture.uv import load_bfm_uv, load_vertex_ids
+
+    savemat(tmp_path / "ids.mat", {"select_id": np.array([[3, 1, 2]])})
+    (tmp_path / "ids_copy").write_bytes((tmp_path / "ids.mat").read_bytes())
+    savemat(tmp_path / "uv.mat", {"UV": np.zeros((BFM_FULL_VERTICES, 2))})
+    for load, name in ((load_vertex_ids, "ids"), (load_bfm_uv, "uv")):
+        with pytest.raises(FileNotFoundError, match=f"'{tmp_path / name}'"):
+            load(tmp_path / name)
+    np.testing.assert_array_equal(load_vertex_ids(tmp_path / "ids_copy"), [2, 0, 1])

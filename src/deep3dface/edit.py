@@ -73,7 +73,7 @@ def load_face(path: str | Path) -> SavedFace:
     from .export.coefficients import numeric_array
 
     coefficients = read_coefficients_mat(path)
-    mat = loadmat(str(path), variable_names=["albedo"])
+    mat = loadmat(str(path), variable_names=["albedo"], appendmat=False)  # as read_coefficients_mat: no NAME.mat
     albedo = torch.as_tensor(numeric_array(mat["albedo"], f"{path}: 'albedo'")) if "albedo" in mat else None
     if albedo is not None and (albedo.ndim != 2 or albedo.shape[1] != 3):
         raise ValueError(f"{path}: 'albedo' must be (N, 3), got {tuple(albedo.shape)}")
@@ -163,8 +163,9 @@ def read_option(option: str, read: Callable[[str | Path], T], path: str | Path) 
     """``read(path)`` for a file an option names; its errors say the option (one line, exit 2)."""
     try:
         return read(path)
-    except OSError as exc:
-        raise ValueError(f"{option} {path}: cannot read it ({exc.strerror or exc})") from exc
+    except OSError as exc:  # our own messages (no strerror) name the file already
+        raise ValueError(f"{option} {path}: cannot read it ({exc.strerror})" if exc.strerror
+                         else f"{option} {exc}") from exc
     except ValueError as exc:
         raise ValueError(f"{option} {exc}") from exc
 

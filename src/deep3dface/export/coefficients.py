@@ -61,10 +61,12 @@ def read_coefficients_mat(source: str | Path | bytes, layout: CoefficientLayout 
 
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     if not isinstance(source, bytes) and Path(source).is_dir():
-        # loadmat would try NAME.mat next and report that missing file instead
         raise ValueError(f"{name} is a folder, not a .mat file")
+    if not isinstance(source, bytes) and not Path(source).exists():
+        raise FileNotFoundError(f"{name}: no such file")
     try:
-        mat = loadmat(io.BytesIO(source) if isinstance(source, bytes) else str(source))
+        # appendmat=False: given NAME, scipy would otherwise read NAME.mat when NAME is missing
+        mat = loadmat(io.BytesIO(source) if isinstance(source, bytes) else str(source), appendmat=False)
     except Exception as exc:
         raise ValueError(f"{name}: not a readable .mat file ({exc})") from exc
     if all(g in mat for g in GROUPS):

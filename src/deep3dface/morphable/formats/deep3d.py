@@ -40,7 +40,7 @@ def is_deep3d_mat(path: Path) -> bool:
     from scipy.io import whosmat
 
     try:
-        names = {name for name, _, _ in whosmat(str(path))}
+        names = {name for name, _, _ in whosmat(str(path), appendmat=False)}
     except Exception:  # not a MAT v5 file: let the loader report it
         return False
     return "meanshape" in names and "idBase" in names
@@ -58,7 +58,7 @@ def load_deep3d_mat(path: str | Path) -> ModelData:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such face-model file")
     try:
-        mat = loadmat(str(path))
+        mat = loadmat(str(path), appendmat=False)  # not NAME.mat for a missing NAME (scipy's default)
     except Exception as exc:
         raise ValueError(f"{path}: not a readable MATLAB file ({exc})") from exc
     missing = [k for k in REQUIRED_KEYS if k not in mat]
@@ -103,11 +103,11 @@ def full_bfm_vertex_ids(folder: Path, num_vertices: int) -> np.ndarray | None:
     select, front, trim = (folder / name for name in (SELECT_IDS_FILE, FRONT_IDX_FILE, TRIM_INDEX_FILE))
     try:
         if select.is_file():
-            source, ids = select, _one_based(loadmat(str(select))["select_id"]).reshape(-1)
+            source, ids = select, _one_based(loadmat(str(select), appendmat=False)["select_id"]).reshape(-1)
         elif front.is_file() and trim.is_file():
             source = front
-            idx = _one_based(loadmat(str(front))["idx"]).reshape(-1)
-            trim_index = _one_based(loadmat(str(trim))["trimIndex"]).reshape(-1)
+            idx = _one_based(loadmat(str(front), appendmat=False)["idx"]).reshape(-1)
+            trim_index = _one_based(loadmat(str(trim), appendmat=False)["trimIndex"]).reshape(-1)
             if len(trim_index) != BFM_TRIMMED_VERTICES or idx.min() < 0 or idx.max() >= len(trim_index):
                 raise ValueError(f"trimIndex must have {BFM_TRIMMED_VERTICES} entries and idx index into it")
             ids = trim_index[idx]
