@@ -130,6 +130,12 @@ def test_model_file_is_read_by_the_name_given(tiny_path, tmp_path):
         load_model_data(tmp_path / "mine")
     np.testing.assert_array_equal(load_deep3d_mat(tmp_path / "bfm").mean_shape, load_model_data(tiny_path).mean_shape)
     assert load_model_data(tmp_path / "mine.mat").num_vertices == 1517
+    # the format is told by the contents, not the suffix: a model file without .mat loads too
+    np.testing.assert_array_equal(load_model_data(tmp_path / "bfm").mean_shape, load_model_data(tiny_path).mean_shape)
+    (tmp_path / "notes.mat").write_text("not a model")
+    with pytest.raises(ValueError, match="notes.mat: not a face model in a known format"):
+        load_model_data(tmp_path / "notes.mat")
+
 
 def test_posed_vertices_equal_the_forward_pass(conformance):
     """``posed_vertices`` (the rows of a few vertices) equals the full forward pass at those vertices."""

@@ -35,8 +35,8 @@ SOURCE_PREFIX = "Deep3D BFM_model_front.mat: "
 
 
 def is_deep3d_mat(path: Path) -> bool:
-    if path.suffix.lower() != ".mat":
-        return False
+    """Whether ``path`` is a MAT v5 file holding the Deep3D model's arrays, by its contents (a
+    user's copy may have any name)."""
     from scipy.io import whosmat
 
     try:
