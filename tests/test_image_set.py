@@ -450,19 +450,28 @@ def _contents(folder):
             for p in folder.rglob("*") if p.is_file()}
 
 
-def test_reconstruct_set_keeps_one_identity_under_a_photometric_stage(faces):
+@pytest.mark.parametrize("appearance", [True, False], ids=["with-appearance", "geometry-only-stages"])
+def test_reconstruct_set_keeps_one_identity_under_a_photometric_stage(faces, appearance):
     """A configured photometric stage refines each photo's expression, pose and light, never the
     person's identity: every face keeps the set's one identity (refining it per photo would give
-    each photo its own face shape, not the person's)."""
+    each photo its own face shape, not the person's).  It runs without an appearance stage too, and
+    each photo's reported angles and 68 points follow its refined coefficients."""
     from deep3dface import Reconstructor
-    from deep3dface.fit.fitter import FitConfig, PhotometricStage
+    from deep3dface.fit.annotation import annotation_vertices, output_keypoints
+    from deep3dface.fit.fitter import AppearanceStage, FitConfig, PhotometricStage
     from deep3dface.pipeline import ReconstructorConfig
 
     photos = [_small(faces / "identity_face_recognition" / n) for n in OBAMA[2:]]
-    config = ReconstructorConfig(fit=FitConfig(photometric=PhotometricStage(iterations=30, learning_rate=0.001)))
+    stages = FitConfig(appearance=AppearanceStage() if appearance else None,
+                       photometric=PhotometricStage(iterations=30, learning_rate=0.001))
     plain = Reconstructor().reconstruct_set(photos, names=["obama2", "obama1"])
-    refined = Reconstructor(config=config).reconstruct_set(photos, names=["obama2", "obama1"])
+    refined = Reconstructor(config=ReconstructorConfig(fit=stages)).reconstruct_set(photos, names=["obama2", "obama1"])
     identity = refined.identity.to(refined.faces[0].coefficients.id)
-    for face, before in zip(refined.faces, plain.faces):
+    model = refined.model
+    for face, photo, before in zip(refined.faces, refined.photos, plain.faces):
         torch.testing.assert_close(face.coefficients.id[0], identity, rtol=0, atol=1e-6)
         assert not torch.equal(face.coefficients.exp, before.coefficients.exp)  # the stage did run
+        torch.testing.assert_close(photo.coefficients.angle, face.coefficients.angle.to(photo.coefficients.angle))
+        points = output_keypoints(model, face.coefficients.to(torch.float64), annotation_vertices(model))[0]
+        torch.testing.assert_close(photo.landmarks68, photo.camera.project(points[None])[0].float(), atol=1e-3, rtol=0)
+        torch.testing.assert_close(face.landmarks68, photo.landmarks68)

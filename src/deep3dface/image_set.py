@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -249,7 +249,6 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
     and the person's one albedo (``fit.shared_albedo``) under the photo's own light (``albedo``).
     ``appearance=False`` skips the appearance (the model's mean albedo, no light): geometry only,
     and much faster (the per-vertex albedo solve dominates a set's time on CPU)."""
-    from dataclasses import replace
 
     from .align import align
     from .fit.fitter import FitTargets, fit_faces, landmark_error
@@ -284,27 +283,31 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
     targets = FitTargets(crops=torch.stack(chosen),
                          landmarks=torch.stack([p.face.crop_landmarks for p in result.photos]).float())
     coeffs = result.fit.coefficients.to(torch.float32)
-    # the photometric stage runs below, on the person's one albedo with the identity held
-    # (fit_faces would refine each photo's identity on its own albedo)
+    # the photometric stage runs below with the identity held, after the person's one albedo
+    # (fit_faces would refine each photo's identity on its own)
     photometric = reconstructor.config.fit.photometric if appearance else None
     stages = replace(reconstructor.config.fit, landmarks=None, photometric=None)
     if not appearance:
         stages = replace(stages, appearance=None)
-    fitted = fit_faces(reconstructor.model, targets, stages, coeffs)
+    model = reconstructor.model
+    fitted = fit_faces(model, targets, stages, coeffs)
     coeffs, albedo, shared = fitted.coefficients, fitted.albedo, None
     if stages.appearance is not None:  # one albedo for the person, one light per photo
-        coeffs, albedo, shared = _shared_appearance(reconstructor.model, targets, coeffs, albedo, result.fit.photo_weights,
+        coeffs, albedo, shared = _shared_appearance(model, targets, coeffs, albedo, result.fit.photo_weights,
                                                     stages.appearance)
-        if photometric is not None and photometric.iterations > 0:
-            flags = [list(f) for f in fitted.flags]
-            camera = Camera.crop()
-            coeffs, _ = refine_photometric(reconstructor.model, targets, photometric, camera, coeffs, albedo,
-                                           fitted.landmark_weights, flags, fixed=("id", "tex"))
-            error = landmark_error(reconstructor.model, coeffs, targets.landmarks, fitted.landmark_weights, camera)
-            fitted = replace(fitted, landmark_error=error, flags=tuple(tuple(f) for f in flags))
-            # the geometry moved: each photo's light and the person's albedo again
-            coeffs, albedo, shared = _shared_appearance(reconstructor.model, targets, coeffs, albedo,
-                                                        result.fit.photo_weights, stages.appearance)
+    if photometric is not None and photometric.iterations > 0:
+        flags, camera = [list(f) for f in fitted.flags], Camera.crop()
+        coeffs, _ = refine_photometric(model, targets, photometric, camera, coeffs, albedo, fitted.landmark_weights,
+                                       flags, fixed=("id", "tex"))
+        error = landmark_error(model, coeffs, targets.landmarks, fitted.landmark_weights, camera)
+        fitted = replace(fitted, landmark_error=error, flags=tuple(tuple(f) for f in flags))
+        if stages.appearance is not None:  # the geometry moved: each photo's light and the albedo again
+            coeffs, albedo, shared = _shared_appearance(model, targets, coeffs, albedo, result.fit.photo_weights,
+                                                        stages.appearance)
+        # each photo's pose and expression moved: its reported angles and 68 points follow
+        hidden = annotation_vertices(model) if config.annotation_keypoints else None
+        result = replace(result, photos=_photo_fits(model, result.photos, coeffs.to(result.fit.coefficients.id),
+                                                     hidden))
     faces = []
     for i, p in enumerate(result.photos):
         faces.append(FaceReconstruction(
@@ -379,16 +382,23 @@ def neutral_mesh(model: MorphableModel, identity: torch.Tensor, albedo: torch.Te
 
 
 def _result(model, photos, fit: SetFit, dropped, camera: Camera, hidden_vertices) -> IdentityReconstruction:
-    coeffs = fit.coefficients
-    landmarks = output_keypoints(model, coeffs, hidden_vertices).double()
     fits = []
     for i, (obs, face) in enumerate(photos):
         width, height = obs.image_size
         cam = camera.for_photo(face.alignment.matrix, width, height)
-        fits.append(PhotoFit(obs.name, obs.image_size, face, coeffs[i], cam, float(fit.photo_weights[i]),
-                             float(fit.rms[i]), cam.project(landmarks[i:i + 1])[0].float(), landmarks[i].float()))
+        fits.append(PhotoFit(obs.name, obs.image_size, face, fit.coefficients[i], cam, float(fit.photo_weights[i]),
+                             float(fit.rms[i]), torch.empty(68, 2)))
     identity = fit.identity.double()
-    return IdentityReconstruction(model, identity, neutral_mesh(model, identity), tuple(fits), tuple(dropped), fit)
+    fits = _photo_fits(model, fits, fit.coefficients, hidden_vertices)
+    return IdentityReconstruction(model, identity, neutral_mesh(model, identity), fits, tuple(dropped), fit)
+
+
+def _photo_fits(model, fits, coeffs: Coefficients, hidden_vertices) -> tuple[PhotoFit, ...]:
+    """``fits`` with the coefficients ``coeffs`` (one row per photo) and the 68 points they give,
+    posed in model space and projected into each photo (``fit.annotation.output_keypoints``)."""
+    landmarks = output_keypoints(model, coeffs, hidden_vertices).double()
+    return tuple(replace(f, coefficients=coeffs[i], landmarks68=f.camera.project(landmarks[i:i + 1])[0].float(),
+                         landmarks68_model=landmarks[i].float()) for i, f in enumerate(fits))
 
 
 def _descriptor_folder() -> Path | None:
