@@ -5,8 +5,8 @@ timed interleaved (one run of each in turn) so that load from other processes hi
   eager_f32        the network as loaded (NCHW, BatchNorm separate)
   prepared_f32     ``prepare_for_inference(precision="float32")``: BatchNorm folded, channels_last
   packed_bf16      prepared_f32 with a bfloat16 backbone whose weights are packed once for oneDNN
-                   (``packed.lower_to_bfloat16(packed=True)``: the form "auto" picks with AMX)
-  plain_bf16       the same with the modules cast to bfloat16 as they are (``packed=False``: the
+                   (``bfloat16_form="packed"``: the form "auto" picks with AMX)
+  plain_bf16       the same with the modules cast to bfloat16 as they are (``"plain"``: the
                    form "auto" picks on CPUs with AVX512-BF16 but no AMX)
                    ``bf16_rel_error`` = max |bf16 − f32| / max |f32| on the B = 16 batch, per form;
                    ``auto_picks``: what ``prepare_for_inference`` chooses on this CPU
@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import emit  # noqa: E402
 
-from deep3dface.nets.packed import has_amx, lower_to_bfloat16, use_bfloat16  # noqa: E402
+from deep3dface.nets.packed import bfloat16_form, use_bfloat16  # noqa: E402
 from deep3dface.nets.rnet import RNet, prepare_for_inference  # noqa: E402
 
 BATCHES = (1, 8, 16)
@@ -81,18 +81,15 @@ def main() -> None:
     torch.manual_seed(0)
     model = RNet(args.variant).eval()
     fast = prepare_for_inference(model, precision="float32")
-    lowered = {}
-    for form, packed in (("packed_bf16", True), ("plain_bf16", False)):
-        lowered[form] = prepare_for_inference(model, precision="float32")
-        lower_to_bfloat16(lowered[form].backbone, packed=packed)
-        lowered[form].backbone_dtype = torch.bfloat16
+    lowered = {f"{form}_bf16": prepare_for_inference(model, precision="bfloat16", bfloat16_form=form)
+               for form in ("packed", "plain")}
     images = torch.rand(16, 3, 224, 224)
 
     configs = {"eager_f32": (model.vector, False), "prepared_f32": (fast.vector, False),
                **{form: (net.vector, False) for form, net in lowered.items()},
                "autocast_bf16": (fast.vector, True)}
     bf16 = use_bfloat16("auto", torch.device("cpu"))
-    results = {"auto_picks": ("packed_bf16" if has_amx() else "plain_bf16") if bf16 else "prepared_f32"}
+    results = {"auto_picks": f"{bfloat16_form()}_bf16" if bf16 else "prepared_f32"}
     if args.no_compile:
         results["compiled"] = "skipped: --no-compile"
     else:

@@ -19,8 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from deep3dface.nets import CheckpointError, ResNet50, RNet, load_rnet
-from deep3dface.nets.packed import (PackedConv2d, bfloat16_is_fast, bfloat16_is_native, has_amx, lower_to_bfloat16,
-                                    pack_resnet, packing_available)
+from deep3dface.nets.packed import PackedConv2d, bfloat16_form, bfloat16_is_native, pack_resnet, packing_available
 from deep3dface.nets.rnet import FORMATS, prepare_for_inference
 from deep3dface.types import DEEP3D_LAYOUT, Coefficients
 
@@ -121,19 +120,15 @@ BF16_REL = 1e-2
 
 @pytest.mark.skipif(not bfloat16_is_native(), reason="this CPU has no native bfloat16 (AVX512-BF16 / AMX)")
 @pytest.mark.parametrize("name", FORMAT_NAMES)
-@pytest.mark.parametrize("packed", [None, True, False], ids=["this-cpu", "packed", "plain"])
-def test_bfloat16_network_stays_near_float32(name, packed, models, crops):
-    """The backbone in bfloat16 (what "auto" picks on CPUs with native bfloat16), in the form this
-    CPU gets and in both forms explicitly; the coefficients still come back float32."""
-    if packed is None:
-        fast = prepare_for_inference(models[name], precision="bfloat16")
-    else:
-        fast = prepare_for_inference(models[name], precision="float32")
-        lower_to_bfloat16(fast.backbone, packed=packed)
-        fast.backbone_dtype = torch.bfloat16
+@pytest.mark.parametrize("form", [None, "packed", "plain"], ids=["this-cpu", "packed", "plain"])
+def test_bfloat16_network_stays_near_float32(name, form, models, crops):
+    """The backbone in bfloat16 (forced here; "auto" picks it on exactly the CPUs this test runs
+    on, see test_precision_choice), in the form this CPU gets and in both forms explicitly; the
+    coefficients still come back float32."""
+    fast = prepare_for_inference(models[name], precision="bfloat16", bfloat16_form=form)
     assert fast.backbone_dtype == torch.bfloat16
     has_packed = any(isinstance(m, PackedConv2d) for m in fast.modules())
-    assert has_packed == (has_amx() if packed is None else packed)
+    assert has_packed == ((form or bfloat16_form()) == "packed")
     with torch.inference_mode():
         low = fast.vector(crops)
         full = prepare_for_inference(models[name], precision="float32").vector(crops)
@@ -145,12 +140,15 @@ def test_bfloat16_network_stays_near_float32(name, packed, models, crops):
 
 def test_precision_choice(models, checkpoints):
     auto = prepare_for_inference(models["recon"])
-    assert auto.backbone_dtype == (torch.bfloat16 if bfloat16_is_fast() else None)
+    assert auto.backbone_dtype == (torch.bfloat16 if bfloat16_is_native() else None)
     assert prepare_for_inference(models["recon"], precision="float32").backbone_dtype is None
     as_f64 = prepare_for_inference(load_rnet(checkpoints["recon"], dtype=torch.float64))
     assert as_f64.backbone_dtype is None  # "auto" never lowers a float64 model
     with pytest.raises(ValueError, match="precision"):
         prepare_for_inference(models["recon"], precision="half")
+    if bfloat16_is_native():
+        with pytest.raises(ValueError, match="bfloat16 form"):
+            prepare_for_inference(models["recon"], precision="bfloat16", bfloat16_form="fused")
 
 
 @pytest.mark.skipif(not packing_available(), reason="torch without oneDNN")

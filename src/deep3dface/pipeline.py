@@ -212,7 +212,8 @@ class ReconstructorConfig:
     # the model's keypoints, as the reference projects them
     annotation_keypoints: bool = True
     # R-Net's precision (nets.prepare_for_inference): "auto" is bfloat16 on CPUs that compute it
-    # natively (~2.5x faster, ~0.5 % off float32; the fit refines the answer), "float32" forces float32
+    # natively (AMX ~2.5x, AVX512-BF16 ~1.6-2x faster, ~0.5 % off float32; the fit refines the
+    # answer), "float32" forces float32
     rnet_precision: str = "auto"
     detector: MTCNNConfig = field(default_factory=MTCNNConfig)
     # MediaPipe's BlazeFace (detect.finder): for photos where MTCNN finds no face (confirmed by the

@@ -14,11 +14,12 @@ Precision.  ``"auto"`` runs the backbone in bfloat16 where the CPU computes it n
 two forms (``lower_to_bfloat16``).  With AMX tiles (Intel Xeon 4th gen and later) these packed bf16
 convolutions ran 2-3x faster than float32 ones.  With AVX512-BF16 alone (AMD Zen 4) the packed form
 was 2-3x *slower* than float32 (oneDNN picks a poor kernel for the pre-reordered layout there), while
-plain ``nn.Conv2d`` modules cast to bfloat16 were ~1.6-2x faster (benchmarks/rnet.py: 19 against 31
-ms per face at batch 1, 11 against 22 at batch 8), so that is the form used without AMX.  Emulated
-bf16 is slower than float32, so "auto" keeps float32 on CPUs with neither.
+plain ``nn.Conv2d`` modules cast to bfloat16 were ~1.6-2x faster (benchmarks/rnet.py on a 2-core
+AMD EPYC: 18-20 against 31-33 ms per face at batch 1, 11-12 against 22-26 at batch 8), so that is
+the form used without AMX (``bfloat16_form``).  Emulated bf16 is slower than float32, so "auto"
+keeps float32 on CPUs with neither.
 
-Inference only: the packed weight is an opaque oneDNN tensor, not a parameter; a packed module
+Inference only (the packed form): the packed weight is an opaque oneDNN tensor, not a parameter; a packed module
 cannot be trained, saved, copied or moved to another device (prepare the original instead).
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from torch import nn
 from .resnet import Bottleneck
 
 PRECISIONS = ("auto", "float32", "bfloat16")
+BFLOAT16_FORMS = ("packed", "plain")
 
 
 def packing_available() -> bool:
@@ -51,11 +53,10 @@ def has_amx() -> bool:
     return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
-def bfloat16_is_fast() -> bool:
-    """True where R-Net's bfloat16 backbone beats float32: CPUs that compute bfloat16 natively, in
-    the form ``lower_to_bfloat16`` picks (measured: AMX packed ~0.4x float32's time at batch 1;
-    AMD EPYC Zen 4 plain bf16 modules 0.6x at batch 1, 0.5x at batch 8)."""
-    return bfloat16_is_native()
+def bfloat16_form() -> str:
+    """The faster bfloat16 form on this CPU: "packed" with AMX tiles (measured ~0.4x float32's
+    time at batch 1), else "plain" (AVX512-BF16 alone, AMD Zen 4: 0.6x at batch 1, 0.5x at 8)."""
+    return "packed" if has_amx() else "plain"
 
 
 def use_bfloat16(precision: str, device: torch.device) -> bool:
@@ -64,17 +65,18 @@ def use_bfloat16(precision: str, device: torch.device) -> bool:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
-        return device.type == "cpu" and bfloat16_is_fast()
+        return device.type == "cpu" and bfloat16_is_native()
     return precision == "bfloat16"
 
 
-def lower_to_bfloat16(resnet: nn.Module, packed: bool | None = None) -> nn.Module:
-    """A BatchNorm-folded ``resnet.ResNet50`` in bfloat16, in place: ``packed`` (default: where the
-    CPU has AMX) reorders the weights once for oneDNN and fuses ReLUs and adds (``pack_resnet``);
-    otherwise the modules are cast to bfloat16 as they are (the fast form with AVX512-BF16 alone)."""
-    if packed is None:
-        packed = has_amx()
-    if packed:
+def lower_to_bfloat16(resnet: nn.Module, form: str | None = None) -> nn.Module:
+    """A BatchNorm-folded ``resnet.ResNet50`` in bfloat16, in place, in ``form`` (default:
+    ``bfloat16_form()``): "packed" reorders the weights once for oneDNN and fuses ReLUs and adds
+    (``pack_resnet``); "plain" casts the modules to bfloat16 as they are."""
+    form = form or bfloat16_form()
+    if form not in BFLOAT16_FORMS:
+        raise ValueError(f"bfloat16 form must be one of {BFLOAT16_FORMS}, got {form!r}")
+    if form == "packed":
         return pack_resnet(resnet, torch.bfloat16)
     return resnet.to(torch.bfloat16)
 

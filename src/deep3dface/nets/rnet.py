@@ -94,7 +94,8 @@ class RNet(nn.Module):
         return Coefficients.from_vector(self.vector(images), self.layout)
 
 
-def prepare_for_inference(model: RNet, channels_last: bool = True, precision: str = "auto") -> RNet:
+def prepare_for_inference(model: RNet, channels_last: bool = True, precision: str = "auto",
+                          bfloat16_form: str | None = None) -> RNet:
     """A faster, frozen copy of ``model`` for inference (the input model is not modified).
 
     BatchNorm is folded into the convolutions and gradients are switched off. ``channels_last``
@@ -105,7 +106,8 @@ def prepare_for_inference(model: RNet, channels_last: bool = True, precision: st
     computes it natively (AMX: ~2.5x faster, AVX512-BF16: ~1.6-2x), in float32 elsewhere; "float32"
     keeps the model's own precision; "bfloat16" forces bfloat16. With AMX the bfloat16 convolution
     weights are also reordered once for oneDNN, with the ReLUs and residual adds computed by the
-    convolutions (``packed.lower_to_bfloat16``). In bfloat16 the outputs differ from float32 by
+    convolutions (``packed.lower_to_bfloat16``; ``bfloat16_form`` "packed" or "plain" overrides the
+    choice, e.g. to compare them). In bfloat16 the outputs differ from float32 by
     ~0.5 % of their largest value (tests/test_rnet.py states the limit); the head and the returned
     coefficients stay float32.
     """
@@ -117,7 +119,7 @@ def prepare_for_inference(model: RNet, channels_last: bool = True, precision: st
     if use_bfloat16(precision, weight.device) and (precision == "bfloat16" or weight.dtype == torch.float32):
         if weight.device.type != "cpu" or not packing_available():
             raise ValueError("bfloat16 R-Net inference needs a CPU model and torch with oneDNN")
-        lower_to_bfloat16(fast.backbone)
+        lower_to_bfloat16(fast.backbone, bfloat16_form)
         fast.backbone_dtype = torch.bfloat16
     return fast
 
