@@ -1,8 +1,8 @@
 """Face-model formats behind one registry.
 
 ``load_model_data(spec)`` takes ``"default"`` (the embedded model derived from PyPI data) or a path:
-a Deep3D ``BFM_model_front.mat`` file, or a folder that holds one.  New formats register a name
-(for built-in models) or a sniffing function (for files).
+a Deep3D ``BFM_model_front.mat`` file (told by its contents, so under any name), or a folder
+that holds one.  New formats register a name (for built-in models) or a sniffing function (for files).
 """
 from __future__ import annotations
 
