@@ -10,7 +10,7 @@ protocol scores landmarks, not detection); where even that one does not overlap 
 box, the annotated face was missed and another scored in its place: it stays in every NME above,
 is listed in ``other_face``, and only ``nme_fit_annotated_face_found`` leaves it out.
 
-    python benchmarks/aflw.py [--limit N] [--every K] [--min-yaw DEG] [--photometric ITER] [--yaw-gain G]
+    python benchmarks/aflw.py [--limit N] [--every K] [--min-yaw DEG] [--photometric ITER [--photometric-lr LR]] [--yaw-gain G]
                               [--one-photo-sets]
 
 ``--one-photo-sets`` fits each face through the image-set path instead (``image_set.reconstruct_identity``
@@ -95,6 +95,7 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--every", type=int, default=1, help="take every K-th photo")
     parser.add_argument("--photometric", type=int, default=None, help="photometric iterations (default: config)")
+    parser.add_argument("--photometric-lr", type=float, default=None, help="the photometric stage's Adam learning rate")
     parser.add_argument("--march", action="store_true", help="let visible jaw keypoints march to the silhouette")
     parser.add_argument("--no-dense", action="store_true", help="fit the 68 points only (not the 468)")
     parser.add_argument("--yaw-gain", type=float, default=None, help="LandmarkStage.yaw_gain (default: config)")
@@ -110,7 +111,10 @@ def main() -> None:
     stage = LandmarkStage(march_contour=args.march)
     fit = FitConfig(landmarks=stage if args.yaw_gain is None else replace(stage, yaw_gain=args.yaw_gain))
     if args.photometric is not None:
-        fit = FitConfig(landmarks=fit.landmarks, photometric=PhotometricStage(iterations=args.photometric))
+        stage = PhotometricStage(iterations=args.photometric)
+        if args.photometric_lr is not None:
+            stage = replace(stage, learning_rate=args.photometric_lr)
+        fit = FitConfig(landmarks=fit.landmarks, photometric=stage)
     recon = Reconstructor(config=ReconstructorConfig(fit=fit, dense=not args.no_dense))
     fit_nme, mark_nme, keypoint_nme, yaws, misses, per_face, seconds, other_face = [], [], [], [], [], {}, [], []
     images_found = []
