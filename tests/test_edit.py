@@ -197,6 +197,39 @@ def test_a_face_file_is_read_by_the_name_given(saved, tmp_path, capsys):
                     tmp_path)
     assert error == f"deep3dface: error: --expression {tmp_path / 'face'}: no such file\n"
 
+@pytest.mark.parametrize("option", ["--light", "--expression"])
+def test_a_missing_option_file_reads_alike_whatever_its_suffix(saved, tmp_path, capsys, option):
+    """A missing --light file was taken for an unknown preset, and read_option said 'no such file'
+    for a .mat but 'cannot read it (No such file or directory)' for a text file: now the option
+    and the file, once, and the same reason for both."""
+    root, _, _ = saved
+    for name in ("missing.mat", "missing.txt", "sub/missing"):
+        missing = tmp_path / name
+        error = refused(capsys, 2, ["render", str(root / "face.mat"), "-o", str(tmp_path / "b.png"), option,
+                                    str(missing)], tmp_path)
+        assert error == f"deep3dface: error: {option} {missing}: no such file\n"
+
+
+def test_read_option_names_the_option_and_file_once_for_any_read_error(tmp_path):
+    """read_option took an OSError without strerror for one of ours naming the file: any other
+    (io.UnsupportedOperation...) lost the file name.  And a file gone between the CLI's check and
+    the read reads as a missing file whatever its suffix."""
+    import io
+
+    from deep3dface.edit import read_gamma, read_option
+
+    def unsupported(path):
+        raise io.UnsupportedOperation("read")
+
+    with pytest.raises(ValueError) as caught:
+        read_option("--light", unsupported, tmp_path / "light.txt")
+    assert str(caught.value) == f"--light {tmp_path / 'light.txt'}: cannot read it (read)"
+    for name in ("gone.mat", "gone.txt", "gone.npy"):
+        with pytest.raises(ValueError) as caught:
+            read_option("--light", read_gamma, tmp_path / name)
+        assert str(caught.value) == f"--light {tmp_path / name}: no such file"
+
+
 @pytest.mark.parametrize("pose", ["nan,0,0", "0,inf,0", "0,0,-1e400"])
 def test_non_finite_pose_is_refused(saved, tmp_path, capsys, pose):
     root, _, _ = saved

@@ -163,11 +163,21 @@ def read_option(option: str, read: Callable[[str | Path], T], path: str | Path) 
     """``read(path)`` for a file an option names; its errors say the option (one line, exit 2)."""
     try:
         return read(path)
-    except OSError as exc:  # our own messages (no strerror) name the file already
-        raise ValueError(f"{option} {path}: cannot read it ({exc.strerror})" if exc.strerror
-                         else f"{option} {exc}") from exc
-    except ValueError as exc:
+    except FileNotFoundError as exc:  # the OS's (a text light) and read_coefficients_mat's read alike
+        raise ValueError(f"{option} {path}: no such file") from exc
+    except OSError as exc:  # the OS's reason; one without strerror (io.UnsupportedOperation...) its message
+        raise ValueError(f"{option} {path}: cannot read it ({exc.strerror or str(exc) or type(exc).__name__})") from exc
+    except ValueError as exc:  # ours: they name the file
         raise ValueError(f"{option} {exc}") from exc
+
+
+def light_option(light: str) -> torch.Tensor:
+    """``--light``: a preset, or a file; a missing name that looks like a file (a suffix or a folder
+    in it) is a missing file, not an unknown preset."""
+    path = Path(light)
+    if light in LIGHT_PRESETS or not (path.exists() or path.is_symlink() or path.suffix or len(path.parts) > 1):
+        return light_gamma(light)
+    return read_option("--light", read_gamma, light)
 
 
 def edit_coefficients(coefficients: Coefficients, pose_deg: tuple[float, float, float] | None = None,
@@ -242,10 +252,7 @@ def render_command(face_path: str | Path, output: str | Path, pose: str | None =
     check_output(Path(output))
     pose_deg = None if pose is None else parse_pose(pose)
     face = load_face(face_path)
-    gamma = None
-    if light is not None:
-        gamma = (light_gamma(light) if light in LIGHT_PRESETS or not Path(light).exists()
-                 else read_option("--light", read_gamma, light))
+    gamma = None if light is None else light_option(light)
     exp = None if expression is None else read_option("--expression", load_face, expression).coefficients.exp
     coefficients = edit_coefficients(face.coefficients, pose_deg, gamma, exp)
     refuse_existing(output, overwrite)  # before the render, not after it (write_output checks again)
