@@ -226,3 +226,36 @@ def test_video_with_no_face_writes_no_neutral_mesh_and_fails_on_a_rerun(tmp_path
     assert not json.loads((out / "frames" / "000000.json").read_text())["face"]
     assert main(["video", str(clip), "-o", str(out), "-q"]) == 1  # still a failure, not "done"
     assert "door.mp4: done already" in capsys.readouterr().err and not (out / "neutral.obj").exists()
+
+
+def test_a_summary_json_not_written_by_video_is_refused_not_taken_as_done(tmp_path, faces, capsys, monkeypatch):
+    """video took any OUT/summary.json for its own: a user's made it report 'done already ... no
+    face found in it' (exit 1), or done with however many frames it said.  Now one that is not a
+    JSON object with the keys write_video_outputs writes is refused before any work; --overwrite
+    replaces it."""
+    import deep3dface.video
+    from deep3dface.cli import main
+    from deep3dface.video import SUMMARY_KEYS
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("a foreign summary.json was found only after the work")
+
+    clip = _no_face_clip(tmp_path, faces, 2)
+    out = tmp_path / "out"
+    out.mkdir()
+    mine = {"tracked": 5, "video": str(clip)}  # some of our keys, not all
+    with monkeypatch.context() as patch:
+        patch.setattr(deep3dface.video, "reconstruct_video", no_work)
+        for text in ("my notes", json.dumps(mine), json.dumps([mine])):
+            (out / "summary.json").write_text(text)
+            assert main(["video", str(clip), "-o", str(out), "-q"]) == 2
+            assert capsys.readouterr().err == (
+                f"deep3dface: error: {out / 'summary.json'} exists but was not written by deep3dface video; "
+                "remove it or choose another -o (--overwrite replaces it)\n")
+            assert [p.name for p in out.iterdir()] == ["summary.json"] and (out / "summary.json").read_text() == text
+    assert main(["video", str(clip), "-o", str(out), "--overwrite", "-q"]) == 1  # the door: no face
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary) == set(SUMMARY_KEYS) and summary["tracked"] == 0
+    capsys.readouterr()
+    assert main(["video", str(clip), "-o", str(out), "-q"]) == 1  # ours now: done already
+    assert "door.mp4: done already" in capsys.readouterr().err

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 #: keys every summary.json of fit-set's holds (cmd_fit_set's own, then IdentityReconstruction.summary()'s);
@@ -127,7 +128,8 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
         out = out_root / person
         summary_path = out / "summary.json"
         if (summary_path.exists() or summary_path.is_symlink()) and not args.overwrite:
-            summary = _finished_summary(summary_path, person)
+            summary = _finished_summary(summary_path, SUMMARY_KEYS,
+                                        lambda s: s["person"] == person and isinstance(s["used"], list))
             if summary is None:  # someone else's file: not a sign this person is done
                 print(f"deep3dface: error: {summary_path} exists but was not written by deep3dface fit-set for "
                       f"{person}; remove it or choose another -o (--overwrite replaces it); {person} skipped",
@@ -232,23 +234,15 @@ def _refuse_foreign(out: Path, blobs: dict[str, bytes], ours: set[str] = frozens
                                     "(--overwrite replaces it)")
 
 
-def _summary_count(summary_path: Path, count) -> int:
-    """``count(summary)`` of a finished person's or clip's summary.json (0 when unreadable)."""
-    try:
-        return count(json.loads(summary_path.read_text()))
-    except (OSError, ValueError, AttributeError, TypeError):
-        return 0
-
-
-def _finished_summary(summary_path: Path, person: str) -> dict | None:
-    """A finished person's summary.json as fit-set writes it (last, so the person is done), or None
-    for anything else there: not JSON, a user's own JSON, another person's summary."""
+def _finished_summary(summary_path: Path, keys: tuple[str, ...], ours: Callable[[dict], bool]) -> dict | None:
+    """A finished person's or clip's summary.json as fit-set or video writes it (last, so the work
+    is done): a JSON object with ``keys`` for which ``ours`` holds; None for anything else there
+    (not JSON, a user's own JSON, another person's summary)."""
     try:
         summary = json.loads(summary_path.read_text(encoding="utf-8"))
     except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
         return None
-    if (not isinstance(summary, dict) or not set(SUMMARY_KEYS) <= summary.keys() or summary["person"] != person
-            or not isinstance(summary["used"], list)):
+    if not isinstance(summary, dict) or not set(keys) <= summary.keys() or not ours(summary):
         return None
     return summary
 
@@ -267,15 +261,21 @@ def cmd_video(args: argparse.Namespace) -> int:
         raise ValueError("the video command needs PyAV: pip install 'deep3dface[video]' (or pip install av)")
     from .image_set import SetObserver
     from .morphable import load_model
+    from .video import SUMMARY_KEYS as VIDEO_KEYS
     from .video import VideoConfig, reconstruct_video, write_video_outputs
 
+    summary_path = out / "summary.json"
     if not args.overwrite:
-        if (out / "summary.json").exists():
-            if _tracked_frames(out / "summary.json") == 0:
-                print(f"deep3dface: error: {args.input}: done already ({out / 'summary.json'}), no face found in it "
+        if summary_path.exists() or summary_path.is_symlink():
+            summary = _finished_summary(summary_path, VIDEO_KEYS, lambda s: type(s["tracked"]) is int)
+            if summary is None:  # someone else's file: not a sign the clip is done (exit 2, as the files below)
+                raise ValueError(f"{summary_path} exists but was not written by deep3dface video; "
+                                 "remove it or choose another -o (--overwrite replaces it)")
+            if summary["tracked"] == 0:
+                print(f"deep3dface: error: {args.input}: done already ({summary_path}), no face found in it "
                       "(--overwrite redoes it)", file=sys.stderr)
                 return 1
-            _say(args, f"{args.input}: done already ({out / 'summary.json'}), skipped (--overwrite redoes it)")
+            _say(args, f"{args.input}: done already ({summary_path}), skipped (--overwrite redoes it)")
             return 0
         stale = [p for p in (out / "neutral.obj", out / "frames", out / "overlay.mp4") if p.exists()]
         if stale:  # checked before minutes of work, not after
@@ -291,11 +291,6 @@ def cmd_video(args: argparse.Namespace) -> int:
     _say(args, f"{args.input}: {len(result.fitted)}/{len(result.frames)} frame(s) with a face, "
                f"{sum(f.redetected for f in result.frames)} detection(s) -> {out}")
     return 0
-
-
-def _tracked_frames(summary_path: Path) -> int:
-    """How many frames with a face a finished clip's summary.json counts."""
-    return _summary_count(summary_path, lambda summary: int(summary.get("tracked", 0)))
 
 
 def add_commands(sub) -> None:

@@ -200,6 +200,10 @@ def reconstruct_tracked(frames: tuple[TrackedFrame, ...], model: MorphableModel,
                                fitted, matrices, hidden)
 
 
+#: keys of the summary.json write_video_outputs writes (last: the clip is done); cli_sets tells ours by them
+SUMMARY_KEYS = ("video", "width", "height", "rate", "frames", "tracked", "redetections", "model", "unit", "identity")
+
+
 def write_video_outputs(result: VideoReconstruction, video: str | Path, out_dir: str | Path,
                         overlay: bool = True, overwrite: bool = False) -> list[Path]:
     """``frames/<index>.json`` per frame, ``neutral.obj``, ``summary.json`` and ``overlay.mp4``
