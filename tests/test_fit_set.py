@@ -65,3 +65,24 @@ def test_a_summary_json_fit_set_did_not_write_is_refused_not_taken_for_done(face
     mine.unlink()
     assert main(args) == 0 and main(args) == 0  # fit-set's own summary is a finished person
     assert capsys.readouterr().err == ""
+
+
+def test_a_summary_from_before_the_files_key_is_still_a_finished_person(faces, tmp_path, capsys):
+    """summary.json got its "files" key later (cli_sets.SUMMARY_KEYS): a person an earlier version
+    finished, whose summary has every other key, is skipped as done, nothing of it rewritten."""
+    import json
+
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"eric\t{faces.joinpath(*PHOTO)}\n")
+    out = tmp_path / "out"
+    args = ["fit-set", str(listing), "-o", str(out), "--no-overlay", "--no-appearance"]
+    assert main(args) == 0
+    summary_path = out / "eric" / "summary.json"
+    summary = json.loads(summary_path.read_text())
+    del summary["files"]  # as the version before it wrote it: person, photos, then result.summary()
+    summary_path.write_text(json.dumps(summary, indent=1))
+    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (out / "eric").iterdir()}
+    capsys.readouterr()
+    assert main(args) == 0
+    assert capsys.readouterr().err == f"eric: done already ({summary_path}, 1 photo(s) used), skipped\n"
+    assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (out / "eric").iterdir()} == before
