@@ -259,3 +259,16 @@ def test_a_summary_json_not_written_by_video_is_refused_not_taken_as_done(tmp_pa
     capsys.readouterr()
     assert main(["video", str(clip), "-o", str(out), "-q"]) == 1  # ours now: done already
     assert "door.mp4: done already" in capsys.readouterr().err
+
+
+def test_video_takes_no_device_option_it_would_ignore(tmp_path, capsys):
+    """video fits on the CPU: a --device it accepted and never used is now a usage error (exit 2);
+    fit-set, which passes it on to the Reconstructor, keeps it."""
+    from deep3dface.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["video", str(tmp_path / "clip.mp4"), "-o", str(tmp_path / "out"), "--device", "cpu"])
+    assert exit_.value.code == 2 and "--device" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit-set", "--help"])
+    assert exit_.value.code == 0 and "--device" in capsys.readouterr().out

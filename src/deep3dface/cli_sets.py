@@ -23,7 +23,7 @@ replaced: a file in the person's folder that is neither listed by a photo JSON o
 what this run writes (someone else's) is refused before anything of that person is written, and
 the person counts as failed.
 
-``deep3dface video IN -o OUT``: see deep3dface.video (needs PyAV: ``pip install deep3dface[video]``).
+``deep3dface video IN -o OUT``: see deep3dface.video (needs PyAV: ``pip install av``, or the ``video`` extra of a source install).
 """
 from __future__ import annotations
 
@@ -258,7 +258,7 @@ def cmd_video(args: argparse.Namespace) -> int:
 
     out = output_folder(args.output)  # before any work
     if importlib.util.find_spec("av") is None:
-        raise ValueError("the video command needs PyAV: pip install 'deep3dface[video]' (or pip install av)")
+        raise ValueError("the video command needs PyAV: pip install av (from a source checkout: pip install -e '.[video]')")
     from .image_set import SetObserver
     from .morphable import load_model
     from .video import SUMMARY_KEYS as VIDEO_KEYS
@@ -295,28 +295,26 @@ def cmd_video(args: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     """Register ``fit-set`` and ``video`` on cli.py's subparsers."""
-    from .cli import positive_int
+    from .cli import device_name, positive_int
 
     p = sub.add_parser("fit-set", help="one 3D identity per person from sets of photos", description=cmd_fit_set.__doc__)
     p.add_argument("root", help="ROOT/<person>/*.jpg facebank folder, or a text file listing photos")
     p.add_argument("-o", "--output", required=True, help="output folder (one subfolder per person)")
     p.add_argument("--no-appearance", dest="appearance", action="store_false",
                    help="skip the albedo and light fit (much faster; texture maps are still baked from the photos)")
+    p.add_argument("--device", type=device_name, default="cpu")
     _common(p)
     p.set_defaults(func=cmd_fit_set)
     p = sub.add_parser("video", help="one identity and per-frame faces from a video", description=cmd_video.__doc__)
     p.add_argument("input", help="video file (anything FFmpeg reads)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--max-frames", type=positive_int, default=None, help="stop after this many frames")
-    _common(p)
+    _common(p)  # no --device: the video path fits on the CPU (it was accepted and ignored)
     p.set_defaults(func=cmd_video)
 
 
 def _common(p) -> None:
-    from .cli import device_name
-
     p.add_argument("--model", default="default", help="'default' or a BFM_model_front.mat (or its folder)")
-    p.add_argument("--device", type=device_name, default="cpu")
     p.add_argument("--no-overlay", dest="overlay", action="store_false", help="skip overlay images/video")
     p.add_argument("--overwrite", action="store_true", help="redo finished outputs")
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors and warnings about inputs left out")

@@ -3,7 +3,7 @@
     result = reconstruct_video("clip.mp4", observer, model)      # VideoReconstruction
     write_video_outputs(result, "clip.mp4", "out/")              # frames/*.json, overlay.mp4, ...
 
-Needs PyAV (``pip install deep3dface[video]``); imported only when a video is read or written.
+Needs PyAV (``pip install av``); imported only when a video is read or written.
 
 Per clip:
 1. **Tracking** (``track``): MTCNN finds the largest face in the first frame; every later frame
