@@ -141,7 +141,8 @@ class FaceReconstruction:
         chart = self.uv_chart(self.model)
         if chart is None:
             raise ValueError(f"model {self.model.name!r} has no UV chart (a Deep3D model needs "
-                             "BFM_UV.mat and select_vertex_id.mat beside BFM_model_front.mat)")
+                             "BFM_UV.mat and select_vertex_id.mat, or BFM_UV.mat, BFM_front_idx.mat and "
+                             "BFM_exp_idx.mat, beside BFM_model_front.mat)")
         uv, mirror = chart
         g = self.geometry() if geometry is None else geometry
         screen = self.camera.screen(g.vertices.to(self.camera.K.dtype))[0]
