@@ -107,3 +107,26 @@ def test_set_observer_checks_a_tensor_as_reconstruct_does(reconstructor, fitted,
         observer.observe(bad(photo), "bad")
     assert message in str(error.value)
     assert len(observer.observe(photo, "good").faces) == 1
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(max_faces=1.5), "max_faces must be None (all faces) or an integer of at least 1, got 1.5"),
+    (dict(max_faces="2"), "max_faces must be None"),
+    (dict(max_faces=-1), "max_faces must be None"),
+    (dict(threads=0), "threads must be None (torch's default) or an integer of at least 1, got 0"),
+    (dict(threads=-2), "threads must be None"),
+    (dict(min_landmark_score=float("nan")), "min_landmark_score must be a number in [0, 1]"),
+    (dict(min_landmark_score=2.0), "min_landmark_score must be a number in [0, 1]"),
+    (dict(min_landmark_score="0.5"), "min_landmark_score must be a number in [0, 1]"),
+])
+def test_reconstructor_config_refuses_values_it_cannot_use(fields, message):
+    """A float max_faces failed as a slice index after detection; threads=0 silently meant torch's
+    default and -2 a torch error on every photo; a NaN min_landmark_score compared False with every
+    score, so a lost face never fell back to the detector's points."""
+    from deep3dface.pipeline import ReconstructorConfig
+
+    with pytest.raises(ValueError) as error:
+        ReconstructorConfig(**fields)
+    assert message in str(error.value)
+    import numpy as np
+    ReconstructorConfig(max_faces=np.int64(2), threads=None, min_landmark_score=np.float64(0.0))

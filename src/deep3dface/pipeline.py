@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import contextlib
 import math
+import numbers
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,8 +224,16 @@ class ReconstructorConfig:
     fit: FitConfig = field(default_factory=FitConfig)
 
     def __post_init__(self) -> None:
-        if self.max_faces is not None and self.max_faces < 1:
-            raise ValueError(f"max_faces must be None (all faces) or at least 1, got {self.max_faces}")
+        # checked here, not where used: a float max_faces failed as a slice index after detection, a
+        # NaN min_landmark_score compared False with every score (no lost face ever fell back to the
+        # detector's points), and threads=0 silently meant torch's default, -1 a torch error per photo
+        for name, value in (("max_faces", self.max_faces), ("threads", self.threads)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1):
+                what = "all faces" if name == "max_faces" else "torch's default"
+                raise ValueError(f"{name} must be None ({what}) or an integer of at least 1, got {value!r}")
+        score = self.min_landmark_score
+        if isinstance(score, bool) or not isinstance(score, numbers.Real) or not 0.0 <= score <= 1.0:  # also NaN
+            raise ValueError(f"min_landmark_score must be a number in [0, 1] (a landmarker score), got {score!r}")
 
 
 def checked_photo(photo: torch.Tensor) -> torch.Tensor:
