@@ -130,3 +130,11 @@ def test_reconstructor_config_refuses_values_it_cannot_use(fields, message):
     assert message in str(error.value)
     import numpy as np
     ReconstructorConfig(max_faces=np.int64(2), threads=None, min_landmark_score=np.float64(0.0))
+
+
+def test_reconstruct_takes_a_photo_that_requires_grad(reconstructor, fitted):
+    """A photo with requires_grad (from a differentiable pipeline) crashed in the landmarker with
+    torch's "Can't call numpy() on Tensor that requires grad"."""
+    photo, face = fitted
+    again = reconstructor.reconstruct(photo.clone().requires_grad_())[0]
+    assert torch.equal(again.landmarks68, face.landmarks68)

@@ -238,7 +238,10 @@ class ReconstructorConfig:
 
 def checked_photo(photo: torch.Tensor) -> torch.Tensor:
     """A (3, H, W) float RGB tensor in [0, 1], as given; a clear error for anything else (a 0-255
-    float image otherwise failed deep inside the detector, and NaN pixels silently hid faces)."""
+    float image otherwise failed deep inside the detector, and NaN pixels silently hid faces).
+    Detached: nothing here is differentiable through the photo, and a photo that required grad
+    failed deep in the landmarker (``Tensor.numpy()``)."""
+    photo = photo.detach()
     if photo.ndim != 3 or photo.shape[0] != 3 or not photo.is_floating_point():
         raise ValueError(f"expected a float (3, H, W) RGB photo in [0, 1], got {photo.dtype} {tuple(photo.shape)}")
     if photo.numel() == 0:
