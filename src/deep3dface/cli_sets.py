@@ -118,7 +118,7 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
         print(f"deep3dface: warning: {note}", file=sys.stderr)
     for problem in problems:
         print(f"deep3dface: error: {problem}", file=sys.stderr)
-    recon = Reconstructor(model=args.model, device=args.device) if sets else None
+    recon = Reconstructor(model=args.model, checkpoint=args.checkpoint, device=args.device) if sets else None
     failed = len(problems)
 
     def photo_blobs(face, fit, path) -> dict[str, bytes]:
@@ -303,6 +303,8 @@ def add_commands(sub) -> None:
     p.add_argument("--no-appearance", dest="appearance", action="store_false",
                    help="skip the albedo and light fit (much faster; texture maps are still baked from the photos)")
     p.add_argument("--device", type=device_name, default="cpu")
+    p.add_argument("--checkpoint", default=None,
+                   help="R-Net checkpoint (its --model's layout): each person's joint fit starts from the average of its answers")
     _common(p)
     p.set_defaults(func=cmd_fit_set)
     p = sub.add_parser("video", help="one identity and per-frame faces from a video", description=cmd_video.__doc__)

@@ -17,8 +17,9 @@ Steps, each a function below:
    "another person".  Measured on the shared sets: same person 0.05–0.52, different people ≥ 0.64, so
    dlib's own threshold 0.6 separates them.
 3. ``reconstruct_identity``: drops failed landmarks (landmarker score, single-photo fit residual),
-   fits the robust joint model (``fit.image_set.fit_identity``, with the dense points), drops photos the shared identity
-   cannot explain (excess residual far beyond the others'), refits, and builds the result.
+   fits the robust joint model (``fit.image_set.fit_identity``, with the dense points; with a
+   checkpoint, ``reconstruct_set`` starts it from the average of R-Net's answers), drops photos the
+   shared identity cannot explain (excess residual far beyond the others'), refits, and builds the result.
 
 Photos are named by the caller (the file stem for the CLI); points follow DESIGN.md §2 (corner
 origin, y down), coefficients live in Deep3D's crop camera and ``PhotoFit.camera`` images them into
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -208,9 +210,15 @@ class SetObserver:
 
 
 def reconstruct_identity(model: MorphableModel, observations: list[PhotoObservation],
-                         config: SetConfig = SetConfig()) -> IdentityReconstruction:
-    """One identity from the observed photos of one person (see the module notes for the steps)."""
+                         config: SetConfig = SetConfig(),
+                         answers: dict[str, Coefficients] | None = None) -> IdentityReconstruction:
+    """One identity from the observed photos of one person (see the module notes for the steps).
+    ``answers``: per photo name, a network's coefficients for each of its faces (rows in the
+    order of ``PhotoObservation.faces``, crop camera): the joint fit starts from them."""
     dropped: list[DroppedPhoto] = []
+    # each face's answer, found by the face itself (the faces are filtered and re-collected below)
+    answer_of = {} if answers is None else {id(f): answers[o.name][i] for o in observations if o.name in answers
+                                             for i, f in enumerate(o.faces)}
     usable = []
     for obs in observations:
         faces = tuple(f for f in obs.faces if f.landmark_score >= config.min_landmark_score)
@@ -229,7 +237,8 @@ def reconstruct_identity(model: MorphableModel, observations: list[PhotoObservat
         pixels = torch.stack([face.crop_landmarks for _, face in photos])
         scores = torch.tensor([face.landmark_score for _, face in photos], dtype=torch.float64)
         dense = dense_points(model, [face for _, face in photos]) if config.dense else None
-        fit = fit_identity(model, pixels, camera, scores, config=config.fit, dense=dense)
+        initial = None if answers is None else _stacked([answer_of[id(face)] for _, face in photos])
+        fit = fit_identity(model, pixels, camera, scores, config=config.fit, dense=dense, initial=initial)
         reasons = outlier_reasons(fit.single_rms, fit.excess, config.max_rms, config.max_excess)
         if not reasons:
             hidden = annotation_vertices(model) if config.annotation_keypoints else None
@@ -255,9 +264,10 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
     from .fit.photometric import refine_photometric
     from .pipeline import FaceReconstruction, photo_tensor
 
+    photos = _photo_list(photos)
+    names = _photo_names(photos, names)
     describer = FaceDescriber() if FaceDescriber.available() else None
     observer = SetObserver(reconstructor.detector, reconstructor.landmarker, describer)
-    names = _photo_names(photos, names)
     observations, crops, unreadable, files = [], {}, [], {}
     for name, source in zip(names, photos, strict=True):
         if not isinstance(source, torch.Tensor):  # the same file twice would count twice in the identity
@@ -273,7 +283,10 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
             continue
         observations.append(observer.observe(image, name))
         crops[name] = [align(image, face.detection.landmarks5)[0] for face in observations[-1].faces]
-    result = reconstruct_identity(reconstructor.model, observations, config)
+    answers = None
+    if reconstructor.rnet is not None:  # each face's network answer starts the joint fit
+        answers = {o.name: reconstructor.network_answers(torch.stack(crops[o.name])) for o in observations if o.faces}
+    result = reconstruct_identity(reconstructor.model, observations, config, answers)
     if unreadable:
         result = replace(result, dropped=tuple(unreadable) + result.dropped)
     if not result.photos:
@@ -321,6 +334,10 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
                    neutral=neutral_mesh(reconstructor.model, result.identity, shared_albedo))
 
 
+def _stacked(rows: list[Coefficients]) -> Coefficients:
+    return Coefficients.from_vector(torch.cat([r.to_vector() for r in rows]), rows[0].layout)
+
+
 def _shared_appearance(model, targets, coeffs, albedo, photo_weights, stage):
     """(coefficients with each photo's light and the shared tex, per-photo albedo rows or None, the
     ``SharedAppearance``): one albedo for the person, one light per photo."""
@@ -332,12 +349,28 @@ def _shared_appearance(model, targets, coeffs, albedo, photo_weights, stage):
     return coeffs, albedo, shared
 
 
+def _photo_list(photos) -> list:
+    """``photos`` as a list, or a TypeError/ValueError before any work: a str was taken one
+    character a photo (each "dropped", no error), a Path failed as "not iterable", a generator was
+    used up by the names, and an empty list gave an empty result without a word."""
+    if isinstance(photos, (str, bytes, os.PathLike)) or (isinstance(photos, torch.Tensor) and photos.ndim < 4):
+        raise TypeError(f"photos must be a list of photos (paths or (3, H, W) tensors), got one "
+                        f"{type(photos).__name__}; pass [photo]")
+    photos = list(photos)
+    if not photos:
+        raise ValueError("photos is empty: a set needs at least one photo")
+    return photos
+
+
 def _photo_names(photos: list, names: list[str] | None) -> list[str]:
     """The caller's names (which must be unique: results are matched to photos by name), else each
     file's stem (``photo<i>`` for a tensor), made unique as ``reconstruct``'s output stems are."""
     from .outputs import output_stems
 
     if names is not None:
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            raise TypeError(f"names must be a list of str, one a photo, got {names!r}")
+        names = list(names)
         if len(set(names)) != len(names):
             raise ValueError(f"photo names must be unique, got {sorted(n for n in set(names) if names.count(n) > 1)} more than once")
         if len(names) != len(photos):

@@ -312,6 +312,13 @@ class Reconstructor:
         config = config or SetConfig(annotation_keypoints=self.config.annotation_keypoints)
         return reconstruct_set(self, photos, names, config, appearance)
 
+    def network_answers(self, crops: torch.Tensor) -> Coefficients:
+        """R-Net's coefficients (float32, CPU) for (B, 3, 224, 224) aligned crops; needs a checkpoint."""
+        if self.rnet is None:
+            raise ValueError("no R-Net: pass checkpoint=PATH to Reconstructor")
+        with torch.no_grad():
+            return self.rnet(crops.to(self.device)).to("cpu", torch.float32)
+
     def reconstruct_detections(self, photo: torch.Tensor, detections: list[Detection]) -> list[FaceReconstruction]:
         """Fit the given detections of one photo (a batch of faces)."""
         with self._threads():
@@ -346,10 +353,7 @@ class Reconstructor:
                          dense_vertex_ids=self.dense.vertex_ids, dense_contour=self.dense.contour,
                          dense_weights=dense_weights * torch.tensor([0.0 if is_lost else 1.0 for is_lost in lost])[:, None])
         targets = FitTargets(crops=crops, landmarks=landmarks, landmark_weights=weights, **dense)
-        initial = None
-        if self.rnet is not None:
-            with torch.no_grad():
-                initial = self.rnet(crops.to(self.device)).to("cpu", torch.float32)
+        initial = None if self.rnet is None else self.network_answers(crops)
         result: FitResult = fit_faces(self.model, targets, self.config.fit, initial)
         cameras = Camera.crop().for_photo(Alignment.stack(alignments), width, height)
         points68 = output_keypoints(self.model, result.coefficients, self.hidden_vertices)

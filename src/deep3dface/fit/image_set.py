@@ -147,11 +147,15 @@ class SetFit:
 @torch_threads(1)
 def fit_identity(model: MorphableModel, pixels: torch.Tensor, camera: Camera, scores: torch.Tensor | None = None,
                  groups: torch.Tensor | None = None, config: SetFitConfig = SetFitConfig(),
-                 dense: DensePoints | None = None) -> SetFit:
+                 dense: DensePoints | None = None, initial: Coefficients | None = None) -> SetFit:
     """(P, 68, 2) crop-pixel landmarks of P photos (and the landmarker's (P,) scores, and optionally
     dense points) -> the robust joint fit; ``groups`` (P,) labels several people solved at once
     (default: one person).  Deterministic: the same input gives the same output bit for bit.
-    Residuals and photo confidences are measured on the 68 points."""
+    Residuals and photo confidences are measured on the 68 points.
+
+    ``initial`` (P rows, crop camera): each photo's network answer (R-Net's): the single-photo fits
+    start from it, and the joint fit from the confidence-weighted average of its identities (the
+    paper's image-set start), instead of from the single fits' identities."""
     count = pixels.shape[0]
     groups = torch.zeros(count, dtype=torch.long) if groups is None else torch.as_tensor(groups, dtype=torch.long)
     scores = torch.ones(count, dtype=torch.float64) if scores is None else torch.as_tensor(scores).double()
@@ -188,12 +192,12 @@ def fit_identity(model: MorphableModel, pixels: torch.Tensor, camera: Camera, sc
         cauchy = 1.0 / (1.0 + (departure / (CAUCHY_SCALE * sigma[:, None] / RAYLEIGH_MEDIAN).clamp_min(1e-9)) ** 2)
         return cauchy * (w.sum(1, keepdim=True) / (w * cauchy).sum(1, keepdim=True).clamp_min(1e-12))
 
-    single = fit(base, alone, None)
+    single = fit(base, alone, None if initial is None else initial.to(torch.float64))
     visible = visible_points(model, single, config.visible_cosine)
     single = fit(base * visible, alone, single)
     single_rms = landmark_rms(model, single, pixels, camera, base * visible)
     weights = photo_confidence(scores, single.angle[:, 1], single_rms, config)
-    mean_id = _group_mean(single.id.double(), weights, groups)
+    mean_id = _group_mean((single if initial is None else initial).id.double(), weights, groups)
     coeffs = single.replace(id=mean_id[groups].to(single.id))
 
     def joint_round(coeffs, visible, weights, prior=None):
