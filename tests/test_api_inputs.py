@@ -138,3 +138,19 @@ def test_reconstruct_takes_a_photo_that_requires_grad(reconstructor, fitted):
     photo, face = fitted
     again = reconstructor.reconstruct(photo.clone().requires_grad_())[0]
     assert torch.equal(again.landmarks68, face.landmarks68)
+
+
+def test_reconstruct_set_refuses_what_is_not_a_list_of_photos_before_any_work(reconstructor, faces):
+    """A str was taken one character a photo (each "dropped", no error); a Path failed as "not
+    iterable"; an empty list gave an empty result without a word; names="xy" named two photos."""
+    a = faces / "identity_face_recognition" / "obama" / "obama1.jpg"
+    for photos in (str(a), a, torch.rand(3, 8, 8)):
+        with pytest.raises(TypeError, match=r"photos must be a list of photos .*; pass \[photo\]"):
+            reconstructor.reconstruct_set(photos)
+    with pytest.raises(ValueError, match="photos is empty"):
+        reconstructor.reconstruct_set([])
+    for names in ("xy", [1, 2]):
+        with pytest.raises(TypeError, match="names must be a list of str"):
+            reconstructor.reconstruct_set([a, a], names=names)
+    with pytest.raises(ValueError, match="1 names for 2 photos"):  # a generator is read once, not used up
+        reconstructor.reconstruct_set((p for p in (a, a)), names=["x"])
