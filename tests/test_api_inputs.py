@@ -50,10 +50,10 @@ def test_texture_takes_a_path_and_refuses_sizes_that_make_no_texture(fitted, fac
             face.texture(photo, size)
 
 
-@pytest.mark.parametrize("opacity", [2.0, -1.0, float("nan")])
+@pytest.mark.parametrize("opacity", [2.0, -1.0, float("nan"), "0.5", None])
 def test_overlay_refuses_an_opacity_outside_0_1(fitted, opacity):
     photo, face = fitted
-    with pytest.raises(ValueError, match="opacity must lie in"):
+    with pytest.raises(ValueError, match="opacity must be a number in"):
         face.overlay(photo, opacity=opacity)
     blended = face.overlay(photo, opacity=0.5)
     assert 0 <= float(blended.min()) and float(blended.max()) <= 1

@@ -108,8 +108,12 @@ class FaceReconstruction:
         """The render blended over ``photo``: the photo this face was fitted to, as a (3, H, W)
         tensor or anything ``io.read_image`` reads (a path, bytes, a PIL image)."""
         photo = self._own_photo(photo)
-        if not 0.0 <= opacity <= 1.0:  # also refuses NaN
-            raise ValueError(f"opacity must lie in [0, 1], got {opacity}")
+        try:  # a number (a 0-d tensor too) in [0, 1]; not NaN, and a str or None is no opacity
+            usable = not isinstance(opacity, (str, bytes, bool)) and 0.0 <= float(opacity) <= 1.0
+        except (TypeError, ValueError, RuntimeError):
+            usable = False
+        if not usable:
+            raise ValueError(f"opacity must be a number in [0, 1], got {opacity!r}")
         image, mask = self.render(colour)
         return overlay(photo, image[None], mask[None], opacity)
 
