@@ -86,3 +86,20 @@ def test_a_summary_from_before_the_files_key_is_still_a_finished_person(faces, t
     assert main(args) == 0
     assert capsys.readouterr().err == f"eric: done already ({summary_path}, 1 photo(s) used), skipped\n"
     assert {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in (out / "eric").iterdir()} == before
+
+
+def test_a_person_folder_without_photos_is_reported_not_skipped_in_silence(faces, tmp_path):
+    """ROOT/<person>/ holding no photo left that person out without a word; now a warning names
+    the folder (even with -q), and the people with photos are read as before."""
+    import shutil
+
+    from deep3dface.cli_sets import read_sets
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no photos here")
+    (tmp_path / "biden").mkdir()
+    shutil.copy(faces / "identity_face_recognition" / "biden" / "biden.jpg", tmp_path / "biden" / "biden.jpg")
+    notes = []
+    sets = read_sets(tmp_path, [], notes)
+    assert list(sets) == ["biden"] and len(sets["biden"]) == 1
+    assert len(notes) == 1 and str(tmp_path / "empty") in notes[0] and "no photos" in notes[0]

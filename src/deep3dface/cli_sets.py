@@ -62,6 +62,8 @@ def read_sets(root: str | Path, problems: list[str] | None = None,
     if root.is_dir():
         for folder in sorted(p for p in root.iterdir() if p.is_dir()):
             files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+            if not files and notes is not None:  # a person left out: said, not skipped in silence
+                notes.append(f"{folder}: no photos in it ({', '.join(sorted(IMAGE_SUFFIXES))}), skipped")
             for resolved, path in sorted((p.resolve(), p) for p in files):
                 add(folder.name, resolved, str(path))
     elif root.is_file():
