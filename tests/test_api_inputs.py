@@ -154,3 +154,18 @@ def test_reconstruct_set_refuses_what_is_not_a_list_of_photos_before_any_work(re
             reconstructor.reconstruct_set([a, a], names=names)
     with pytest.raises(ValueError, match="1 names for 2 photos"):  # a generator is read once, not used up
         reconstructor.reconstruct_set((p for p in (a, a)), names=["x"])
+
+
+def test_reconstruct_set_names_a_bad_photo_by_its_position_before_reading_any(reconstructor, faces, monkeypatch):
+    """A malformed tensor (or an int) in the list failed only when its turn came, after the photos
+    before it had been detected and landmarked, with a message that did not say which one."""
+    import deep3dface.image_set as image_set
+
+    a = faces / "identity_face_recognition" / "obama" / "obama1.jpg"
+    observed = []
+    monkeypatch.setattr(image_set.SetObserver, "observe", lambda self, image, name: observed.append(name))
+    with pytest.raises(ValueError, match=r"photos\[2\]: .*\(3, H, W\)"):
+        reconstructor.reconstruct_set([a, torch.rand(3, 32, 32), torch.rand(32, 32, 3)])
+    with pytest.raises(TypeError, match=r"photos\[1\] must be a path or a \(3, H, W\) tensor, got int"):
+        reconstructor.reconstruct_set([a, 7])
+    assert observed == []  # refused before any photo was looked at

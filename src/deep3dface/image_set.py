@@ -356,9 +356,19 @@ def _photo_list(photos) -> list:
     if isinstance(photos, (str, bytes, os.PathLike)) or (isinstance(photos, torch.Tensor) and photos.ndim < 4):
         raise TypeError(f"photos must be a list of photos (paths or (3, H, W) tensors), got one "
                         f"{type(photos).__name__}; pass [photo]")
+    from .pipeline import checked_photo
+
     photos = list(photos)
     if not photos:
         raise ValueError("photos is empty: a set needs at least one photo")
+    for index, photo in enumerate(photos):  # named by position, before the first photo is read
+        if isinstance(photo, torch.Tensor):
+            try:
+                checked_photo(photo)
+            except ValueError as exc:
+                raise ValueError(f"photos[{index}]: {exc}") from None
+        elif not isinstance(photo, (str, os.PathLike)):
+            raise TypeError(f"photos[{index}] must be a path or a (3, H, W) tensor, got {type(photo).__name__}")
     return photos
 
 

@@ -314,7 +314,8 @@ class Reconstructor:
         ``annotation_keypoints``."""
         from .image_set import SetConfig, reconstruct_set
         config = config or SetConfig(annotation_keypoints=self.config.annotation_keypoints)
-        return reconstruct_set(self, photos, names, config, appearance)
+        with self._threads():  # as reconstruct: the config's thread count
+            return reconstruct_set(self, photos, names, config, appearance)
 
     def network_answers(self, crops: torch.Tensor) -> Coefficients:
         """R-Net's coefficients (float32, CPU) for (B, 3, 224, 224) aligned crops; needs a checkpoint."""
