@@ -169,3 +169,22 @@ def test_reconstruct_set_names_a_bad_photo_by_its_position_before_reading_any(re
     with pytest.raises(TypeError, match=r"photos\[1\] must be a path or a \(3, H, W\) tensor, got int"):
         reconstructor.reconstruct_set([a, 7])
     assert observed == []  # refused before any photo was looked at
+
+
+def test_api_type_errors_name_the_argument(tmp_path):
+    """model=42 failed in pathlib ("expected str, bytes or os.PathLike object, not int"), config={}
+    as an AttributeError, export_mesh(None) as "'NoneType' object has no attribute ...", and a
+    mesh written under a file as a bare "[Errno 17] File exists"."""
+    from deep3dface.export import export_mesh, write_output
+    from deep3dface.pipeline import Reconstructor
+
+    with pytest.raises(TypeError, match="model must be 'default', a path to a face model or a MorphableModel, got int"):
+        Reconstructor(model=42)
+    with pytest.raises(TypeError, match="config must be a ReconstructorConfig, got dict"):
+        Reconstructor(config={})
+    with pytest.raises(TypeError, match="export_mesh needs a Mesh .*got NoneType"):
+        export_mesh(None, "obj")
+    (tmp_path / "afile").write_text("mine")
+    with pytest.raises(NotADirectoryError, match=r"afile is a file, not a folder"):
+        write_output(tmp_path / "afile" / "face.obj", b"x")
+    assert (tmp_path / "afile").read_text() == "mine"

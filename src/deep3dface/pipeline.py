@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import contextlib
+import os
 import math
 import numbers
 from dataclasses import dataclass, field
@@ -272,6 +273,11 @@ class Reconstructor:
 
     def __init__(self, model: str | Path | MorphableModel = "default", checkpoint: str | Path | None = None,
                  device: str | torch.device = "cpu", config: ReconstructorConfig = ReconstructorConfig()):
+        if not isinstance(config, ReconstructorConfig):
+            raise TypeError(f"config must be a ReconstructorConfig, got {type(config).__name__}")
+        if not isinstance(model, (str, os.PathLike, MorphableModel)):
+            raise TypeError(f"model must be 'default', a path to a face model or a MorphableModel, got "
+                            f"{type(model).__name__}")
         self.device = resolve_device(device)
         self.config = config
         self.model = model if isinstance(model, MorphableModel) else load_model(model)

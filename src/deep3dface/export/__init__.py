@@ -29,6 +29,8 @@ class OutputExistsError(FileExistsError):
 
 
 def export_mesh(mesh: Mesh, fmt: str) -> bytes:
+    if not isinstance(mesh, Mesh):
+        raise TypeError(f"export_mesh needs a Mesh (e.g. FaceReconstruction.mesh()), got {type(mesh).__name__}")
     try:
         exporter = MESH_FORMATS[fmt.lower().lstrip(".")]
     except KeyError:
@@ -63,14 +65,14 @@ def refuse_existing(path: str | Path, overwrite: bool) -> None:
         raise OutputExistsError(f"{path} exists; pass overwrite=True (CLI: --overwrite) to replace it")
 
 
-def refuse_file_above(path: str | Path, option: str = "-o") -> None:
-    """ValueError (a bad argument: the CLI's exit 2) where the nearest existing path above ``path``
-    is not a folder, so nothing can be written there; checked before any work (the OS would say
-    only "Not a directory" or "File exists", once the work was done)."""
+def refuse_file_above(path: str | Path, option: str = "-o", error: type[Exception] = ValueError) -> None:
+    """``error`` (by default a ValueError, a bad argument: the CLI's exit 2) where the nearest
+    existing path above ``path`` is not a folder, so nothing can be written there; checked before
+    any work (the OS would say only "Not a directory" or "File exists", once the work was done)."""
     path = Path(path)
     parent = next((p for p in path.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
-        raise ValueError(f"{option} {path}: {parent} is a file, not a folder")
+        raise error(f"{option} {path}: {parent} is a file, not a folder")
 
 
 def write_output(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
@@ -78,6 +80,8 @@ def write_output(path: str | Path, data: bytes, overwrite: bool = False) -> Path
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder: give the output a file name")
+    # an OSError as the OS's own would be (callers handle those), but one that says what is wrong
+    refuse_file_above(path, option="output", error=NotADirectoryError)
     refuse_existing(path, overwrite)
     temporary = stage_output(path, data)
     try:
