@@ -103,3 +103,23 @@ def test_a_person_folder_without_photos_is_reported_not_skipped_in_silence(faces
     sets = read_sets(tmp_path, [], notes)
     assert list(sets) == ["biden"] and len(sets["biden"]) == 1
     assert len(notes) == 1 and str(tmp_path / "empty") in notes[0] and "no photos" in notes[0]
+
+
+def test_a_file_where_a_person_folder_goes_skips_that_person_only(faces, tmp_path, capsys):
+    """OUT/<person> being a file of the user's: the person was fitted, then the first write's mkdir
+    failed with "[Errno 17] File exists" and ended the whole batch; now that person is refused
+    before the fit, the file left as it is, and the others go on."""
+    import shutil
+
+    root = tmp_path / "people"
+    for person, name in (("biden", "biden.jpg"), ("rose_leslie", "img1.jpg")):
+        (root / person).mkdir(parents=True)
+        shutil.copy(faces / "identity_face_recognition" / person / name, root / person / name)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "biden").write_text("mine")
+    assert main(["fit-set", str(root), "-o", str(out), "--no-appearance", "--no-overlay", "-q"]) == 1
+    err = capsys.readouterr().err
+    assert f"{out / 'biden'} exists and is not a folder" in err and "biden skipped" in err
+    assert (out / "biden").read_text() == "mine"
+    assert (out / "rose_leslie" / "summary.json").is_file()

@@ -129,6 +129,11 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
     for person, photos in sets.items():
         out = out_root / person
         summary_path = out / "summary.json"
+        if out.exists() and not out.is_dir():  # found now, not by a mkdir after the fit that ends the batch
+            print(f"deep3dface: error: {out} exists and is not a folder (fit-set writes one folder per person); "
+                  f"{person} skipped", file=sys.stderr)
+            failed += 1
+            continue
         if (summary_path.exists() or summary_path.is_symlink()) and not args.overwrite:
             summary = _finished_summary(summary_path, SUMMARY_KEYS,
                                         lambda s: s["person"] == person and isinstance(s["used"], list))
