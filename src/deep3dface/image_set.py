@@ -43,7 +43,7 @@ from .detect.types import Detection
 from .fit.annotation import annotation_vertices, output_keypoints
 from .fit.image_set import DensePoints, SetFit, SetFitConfig, fit_identity
 from .detect.landmarks import landmarks_of
-from .io.images import ImageReadError, to_uint8
+from .io.images import ImageReadError, read_image, to_uint8
 from .morphable.model import MorphableModel
 from .set_selection import outlier_reasons, select_faces  # noqa: F401 (public here too)
 from .types import Coefficients, Mesh
@@ -262,7 +262,7 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
     from .align import align
     from .fit.fitter import FitTargets, fit_faces, landmark_error
     from .fit.photometric import refine_photometric
-    from .pipeline import FaceReconstruction, photo_tensor
+    from .pipeline import FaceReconstruction
 
     photos = _photo_list(photos)
     names = _photo_names(photos, names)
@@ -277,7 +277,8 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
                 continue
             files[file] = name
         try:
-            image = photo_tensor(source)  # one photo in memory at a time
+            # one photo in memory at a time; tensors were checked by _photo_list
+            image = source if isinstance(source, torch.Tensor) else read_image(source)
         except ImageReadError as exc:  # dropped with its reason: the person's other photos still count
             unreadable.append(DroppedPhoto(name, f"cannot read the photo ({exc.reason})"))
             continue
@@ -319,8 +320,11 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
                                                         stages.appearance)
         # each photo's pose and expression moved: its reported angles and 68 points follow
         hidden = annotation_vertices(model) if config.annotation_keypoints else None
-        result = replace(result, photos=_photo_fits(model, result.photos, coeffs.to(result.fit.coefficients.id),
-                                                     hidden))
+        refined = coeffs.to(result.fit.coefficients.id)
+        points = _points68(model, refined, [p.camera for p in result.photos], hidden)
+        result = replace(result, photos=tuple(
+            replace(p, coefficients=refined[i], landmarks68=points[i][0], landmarks68_model=points[i][1])
+            for i, p in enumerate(result.photos)))
     faces = []
     for i, p in enumerate(result.photos):
         faces.append(FaceReconstruction(
@@ -364,7 +368,7 @@ def _photo_list(photos) -> list:
     for index, photo in enumerate(photos):  # named by position, before the first photo is read
         if isinstance(photo, torch.Tensor):
             try:
-                checked_photo(photo)
+                photos[index] = checked_photo(photo)  # checked here once: the caller reads only paths
             except ValueError as exc:
                 raise ValueError(f"photos[{index}]: {exc}") from None
         elif not isinstance(photo, (str, os.PathLike)):
@@ -425,23 +429,20 @@ def neutral_mesh(model: MorphableModel, identity: torch.Tensor, albedo: torch.Te
 
 
 def _result(model, photos, fit: SetFit, dropped, camera: Camera, hidden_vertices) -> IdentityReconstruction:
-    fits = []
-    for i, (obs, face) in enumerate(photos):
-        width, height = obs.image_size
-        cam = camera.for_photo(face.alignment.matrix, width, height)
-        fits.append(PhotoFit(obs.name, obs.image_size, face, fit.coefficients[i], cam, float(fit.photo_weights[i]),
-                             float(fit.rms[i]), torch.empty(68, 2)))
+    cameras = [camera.for_photo(face.alignment.matrix, *obs.image_size) for obs, face in photos]
+    points = _points68(model, fit.coefficients, cameras, hidden_vertices)
+    fits = tuple(PhotoFit(obs.name, obs.image_size, face, fit.coefficients[i], cameras[i], float(fit.photo_weights[i]),
+                          float(fit.rms[i]), *points[i]) for i, (obs, face) in enumerate(photos))
     identity = fit.identity.double()
-    fits = _photo_fits(model, fits, fit.coefficients, hidden_vertices)
     return IdentityReconstruction(model, identity, neutral_mesh(model, identity), fits, tuple(dropped), fit)
 
 
-def _photo_fits(model, fits, coeffs: Coefficients, hidden_vertices) -> tuple[PhotoFit, ...]:
-    """``fits`` with the coefficients ``coeffs`` (one row per photo) and the 68 points they give,
-    posed in model space and projected into each photo (``fit.annotation.output_keypoints``)."""
+def _points68(model, coeffs: Coefficients, cameras: list[Camera],
+              hidden_vertices) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per photo (one row of ``coeffs`` each), the 68 output points (``fit.annotation.output_keypoints``)
+    projected into the photo (68, 2) and posed in model space (68, 3): ``PhotoFit.landmarks68(_model)``."""
     landmarks = output_keypoints(model, coeffs, hidden_vertices).double()
-    return tuple(replace(f, coefficients=coeffs[i], landmarks68=f.camera.project(landmarks[i:i + 1])[0].float(),
-                         landmarks68_model=landmarks[i].float()) for i, f in enumerate(fits))
+    return [(cam.project(landmarks[i:i + 1])[0].float(), landmarks[i].float()) for i, cam in enumerate(cameras)]
 
 
 def _descriptor_folder() -> Path | None:
