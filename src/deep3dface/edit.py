@@ -38,6 +38,7 @@ import torch
 
 from .camera import CROP_FOCAL, CROP_SIZE, Camera
 from .edit_limits import MAX_SIZE, MIN_SIZE
+from .io.mat import read_mat
 from .morphable.model import MorphableModel
 from .morphable.shading import DEFAULT_AMBIENT, NUM_BANDS, sh_basis, shade
 from .render.shaded import render_colours
@@ -67,13 +68,11 @@ class SavedFace:
 
 def load_face(path: str | Path) -> SavedFace:
     """Coefficients and optional ``albedo`` of a .mat written by ``outputs.face_mat`` (or Deep3D)."""
-    from scipy.io import loadmat
-
     from .export import read_coefficients_mat
     from .export.coefficients import numeric_array
 
     coefficients = read_coefficients_mat(path)
-    mat = loadmat(str(path), variable_names=["albedo"], appendmat=False)  # as read_coefficients_mat: no NAME.mat
+    mat = read_mat(path, variable_names=["albedo"])
     albedo = torch.as_tensor(numeric_array(mat["albedo"], f"{path}: 'albedo'")) if "albedo" in mat else None
     if albedo is not None and (albedo.ndim != 2 or albedo.shape[1] != 3):
         raise ValueError(f"{path}: 'albedo' must be (N, 3), got {tuple(albedo.shape)}")

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..io.mat import read_mat
 from ..types import DEEP3D_LAYOUT, GROUPS, CoefficientLayout, Coefficients
 
 
@@ -57,16 +58,13 @@ def numeric_array(value: object, what: str) -> np.ndarray:
 
 def read_coefficients_mat(source: str | Path | bytes, layout: CoefficientLayout | None = None) -> Coefficients:
     """Coefficients from a .mat written by us or by Deep3D (``coeff`` or the named groups)."""
-    from scipy.io import loadmat
-
     name = "<bytes>" if isinstance(source, bytes) else str(source)
     if not isinstance(source, bytes) and Path(source).is_dir():
         raise ValueError(f"{name} is a folder, not a .mat file")
     if not isinstance(source, bytes) and not Path(source).exists():
         raise FileNotFoundError(f"{name}: no such file")
     try:
-        # appendmat=False: given NAME, scipy would otherwise read NAME.mat when NAME is missing
-        mat = loadmat(io.BytesIO(source) if isinstance(source, bytes) else str(source), appendmat=False)
+        mat = read_mat(source)
     except Exception as exc:
         raise ValueError(f"{name}: not a readable .mat file ({exc})") from exc
     if all(g in mat for g in GROUPS):

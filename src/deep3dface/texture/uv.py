@@ -37,6 +37,7 @@ import numba
 import numpy as np
 import torch
 
+from ..io.mat import read_mat
 from ..morphable.data import ModelData
 from ..threads import numba_follows_torch
 
@@ -103,10 +104,7 @@ UV_SOURCES: dict[str, Callable[..., np.ndarray]] = {"default": load_default_uv, 
 
 def load_bfm_uv(path: str | Path) -> np.ndarray:
     """BFM_UV.mat's ``UV`` table: (53490, 2) float64, one row per full-BFM vertex, v up."""
-    from scipy.io import loadmat
-
-    # appendmat=False: given NAME, scipy would otherwise read NAME.mat when NAME is missing
-    table = np.asarray(loadmat(str(path), appendmat=False)["UV"], np.float64)
+    table = np.asarray(read_mat(path)["UV"], np.float64)
     if table.shape != (BFM_FULL_VERTICES, 2):
         raise ValueError(f"{path}: UV has shape {table.shape}, expected ({BFM_FULL_VERTICES}, 2) (the full BFM)")
     return table
@@ -114,9 +112,7 @@ def load_bfm_uv(path: str | Path) -> np.ndarray:
 
 def load_vertex_ids(path: str | Path, key: str | None = None) -> np.ndarray:
     """0-based int64 ids from a MATLAB file of 1-based ids (``select_vertex_id.mat``: its one array)."""
-    from scipy.io import loadmat
-
-    mat = {k: v for k, v in loadmat(str(path), appendmat=False).items() if not k.startswith("__")}
+    mat = {k: v for k, v in read_mat(path).items() if not k.startswith("__")}
     if key is None:
         if len(mat) != 1:
             raise ValueError(f"{path}: holds {sorted(mat)}; name the key of the vertex ids")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...io.mat import read_mat
 from ..data import ModelData
 
 REQUIRED_KEYS = ("meanshape", "idBase", "exBase", "meantex", "texBase", "tri", "point_buf",
@@ -52,13 +53,11 @@ def _one_based(array: np.ndarray) -> np.ndarray:
 
 def load_deep3d_mat(path: str | Path) -> ModelData:
     """Read a ``BFM_model_front.mat``; a clear error names the file and what is wrong."""
-    from scipy.io import loadmat
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such face-model file")
     try:
-        mat = loadmat(str(path), appendmat=False)  # not NAME.mat for a missing NAME (scipy's default)
+        mat = read_mat(path)
     except Exception as exc:
         raise ValueError(f"{path}: not a readable MATLAB file ({exc})") from exc
     missing = [k for k in REQUIRED_KEYS if k not in mat]
@@ -98,16 +97,14 @@ def model_file(data: ModelData) -> Path | None:
 def full_bfm_vertex_ids(folder: Path, num_vertices: int) -> np.ndarray | None:
     """0-based full-BFM ids of the front model's vertices from the companion files in ``folder``, or
     None when they are absent or do not fit (a warning says which file and why)."""
-    from scipy.io import loadmat
-
     select, front, trim = (folder / name for name in (SELECT_IDS_FILE, FRONT_IDX_FILE, TRIM_INDEX_FILE))
     try:
         if select.is_file():
-            source, ids = select, _one_based(loadmat(str(select), appendmat=False)["select_id"]).reshape(-1)
+            source, ids = select, _one_based(read_mat(select)["select_id"]).reshape(-1)
         elif front.is_file() and trim.is_file():
             source = front
-            idx = _one_based(loadmat(str(front), appendmat=False)["idx"]).reshape(-1)
-            trim_index = _one_based(loadmat(str(trim), appendmat=False)["trimIndex"]).reshape(-1)
+            idx = _one_based(read_mat(front)["idx"]).reshape(-1)
+            trim_index = _one_based(read_mat(trim)["trimIndex"]).reshape(-1)
             if len(trim_index) != BFM_TRIMMED_VERTICES or idx.min() < 0 or idx.max() >= len(trim_index):
                 raise ValueError(f"trimIndex must have {BFM_TRIMMED_VERTICES} entries and idx index into it")
             ids = trim_index[idx]
