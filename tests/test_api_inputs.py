@@ -71,19 +71,28 @@ def test_reconstruct_refuses_empty_and_nan_photos(reconstructor, fitted):
 
 def test_reconstruct_set_names_photos_apart_and_counts_a_file_once(reconstructor, faces, tmp_path):
     """Two photos with the same file name crashed (StopIteration: the second's crops replaced the
-    first's); the same file twice would weigh twice in the identity."""
+    first's); the same file twice, a copy of it, or the same tensor twice would weigh twice in the
+    identity."""
     folder = faces / "identity_face_recognition" / "obama"
     for sub, name in (("a", "obama1.jpg"), ("b", "obama2.jpg")):
         (tmp_path / sub).mkdir()
         shutil.copy(folder / name, tmp_path / sub / "obama.jpg")
     a, b = tmp_path / "a" / "obama.jpg", tmp_path / "b" / "obama.jpg"
-    result = reconstructor.reconstruct_set([a, b, a], appearance=False)
+    copy = tmp_path / "copy of a.jpg"
+    shutil.copy(a, copy)
+    result = reconstructor.reconstruct_set([a, b, a, copy], appearance=False)
     assert result.used == ("obama", "obama-2")
-    assert [(d.name, d.reason) for d in result.dropped] == [("obama-3", "the same file as obama")]
+    assert [(d.name, d.reason) for d in result.dropped] == [("obama-3", "the same file as obama"),
+                                                            ("copy of a", "the same pixels as obama")]
     # each used photo keeps its own face: the fitted points lie on that photo's face
     for photo, face in zip((a, b), result.faces):
         alone = reconstructor.reconstruct(photo)[0]
         assert float((face.landmarks68 - alone.landmarks68).norm(dim=1).mean()) < 0.1 * float(alone.detection.box[2] - alone.detection.box[0])
+    # the same tensor twice (or equal pixels) counted twice too
+    photo = read_image(a)
+    twice = reconstructor.reconstruct_set([photo, photo.clone()], names=["x", "y"], appearance=False)
+    assert twice.used == ("x",) and [(d.name, d.reason) for d in twice.dropped] == [("y", "the same pixels as x")]
+    assert torch.equal(twice.identity, reconstructor.reconstruct_set([photo], names=["x"], appearance=False).identity)
     with pytest.raises(ValueError, match="photo names must be unique"):
         reconstructor.reconstruct_set([a, b], names=["x", "x"])
     with pytest.raises(ValueError, match="expected photo values in"):

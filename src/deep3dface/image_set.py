@@ -28,6 +28,7 @@ model frame, in model units (decimetres for the shipped models), the model's ver
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
 import os
@@ -216,8 +217,9 @@ def reconstruct_identity(model: MorphableModel, observations: list[PhotoObservat
     ``answers``: per photo name, a network's coefficients for each of its faces (rows in the
     order of ``PhotoObservation.faces``, crop camera): the joint fit starts from them."""
     dropped: list[DroppedPhoto] = []
-    # each face's answer, found by the face itself (the faces are filtered and re-collected below)
-    answer_of = {} if answers is None else {id(f): answers[o.name][i] for o in observations if o.name in answers
+    # each face's answer, keyed by the face object itself (eq=False hashes it by identity): the
+    # faces are filtered and re-collected below
+    answer_of = {} if answers is None else {f: answers[o.name][i] for o in observations if o.name in answers
                                              for i, f in enumerate(o.faces)}
     usable = []
     for obs in observations:
@@ -237,12 +239,11 @@ def reconstruct_identity(model: MorphableModel, observations: list[PhotoObservat
         pixels = torch.stack([face.crop_landmarks for _, face in photos])
         scores = torch.tensor([face.landmark_score for _, face in photos], dtype=torch.float64)
         dense = dense_points(model, [face for _, face in photos]) if config.dense else None
-        initial = None if answers is None else _stacked([answer_of[id(face)] for _, face in photos])
+        initial = None if answers is None else _stacked([answer_of[face] for _, face in photos])
         fit = fit_identity(model, pixels, camera, scores, config=config.fit, dense=dense, initial=initial)
         reasons = outlier_reasons(fit.single_rms, fit.excess, config.max_rms, config.max_excess)
         if not reasons:
-            hidden = annotation_vertices(model) if config.annotation_keypoints else None
-            return _result(model, photos, fit, dropped, camera, hidden)
+            return _result(model, photos, fit, dropped, camera, config.annotation_keypoints)
         # drop the worst photo only, then refit: an outlier distorts the others' residuals
         worst = max(reasons, key=lambda i: (float(fit.single_rms[i]) > config.max_rms, float(fit.excess[i])))
         dropped.append(DroppedPhoto(photos[worst][0].name, reasons[worst]))
@@ -268,9 +269,11 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
     names = _photo_names(photos, names)
     describer = FaceDescriber() if FaceDescriber.available() else None
     observer = SetObserver(reconstructor.detector, reconstructor.landmarker, describer)
-    observations, crops, unreadable, files = [], {}, [], {}
+    observations, crops, unreadable, files, pixels = [], {}, [], {}, {}
     for name, source in zip(names, photos, strict=True):
-        if not isinstance(source, torch.Tensor):  # the same file twice would count twice in the identity
+        # the same photo twice would count twice in the identity: the same file (not read again),
+        # or the same pixels (a copy of a file, the same tensor twice)
+        if not isinstance(source, torch.Tensor):
             file = Path(source).resolve()
             if file in files:
                 unreadable.append(DroppedPhoto(name, f"the same file as {files[file]}"))
@@ -282,6 +285,11 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
         except ImageReadError as exc:  # dropped with its reason: the person's other photos still count
             unreadable.append(DroppedPhoto(name, f"cannot read the photo ({exc.reason})"))
             continue
+        digest = _pixel_digest(image)
+        if digest in pixels:
+            unreadable.append(DroppedPhoto(name, f"the same pixels as {pixels[digest]}"))
+            continue
+        pixels[digest] = name
         observations.append(observer.observe(image, name))
         crops[name] = [align(image, face.detection.landmarks5)[0] for face in observations[-1].faces]
     answers = None
@@ -319,9 +327,8 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
             coeffs, albedo, shared = _shared_appearance(model, targets, coeffs, albedo, result.fit.photo_weights,
                                                         stages.appearance)
         # each photo's pose and expression moved: its reported angles and 68 points follow
-        hidden = annotation_vertices(model) if config.annotation_keypoints else None
         refined = coeffs.to(result.fit.coefficients.id)
-        points = _points68(model, refined, [p.camera for p in result.photos], hidden)
+        points = _points68(model, refined, [p.camera for p in result.photos], config.annotation_keypoints)
         result = replace(result, photos=tuple(
             replace(p, coefficients=refined[i], landmarks68=points[i][0], landmarks68_model=points[i][1])
             for i, p in enumerate(result.photos)))
@@ -336,6 +343,12 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
     shared_albedo = None if shared is None else shared.albedo
     return replace(result, faces=tuple(faces), albedo=shared_albedo,
                    neutral=neutral_mesh(reconstructor.model, result.identity, shared_albedo))
+
+
+def _pixel_digest(image: torch.Tensor) -> tuple:
+    """A photo's shape and a hash of all its pixels (~0.1 s for 12 megapixels; a set's fit takes seconds)."""
+    data = image.detach().cpu().contiguous().numpy()
+    return data.shape, hashlib.blake2b(data.tobytes(), digest_size=16).digest()
 
 
 def _stacked(rows: list[Coefficients]) -> Coefficients:
@@ -428,9 +441,9 @@ def neutral_mesh(model: MorphableModel, identity: torch.Tensor, albedo: torch.Te
     return Mesh(shape[0].double().numpy(), model.triangles.numpy(), colours, normals[0].double().numpy(), model.unit)
 
 
-def _result(model, photos, fit: SetFit, dropped, camera: Camera, hidden_vertices) -> IdentityReconstruction:
+def _result(model, photos, fit: SetFit, dropped, camera: Camera, annotation_keypoints: bool) -> IdentityReconstruction:
     cameras = [camera.for_photo(face.alignment.matrix, *obs.image_size) for obs, face in photos]
-    points = _points68(model, fit.coefficients, cameras, hidden_vertices)
+    points = _points68(model, fit.coefficients, cameras, annotation_keypoints)
     fits = tuple(PhotoFit(obs.name, obs.image_size, face, fit.coefficients[i], cameras[i], float(fit.photo_weights[i]),
                           float(fit.rms[i]), *points[i]) for i, (obs, face) in enumerate(photos))
     identity = fit.identity.double()
@@ -438,10 +451,12 @@ def _result(model, photos, fit: SetFit, dropped, camera: Camera, hidden_vertices
 
 
 def _points68(model, coeffs: Coefficients, cameras: list[Camera],
-              hidden_vertices) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per photo (one row of ``coeffs`` each), the 68 output points (``fit.annotation.output_keypoints``)
-    projected into the photo (68, 2) and posed in model space (68, 3): ``PhotoFit.landmarks68(_model)``."""
-    landmarks = output_keypoints(model, coeffs, hidden_vertices).double()
+              annotation_keypoints: bool) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per photo (one row of ``coeffs`` each), the 68 output points (``fit.annotation.output_keypoints``;
+    hidden points where people annotate them with ``SetConfig.annotation_keypoints``) projected into
+    the photo (68, 2) and posed in model space (68, 3): ``PhotoFit.landmarks68(_model)``."""
+    hidden = annotation_vertices(model) if annotation_keypoints else None
+    landmarks = output_keypoints(model, coeffs, hidden).double()
     return [(cam.project(landmarks[i:i + 1])[0].float(), landmarks[i].float()) for i, cam in enumerate(cameras)]
 
 
