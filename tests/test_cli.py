@@ -134,6 +134,36 @@ def test_outputs_without_colour_skip_the_appearance_fit_and_change_nothing_else(
     assert calls  # vertex colours need it
 
 
+@pytest.mark.parametrize("fmt, scale", [("ply", 1.0), ("glb", 0.1)])
+def test_mesh_format_writes_the_same_meshes_in_another_format(batch, tmp_path, fmt, scale):
+    """--mesh-format: the two meshes as PLY or GLB (metres), the same vertices, triangles and colours
+    as the OBJ files of the run with every output; the JSON names them."""
+    trimesh = pytest.importorskip("trimesh")
+    inputs, full, _, _ = batch
+    out = tmp_path / fmt
+    assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(out), "-q", "--outputs", "mesh",
+                 "--mesh-format", fmt.upper()]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["face.json", f"face_face0.{fmt}", f"face_face0_posed.{fmt}"]
+    files = json.loads((out / "face.json").read_text())["faces"][0]["files"]
+    assert files == {"mesh": f"face_face0.{fmt}", "mesh_posed": f"face_face0_posed.{fmt}"}
+    for name in ("face_face0", "face_face0_posed"):
+        ours = trimesh.load(out / f"{name}.{fmt}", force="mesh", process=False)
+        obj = trimesh.load(full / f"{name}.obj", force="mesh", process=False)
+        np.testing.assert_allclose(ours.vertices, obj.vertices * scale, atol=1e-5 * scale)
+        np.testing.assert_array_equal(ours.faces, obj.faces)
+        np.testing.assert_allclose(ours.visual.vertex_colors[:, :3].astype(float),
+                                   obj.visual.vertex_colors[:, :3].astype(float), atol=1)
+
+
+def test_unknown_mesh_format_is_a_clear_error(batch, tmp_path, capsys):
+    inputs, _, _, _ = batch
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reconstruct", str(inputs / "face.jpg"), "-o", str(tmp_path / "o"), "--mesh-format", "stl"])
+    assert exit_info.value.code == 2
+    assert "unknown mesh format 'stl': choose from obj, ply, glb" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 def test_unknown_outputs_kind_is_a_clear_error(batch, tmp_path, capsys):
     inputs, _, _, _ = batch
     assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(tmp_path / "o"), "--outputs", "mesh,stl"]) == 2

@@ -123,3 +123,34 @@ def test_a_file_where_a_person_folder_goes_skips_that_person_only(faces, tmp_pat
     assert f"{out / 'biden'} exists and is not a folder" in err and "biden skipped" in err
     assert (out / "biden").read_text() == "mine"
     assert (out / "rose_leslie" / "summary.json").is_file()
+
+
+def test_mesh_format_gives_the_neutral_and_photo_meshes_in_that_format(faces, tmp_path):
+    """--mesh-format ply: neutral.ply (the same mesh neutral.obj holds by default) and the photo's
+    meshes as PLY, named so in summary.json and the photo's JSON; a neutral mesh of any format with
+    no photo JSON of ours beside it is someone else's, refused before the fit."""
+    import json
+
+    trimesh = pytest.importorskip("trimesh")
+    import numpy as np
+
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"eric\t{faces.joinpath(*PHOTO)}\n")
+    runs = {}
+    for fmt in ("obj", "ply"):
+        out = tmp_path / fmt
+        assert main(["fit-set", str(listing), "-o", str(out), "--no-overlay", "--no-appearance", "-q",
+                     "--mesh-format", fmt]) == 0
+        summary = json.loads((out / "eric" / "summary.json").read_text())
+        assert summary["files"]["neutral"] == f"neutral.{fmt}"
+        photo = json.loads((out / "eric" / "clapton-1.json").read_text())["faces"][0]["files"]
+        assert photo["mesh"] == f"clapton-1_face0.{fmt}" and (out / "eric" / photo["mesh_posed"]).is_file()
+        runs[fmt] = trimesh.load(out / "eric" / f"neutral.{fmt}", force="mesh", process=False)
+    np.testing.assert_allclose(runs["ply"].vertices, runs["obj"].vertices, atol=1e-5)
+    np.testing.assert_array_equal(runs["ply"].faces, runs["obj"].faces)
+    stray = tmp_path / "stray"
+    (stray / "eric").mkdir(parents=True)
+    (stray / "eric" / "neutral.glb").write_bytes(b"mine")
+    assert main(["fit-set", str(listing), "-o", str(stray), "--no-overlay", "--no-appearance", "-q"]) == 1
+    assert (stray / "eric" / "neutral.glb").read_bytes() == b"mine"
+    assert sorted(p.name for p in (stray / "eric").iterdir()) == ["neutral.glb"]

@@ -159,7 +159,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             photo = read_image(path)
             faces = recon.reconstruct(photo)
             with torch_threads(1):  # many small tensor ops: see deep3dface.threads
-                _, blobs = photo_outputs(str(path), stem, photo, faces, recon.model_name, kinds=kinds)
+                _, blobs = photo_outputs(str(path), stem, photo, faces, recon.model_name, kinds=kinds,
+                                         mesh_format=args.mesh_format)
             write_photo_outputs(out_dir, blobs, overwrite=args.overwrite)
         except ImageReadError as exc:
             failures += 1
@@ -197,7 +198,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.output)
     photo = demo_photo()
     ns = argparse.Namespace(inputs=[str(photo)], output=str(out), model="default", checkpoint=None,
-                            device=args.device, max_faces=None, overwrite=True, quiet=args.quiet, outputs="all")
+                            device=args.device, max_faces=None, overwrite=True, quiet=args.quiet, outputs="all",
+                            mesh_format="obj")
     code = cmd_reconstruct(ns)
     if code == 0 and not args.quiet:
         for path in sorted(out.iterdir()):
@@ -258,6 +260,22 @@ def device_name(text: str) -> str:
     return text
 
 
+def mesh_format(text: str) -> str:
+    """argparse type: a mesh file format of ``export.MESH_FORMATS`` ('obj', 'ply', 'glb')."""
+    from .outputs import mesh_format_name
+
+    try:
+        return mesh_format_name(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def add_mesh_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mesh-format", type=mesh_format, default="obj", metavar="FORMAT",
+                        help="file format of the meshes: obj (default), ply (binary) or glb (metres, as glTF "
+                             "asks); each with vertex colours and normals")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deep3dface", description="Accurate 3D faces from photos.")
     parser.add_argument("--version", action="version", version=f"deep3dface {__version__}")
@@ -282,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="files to write besides the JSON: 'all' (default), 'none', or a comma list of mesh (canonical and "
                         "posed OBJ), mat, maps (depth and normal PNGs), texture (textured GLB/OBJ and maps), "
                         "overlay; e.g. --outputs mesh,mat (faster, smaller)")
+    add_mesh_format(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")
     p.set_defaults(func=cmd_reconstruct)
 

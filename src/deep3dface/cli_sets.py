@@ -4,8 +4,9 @@
 file listing photos, one a line, either ``PATH`` (the person is the photo's folder name) or
 ``PERSON<TAB>PATH`` (relative paths are relative to the list file).  Per person, in OUT/<person>/:
 
-* ``neutral.obj``: the shared identity with zero expression, canonical pose, model space and unit
-  (decimetres for the shipped models), the model's vertex order: comparable across people; its
+* ``neutral.obj`` (``--mesh-format ply`` or ``glb``: ``neutral.ply``, ``neutral.glb`` in metres, and
+  the photos' meshes in that format too): the shared identity with zero expression, canonical pose,
+  model space and unit (decimetres for the shipped models), the model's vertex order: comparable across people; its
   vertex colours are the person's one albedo (one albedo and per-photo lights: fit.shared_albedo);
 * ``neutral_textured.glb`` / ``.obj`` + ``.mtl`` + ``.png``: the same mesh with the person's one
   albedo texture map fused from all used photos (deep3dface.image_set_outputs), when the model
@@ -124,7 +125,8 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
     failed = len(problems)
 
     def photo_blobs(face, fit, path) -> dict[str, bytes]:
-        return photo_outputs(str(path), fit.name, read_image(path), [face], recon.model_name, kinds=kinds)[1]
+        return photo_outputs(str(path), fit.name, read_image(path), [face], recon.model_name, kinds=kinds,
+                             mesh_format=args.mesh_format)[1]
 
     for person, photos in sets.items():
         out = out_root / person
@@ -159,7 +161,7 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
             paths = [photos[stems.index(fit.name)] for fit in result.photos]
             files, blobs = {}, {}
             if result.photos:  # no photo, no identity: the mean face is nobody's neutral mesh
-                files, blobs = person_files(result, lambda i: read_image(paths[i]))
+                files, blobs = person_files(result, lambda i: read_image(paths[i]), mesh_format=args.mesh_format)
             # a photo's files computed for the check, written as they are
             checked = {} if args.overwrite else _refuse_files_in_the_way(out, stems, blobs, result, paths, photo_blobs)
         except OutputExistsError as exc:  # nothing of this person written: the batch goes on
@@ -302,7 +304,7 @@ def cmd_video(args: argparse.Namespace) -> int:
 
 def add_commands(sub) -> None:
     """Register ``fit-set`` and ``video`` on cli.py's subparsers."""
-    from .cli import device_name, positive_int
+    from .cli import add_mesh_format, device_name, positive_int
 
     p = sub.add_parser("fit-set", help="one 3D identity per person from sets of photos", description=cmd_fit_set.__doc__)
     p.add_argument("root", help="ROOT/<person>/*.jpg facebank folder, or a text file listing photos")
@@ -312,6 +314,7 @@ def add_commands(sub) -> None:
     p.add_argument("--device", type=device_name, default="cpu")
     p.add_argument("--checkpoint", default=None,
                    help="R-Net checkpoint (its --model's layout): each person's joint fit starts from the average of its answers")
+    add_mesh_format(p)  # the neutral mesh's and the photos' meshes
     _common(p)
     p.set_defaults(func=cmd_fit_set)
     p = sub.add_parser("video", help="one identity and per-frame faces from a video", description=cmd_video.__doc__)

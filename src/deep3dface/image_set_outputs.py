@@ -1,8 +1,9 @@
 """The files of one person of an image set (``deep3dface fit-set``), beside the per-photo outputs.
 
-* ``neutral.obj``: the shared identity with zero expression in the canonical pose, model units
-  and vertex order (comparable across people); its vertex colours are the person's one albedo
-  when the appearance was fitted (``fit.shared_albedo``).
+* ``neutral.obj`` (``.ply`` or ``.glb`` with ``mesh_format``): the shared identity with zero
+  expression in the canonical pose, model units (a GLB: metres) and vertex order (comparable across
+  people); its vertex colours are the person's one albedo when the appearance was fitted
+  (``fit.shared_albedo``).
 * ``neutral_textured.glb`` / ``.obj`` + ``.mtl`` + ``.png`` (when the model has a UV chart): the
   same mesh with the person's one albedo texture map, fused from all used photos
   (``texture.bake_texture_set``: each photo's colours divided by its own fitted light, weighted by
@@ -16,7 +17,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from .export import TexturedMesh, export_mesh, export_textured
+from .export import MESH_FORMATS, TexturedMesh, export_mesh, export_textured
 from .image_set import IdentityReconstruction
 from .morphable.shading import irradiance
 from .outputs import TEXTURE_SIZE
@@ -24,15 +25,18 @@ from .texture import TextureMaps, bake_texture_set, view_directions
 
 NEUTRAL = "neutral"
 #: every file ``person_files`` can write (the textured ones where the model has a UV chart)
-PERSON_FILES = (f"{NEUTRAL}.obj", *(f"{NEUTRAL}_textured.{ext}" for ext in ("glb", "obj", "mtl", "png")))
+PERSON_FILES = (*(f"{NEUTRAL}.{fmt}" for fmt in MESH_FORMATS),
+                *(f"{NEUTRAL}_textured.{ext}" for ext in ("glb", "obj", "mtl", "png")))
 
 
 def person_files(result: IdentityReconstruction, read_photo: Callable[[int], torch.Tensor],
-                 texture_size: int | None = TEXTURE_SIZE) -> tuple[dict[str, str], dict[str, bytes]]:
+                 texture_size: int | None = TEXTURE_SIZE,
+                 mesh_format: str = "obj") -> tuple[dict[str, str], dict[str, bytes]]:
     """({role: file name}, {file name: bytes}) of one person.  ``read_photo(i)`` returns the
-    (3, H, W) photo of ``result.faces[i]`` (read on demand: one photo in memory at a time)."""
-    names = {"neutral": f"{NEUTRAL}.obj"}
-    blobs = {names["neutral"]: export_mesh(result.neutral, "obj")}
+    (3, H, W) photo of ``result.faces[i]`` (read on demand: one photo in memory at a time);
+    ``mesh_format``: the neutral mesh's (``export.MESH_FORMATS``)."""
+    names = {"neutral": f"{NEUTRAL}.{mesh_format}"}
+    blobs = {names["neutral"]: export_mesh(result.neutral, mesh_format)}
     faces = result.faces
     if texture_size and faces and faces[0].has_uv:
         maps = set_texture(faces, _Photos(read_photo, len(faces)), texture_size)

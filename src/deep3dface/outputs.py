@@ -48,7 +48,9 @@ looks down −z); X_gl = diag(1, −1, −1)·X_cv.
   a normal facing the camera is (128, 128, 255)), RGB = round((n + 1) / 2 · 255); alpha 255 on the
   face, 0 elsewhere.  The OpenCV-frame normal is (n_x, −n_y, −n_z).
 * Meshes: ``<stem>_face<k>.obj`` in the canonical pose (model space, as the reference saves it) and
-  ``<stem>_face<k>_posed.obj`` posed in model space (camera at z = 10 looking down −z).
+  ``<stem>_face<k>_posed.obj`` posed in model space (camera at z = 10 looking down −z); ``.ply`` or
+  ``.glb`` instead with ``mesh_format`` (``export.MESH_FORMATS``: vertex colours and normals in
+  each; a GLB's positions in metres, as glTF asks).
 * Textured meshes (when the model has a UV chart; ``texture_size`` is the side of the square maps,
   1024 unless the caller chose another, null when none were made): ``<stem>_face<k>_textured.glb`` (canonical pose, metres, the albedo map embedded as the
   base colour of a matte PBR material) and ``<stem>_face<k>_textured.obj`` + ``.mtl`` + ``.png``
@@ -75,7 +77,7 @@ import torch
 from PIL import Image
 
 from .camera import Camera
-from .export import OutputExistsError, TexturedMesh, export_mesh, export_textured, stage_output
+from .export import MESH_FORMATS, OutputExistsError, TexturedMesh, export_mesh, export_textured, stage_output
 from .export.coefficients import coefficients_to_mat, to_reference_pixels
 from .fit.annotation import output_keypoints
 from .io.images import to_uint8
@@ -178,12 +180,23 @@ def parse_output_kinds(text: str) -> frozenset[str]:
     return frozenset(kinds)
 
 
+def mesh_format_name(text: str) -> str:
+    """``"ply"``, ``".PLY"`` -> ``"ply"``, a format of ``export.MESH_FORMATS``; a clear error otherwise."""
+    name = text.strip().lower().lstrip(".") if isinstance(text, str) else text
+    if name not in MESH_FORMATS:
+        raise ValueError(f"unknown mesh format {text!r}: choose from {', '.join(MESH_FORMATS)}")
+    return name
+
+
 def photo_outputs(image_path: str, stem: str, photo: torch.Tensor, faces: list[FaceReconstruction],
                   model_name: str, texture_size: int | None = TEXTURE_SIZE,
-                  kinds: frozenset[str] = frozenset(OUTPUT_KINDS)) -> tuple[dict, dict[str, bytes]]:
+                  kinds: frozenset[str] = frozenset(OUTPUT_KINDS),
+                  mesh_format: str = "obj") -> tuple[dict, dict[str, bytes]]:
     """(JSON record, {file name: bytes}) for one photo; names are relative to the output folder.
     ``kinds``: which files besides the JSON (``OUTPUT_KINDS``); ``texture_size``: side of the baked
-    maps (None drops the textured outputs as well)."""
+    maps (None drops the textured outputs as well); ``mesh_format``: the two meshes' format
+    (``export.MESH_FORMATS``)."""
+    mesh_format = mesh_format_name(mesh_format)
     blobs: dict[str, bytes] = {}
     records = []
     overlay_file = "overlay" in kinds
@@ -195,9 +208,9 @@ def photo_outputs(image_path: str, stem: str, photo: torch.Tensor, faces: list[F
         base = f"{stem}_face{k}"
         names = {}
         if "mesh" in kinds:
-            names.update(mesh=f"{base}.obj", mesh_posed=f"{base}_posed.obj")
-            blobs[names["mesh"]] = export_mesh(face.mesh(posed=False, geometry=g), "obj")
-            blobs[names["mesh_posed"]] = export_mesh(face.mesh(posed=True, geometry=g), "obj")
+            names.update(mesh=f"{base}.{mesh_format}", mesh_posed=f"{base}_posed.{mesh_format}")
+            blobs[names["mesh"]] = export_mesh(face.mesh(posed=False, geometry=g), mesh_format)
+            blobs[names["mesh_posed"]] = export_mesh(face.mesh(posed=True, geometry=g), mesh_format)
         if "mat" in kinds:
             names["coefficients"] = f"{base}.mat"
             blobs[names["coefficients"]] = face_mat(face)
