@@ -28,10 +28,8 @@ model frame, in model units (decimetres for the shipped models), the model's ver
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import math
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -44,7 +42,8 @@ from .detect.types import Detection
 from .fit.annotation import annotation_vertices, output_keypoints
 from .fit.image_set import DensePoints, SetFit, SetFitConfig, fit_identity
 from .detect.landmarks import landmarks_of
-from .io.images import ImageReadError, read_image, to_uint8
+from .image_set_inputs import photo_list, photo_names, read_photos
+from .io.images import to_uint8
 from .morphable.model import MorphableModel
 from .set_selection import outlier_reasons, select_faces  # noqa: F401 (public here too)
 from .types import Coefficients, Mesh
@@ -265,31 +264,12 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
     from .fit.photometric import refine_photometric
     from .pipeline import FaceReconstruction
 
-    photos = _photo_list(photos)
-    names = _photo_names(photos, names)
+    photos = photo_list(photos)
+    names = photo_names(photos, names)
     describer = FaceDescriber() if FaceDescriber.available() else None
     observer = SetObserver(reconstructor.detector, reconstructor.landmarker, describer)
-    observations, crops, unreadable, files, pixels = [], {}, [], {}, {}
-    for name, source in zip(names, photos, strict=True):
-        # the same photo twice would count twice in the identity: the same file (not read again),
-        # or the same pixels (a copy of a file, the same tensor twice)
-        if not isinstance(source, torch.Tensor):
-            file = Path(source).resolve()
-            if file in files:
-                unreadable.append(DroppedPhoto(name, f"the same file as {files[file]}"))
-                continue
-            files[file] = name
-        try:
-            # one photo in memory at a time; tensors were checked by _photo_list
-            image = source if isinstance(source, torch.Tensor) else read_image(source)
-        except ImageReadError as exc:  # dropped with its reason: the person's other photos still count
-            unreadable.append(DroppedPhoto(name, f"cannot read the photo ({exc.reason})"))
-            continue
-        digest = _pixel_digest(image)
-        if digest in pixels:
-            unreadable.append(DroppedPhoto(name, f"the same pixels as {pixels[digest]}"))
-            continue
-        pixels[digest] = name
+    observations, crops, unreadable = [], {}, []
+    for name, image in read_photos(photos, names, lambda name, reason: unreadable.append(DroppedPhoto(name, reason))):
         observations.append(observer.observe(image, name))
         crops[name] = [align(image, face.detection.landmarks5)[0] for face in observations[-1].faces]
     answers = None
@@ -345,12 +325,6 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
                    neutral=neutral_mesh(reconstructor.model, result.identity, shared_albedo))
 
 
-def _pixel_digest(image: torch.Tensor) -> tuple:
-    """A photo's shape and a hash of all its pixels (~0.1 s for 12 megapixels; a set's fit takes seconds)."""
-    data = image.detach().cpu().contiguous().numpy()
-    return data.shape, hashlib.blake2b(data.tobytes(), digest_size=16).digest()
-
-
 def _stacked(rows: list[Coefficients]) -> Coefficients:
     return Coefficients.from_vector(torch.cat([r.to_vector() for r in rows]), rows[0].layout)
 
@@ -364,46 +338,6 @@ def _shared_appearance(model, targets, coeffs, albedo, photo_weights, stage):
     coeffs = coeffs.replace(gamma=shared.gamma.to(coeffs.gamma), tex=shared.tex.to(coeffs.tex).expand_as(coeffs.tex))
     albedo = None if albedo is None else shared.albedo.expand(len(coeffs.id), -1, -1)
     return coeffs, albedo, shared
-
-
-def _photo_list(photos) -> list:
-    """``photos`` as a list, or a TypeError/ValueError before any work: a str was taken one
-    character a photo (each "dropped", no error), a Path failed as "not iterable", a generator was
-    used up by the names, and an empty list gave an empty result without a word."""
-    if isinstance(photos, (str, bytes, os.PathLike)) or (isinstance(photos, torch.Tensor) and photos.ndim < 4):
-        raise TypeError(f"photos must be a list of photos (paths or (3, H, W) tensors), got one "
-                        f"{type(photos).__name__}; pass [photo]")
-    from .pipeline import checked_photo
-
-    photos = list(photos)
-    if not photos:
-        raise ValueError("photos is empty: a set needs at least one photo")
-    for index, photo in enumerate(photos):  # named by position, before the first photo is read
-        if isinstance(photo, torch.Tensor):
-            try:
-                photos[index] = checked_photo(photo)  # checked here once: the caller reads only paths
-            except ValueError as exc:
-                raise ValueError(f"photos[{index}]: {exc}") from None
-        elif not isinstance(photo, (str, os.PathLike)):
-            raise TypeError(f"photos[{index}] must be a path or a (3, H, W) tensor, got {type(photo).__name__}")
-    return photos
-
-
-def _photo_names(photos: list, names: list[str] | None) -> list[str]:
-    """The caller's names (which must be unique: results are matched to photos by name), else each
-    file's stem (``photo<i>`` for a tensor), made unique as ``reconstruct``'s output stems are."""
-    from .outputs import output_stems
-
-    if names is not None:
-        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
-            raise TypeError(f"names must be a list of str, one a photo, got {names!r}")
-        names = list(names)
-        if len(set(names)) != len(names):
-            raise ValueError(f"photo names must be unique, got {sorted(n for n in set(names) if names.count(n) > 1)} more than once")
-        if len(names) != len(photos):
-            raise ValueError(f"{len(names)} names for {len(photos)} photos")
-        return list(names)
-    return output_stems([Path(f"photo{i}") if isinstance(p, torch.Tensor) else Path(p) for i, p in enumerate(photos)])
 
 
 def _landmark_result(face: FaceObservation):
