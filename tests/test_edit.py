@@ -260,6 +260,51 @@ def test_non_finite_light_is_refused(saved, tmp_path, capsys, kind):
     assert f"--light {light}: {what} that are not finite" in error
 
 
+@pytest.mark.parametrize("kind", ["txt", "npy", "mat"])
+def test_a_light_beyond_the_documented_range_is_refused(saved, tmp_path, capsys, kind):
+    """A finite but huge light (1e6) drew the face white all over, without a word; now each SH
+    coefficient must lie within ±MAX_LIGHT, and the error names the option, file and value."""
+    from deep3dface.edit_limits import MAX_LIGHT
+
+    root, _, face = saved
+    gamma = np.full(27, 0.1)
+    gamma[4] = 1e6
+    light = tmp_path / f"light.{kind}"
+    if kind == "txt":
+        light.write_text(" ".join(str(v) for v in gamma))
+    elif kind == "npy":
+        np.save(light, gamma)
+    else:
+        light.write_bytes(coefficients_to_mat(face.coefficients.replace(gamma=torch.tensor(gamma[None]))))
+    error = refused(capsys, 2, ["render", str(root / "face.mat"), "-o", str(tmp_path / "b.png"), "--light", str(light)],
+                    tmp_path)
+    assert error == (f"deep3dface: error: --light {light}: light coefficients must be within ±{MAX_LIGHT:g} "
+                     "(fitted lights stay within ±0.4), got 1e+06 (coefficient 4 of 27)\n")
+
+
+def test_the_light_range_holds_in_the_api_and_its_edges_are_accepted(saved, tmp_path, capsys):
+    from deep3dface.edit_limits import MAX_LIGHT
+
+    root, _, face = saved
+    for value in (-2.5 * MAX_LIGHT, 1.01 * MAX_LIGHT, float("nan")):
+        gamma = torch.zeros(1, 27)
+        gamma[0, 9] = value
+        with pytest.raises(ValueError, match=f"light coefficients must be within ±{MAX_LIGHT:g}.*coefficient 9 of 27"):
+            edit_coefficients(face.coefficients, gamma=gamma)
+    edge = torch.full((1, 27), -MAX_LIGHT)
+    assert torch.equal(edit_coefficients(face.coefficients, gamma=edge).gamma, edge)
+    bright = torch.zeros(1, 27)
+    bright[0, ::9] = MAX_LIGHT                              # the brightest ambient light allowed
+    light = tmp_path / "edge.txt"
+    light.write_text(" ".join(str(float(v)) for v in bright[0]))
+    image, mask = run(root, "edge.png", "--light", str(light))
+    np.testing.assert_allclose(image, expected(face, gamma=bright)[0], atol=1 / 255 + 1e-6)
+    assert image[mask].mean() > 0.8                          # mostly white, as asked for, but drawn
+    with pytest.raises(SystemExit):
+        main(["render", "--help"])
+    assert f"each within ±{MAX_LIGHT:g}" in " ".join(capsys.readouterr().out.split())
+
+
 def test_non_finite_expression_and_face_are_refused(saved, tmp_path, capsys):
     root, _, face = saved
     other = tmp_path / "other.mat"

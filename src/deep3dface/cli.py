@@ -8,7 +8,7 @@ from pathlib import Path
 
 from . import __version__
 from .assets import ASSET_PACKAGES, OPTIONAL_ASSET_PACKAGES, AssetMissingError, package_dir
-from .edit_limits import MAX_SIZE, MIN_SIZE
+from .edit_limits import MAX_LIGHT, MAX_SIZE, MIN_SIZE
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -316,7 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("face", help="a face's .mat written by `reconstruct`")
     p.add_argument("-o", "--output", required=True, help="output PNG (RGBA)")
     p.add_argument("--pose", default=None, help="pitch,yaw,roll in degrees (e.g. 0,30,0; --pose=-10,0,0 when negative)")
-    p.add_argument("--light", default=None, help="ambient, front, left, right, above, below, or a gamma file")
+    p.add_argument("--light", default=None, help="ambient, front, left, right, above, below, or a gamma file "
+                   f"(27 SH coefficients, each within ±{MAX_LIGHT:g})")
     p.add_argument("--expression", default=None, help="another face's .mat: take its expression")
     p.add_argument("--size", type=int, default=512, help=f"output size in pixels (square, {MIN_SIZE} to {MAX_SIZE})")
     p.add_argument("--model", default="default", help="the model the face was fitted with")

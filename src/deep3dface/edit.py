@@ -15,7 +15,8 @@ coefficient file.  Conventions:
 * **Light**: ``--light`` is a preset name (``LIGHT_PRESETS``) or a file holding 27 SH coefficients
   (a .mat with ``gamma``, e.g. another face's: borrow that photo's light; or .npy / text).  Presets
   are white: an ambient term plus one directional term in the first-order bands, directions in the
-  posed model frame (x image right, y up, z towards the camera).
+  posed model frame (x image right, y up, z towards the camera).  Each coefficient must lie within
+  ±``MAX_LIGHT`` (edit_limits.py): a finite 1e6 drew a face white all over without a word.
 * **Expression**: ``--expression OTHER.mat`` takes OTHER's ``exp`` (expression swap); identity,
   albedo, pose and light stay this face's.
 * **Albedo**: the .mat's ``albedo`` (N, 3) when present (the per-vertex albedo the fitter estimates
@@ -37,7 +38,7 @@ import numpy as np
 import torch
 
 from .camera import CROP_FOCAL, CROP_SIZE, Camera
-from .edit_limits import MAX_SIZE, MIN_SIZE
+from .edit_limits import MAX_LIGHT, MAX_SIZE, MIN_SIZE
 from .io.mat import read_mat
 from .morphable.model import MorphableModel
 from .morphable.shading import DEFAULT_AMBIENT, NUM_BANDS, sh_basis, shade
@@ -114,7 +115,19 @@ def light_row(path: Path, values: np.ndarray) -> torch.Tensor:
     values = numeric_array(values, f"{path}: the light").reshape(-1)
     if values.size != 27:
         raise ValueError(f"{path}: a light is 27 SH coefficients (9 bands × RGB), got {values.size}")
+    check_light(values, f"{path}: ")
     return torch.as_tensor(values)[None]
+
+
+def check_light(gamma, where: str = "") -> None:
+    """Raise a one-line ValueError unless every SH coefficient of ``gamma`` is within ±``MAX_LIGHT``
+    (non-finite values are refused where the numbers are read)."""
+    values = np.asarray(torch.as_tensor(gamma).detach().cpu().double()).reshape(-1)
+    outside = np.flatnonzero(~(np.abs(values) <= MAX_LIGHT))   # NaN too, where the API is handed one
+    if outside.size:
+        k = int(outside[np.argmax(np.nan_to_num(np.abs(values[outside]), nan=np.inf))])
+        raise ValueError(f"{where}light coefficients must be within ±{MAX_LIGHT:g} (fitted lights stay within "
+                         f"±0.4), got {values[k]:g} (coefficient {k} of {values.size})")
 
 
 def read_gamma(path: str | Path) -> torch.Tensor:
@@ -181,11 +194,13 @@ def light_option(light: str) -> torch.Tensor:
 
 def edit_coefficients(coefficients: Coefficients, pose_deg: tuple[float, float, float] | None = None,
                       gamma: torch.Tensor | None = None, exp: torch.Tensor | None = None) -> Coefficients:
-    """Replace the rotation (degrees), the light (1, 27) and/or the expression (1, K_exp)."""
+    """Replace the rotation (degrees), the light (1, 27; each within ±``MAX_LIGHT``) and/or the
+    expression (1, K_exp)."""
     groups = {}
     if pose_deg is not None:
         groups["angle"] = torch.tensor([[math.radians(a) for a in pose_deg]], dtype=coefficients.angle.dtype)
     if gamma is not None:
+        check_light(gamma)
         groups["gamma"] = torch.as_tensor(gamma, dtype=coefficients.gamma.dtype).reshape(1, -1)
     if exp is not None:
         exp = torch.as_tensor(exp, dtype=coefficients.exp.dtype).reshape(1, -1)
