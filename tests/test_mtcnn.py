@@ -386,3 +386,98 @@ def test_the_fallback_keeps_to_face_sizes_a_subject_has(faces, detector, name):
     found = MTCNN(detector.pnet, detector.rnet, detector.onet, MTCNNConfig(fallback=unlimited)).detect(image)
     assert found and _iou(found[0].box, gt_box) < 0.25
     assert all(_iou(face.box, gt_box) >= 0.25 for face in detector.detect(image))
+
+
+# -- the fallback's cost on photos that cannot hold the faces it seeks ---------------------------
+def test_no_fallback_view_where_no_face_sought_could_be_kept(detector, monkeypatch):
+    """A random 2000 x 20 image spent 4.4 s on seven 3000 x 1020 views looking for faces of at
+    least 20 px, of which it keeps none above 0.9 x 20 = 18 px: below a 23 px shorter side an image
+    gets no fallback view, P-Net sees the first pass's pyramid only; from 23 px on the pass runs."""
+    from deep3dface.detect import mtcnn as module
+
+    seen, real = [], module.segment_views
+    monkeypatch.setattr(module, "segment_views", lambda image, cfg: seen.append(tuple(image.shape)) or real(image, cfg))
+    levels = []
+    hook = detector.pnet.register_forward_pre_hook(lambda net, args: levels.append(tuple(args[0].shape[-2:])))
+    generator = torch.Generator().manual_seed(0)
+    try:
+        for height, width in ((20, 2000), (2000, 20), (22, 4000)):
+            levels.clear()
+            assert detector([torch.rand(3, height, width, generator=generator)]) == [[]]
+            assert len(levels) == len(pyramid_scales(height, width, 20.0, 0.709)) == 1
+        assert seen == []
+        assert detector([torch.rand(3, 23, 2000, generator=generator)]) == [[]]
+        assert seen == [(3, 23, 2000)]
+    finally:
+        hook.remove()
+
+
+@pytest.mark.parametrize("length, short", [(2000, 20), (4000, 40), (2700, 450), (1001, 200), (10007, 37), (100, 25)])
+def test_segments_hold_every_face_the_fallback_can_keep_whole_in_the_one_that_keeps_it(length, short):
+    from deep3dface.detect import FallbackConfig
+    from deep3dface.detect.mtcnn_fallback import segments
+
+    cfg = FallbackConfig()
+    parts = segments(length, short, cfg)
+    if length <= cfg.max_aspect * short:
+        assert [(p.start, p.stop) for p in parts] == [(0, length)]
+    assert parts[0].start == 0 and parts[-1].stop == length
+    assert all(p.stop - p.start <= math.ceil(cfg.max_aspect * short) for p in parts)
+    side = cfg.max_face_fraction * short                     # the largest face kept
+    for centre in np.linspace(-side / 2, length + side / 2, 4001):
+        owners = [p for p in parts if p.own_from <= centre < p.own_to]
+        assert len(owners) == 1, centre
+        inside = max(centre - side / 2, 0), min(centre + side / 2, length)  # what of the face the photo shows
+        assert owners[0].start <= inside[0] and inside[1] <= owners[0].stop, (centre, owners[0])
+
+
+def test_a_long_narrow_photos_views_do_not_grow_with_its_length(detector, monkeypatch):
+    """A random 4000 x 40 image made 90 M pixels of P-Net input (views 6000 x 2040 and, turned,
+    5500 x 4000, mostly black) for faces of 20-36 px.  Cut into segments, its views are as large as
+    those of a 200 x 40 photo, and twice the length makes twice the views, not four times the pixels."""
+    from deep3dface.detect import mtcnn_fallback
+
+    views, real = [], mtcnn_fallback.rotated_view
+    monkeypatch.setattr(mtcnn_fallback, "rotated_view",
+                        lambda image, angle, border: views.append(real(image, angle, border)[0].shape[-2:])
+                        or real(image, angle, border))
+    generator = torch.Generator().manual_seed(1)
+    pixels = {}
+    for width in (200, 4000, 8000):
+        views.clear()
+        assert detector([torch.rand(3, 40, width, generator=generator)]) == [[]]
+        pixels[width] = (sum(h * w for h, w in views), max(h * w for h, w in views), len(views))
+    assert pixels[200][2] == 7                               # within max_aspect: the photo's own views
+    assert pixels[4000][1] <= pixels[200][1] and pixels[8000][1] <= pixels[200][1]
+    assert 1.8 < pixels[8000][0] / pixels[4000][0] < 2.2
+    assert pixels[4000][0] < 125e6 / 10                      # its seven whole-photo views held 125 M pixels
+
+
+def test_a_face_in_a_long_strip_is_found_by_the_segment_that_holds_it(faces, detector):
+    """AFLW image00617 (rolled ~90 degrees: only the fallback finds it), at 150 px, on a grey strip
+    6.5 times as long, at either end and across the two segments' cut: found with the points it
+    has in its own photo (within 5 % of the eye distance)."""
+    image, _ = _aflw(faces, "aflw2000_3d/image00617")
+    image = torch.nn.functional.interpolate(image[None], size=(150, 150), mode="area")[0]
+    own = detector.detect(image)
+    assert _reference(detector).detect(image) == [] and len(own) == 1
+    for offset in (0, 412, 825):                              # segments [0, 556) and [419, 975), cut at 487.5
+        strip = torch.full((3, 150, 975), 0.5)
+        strip[:, :, offset:offset + 150] = image
+        assert _reference(detector).detect(strip) == []
+        found = detector.detect(strip)
+        assert len(found) == 1, offset
+        error = (found[0].landmarks5 - own[0].landmarks5 - torch.tensor([offset, 0.0])).norm(dim=1).mean()
+        assert error < 0.05 * own[0].eye_distance, (offset, error)
+
+
+def test_a_photos_fallback_faces_do_not_depend_on_the_batch_it_comes_in(faces, detector):
+    """The fallback's votes also counted faces of the batch's other photos found at the same place:
+    image00204 gave 3 faces alone and 2 in a batch with image00617 and image00311."""
+    images = [_aflw(faces, f"aflw2000_3d/image00{n}")[0] for n in ("617", "204", "311")]
+    alone = [detector.detect(image) for image in images]
+    assert [len(faces) for faces in alone] == [1, 3, 1]
+    for a_faces, b_faces in zip(alone, detector(images)):
+        assert len(a_faces) == len(b_faces)
+        for a, b in zip(a_faces, b_faces):
+            assert torch.equal(a.box, b.box) and torch.equal(a.landmarks5, b.landmarks5) and a.score == b.score

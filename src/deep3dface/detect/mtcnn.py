@@ -35,7 +35,8 @@ import torch
 from torch import nn
 
 from deep3dface.detect.mtcnn_fallback import NORMALISE as _NORMALISE
-from deep3dface.detect.mtcnn_fallback import FallbackConfig, merge_views, rotated_view, within_size
+from deep3dface.detect.mtcnn_fallback import (FallbackConfig, merge_views, owned, seeks_any_face, segment_views,
+                                              within_size)
 from deep3dface.detect.mtcnn_nets import ONet, PNet, RNet, pretrained_nets
 from deep3dface.detect.nms import batched_nms
 from deep3dface.detect.resample import SummedAreaTables
@@ -172,17 +173,24 @@ class MTCNN(nn.Module):
     def _fallback(self, images: list[torch.Tensor], cfg: FallbackConfig) -> list[list[Detection]]:
         """The second pass (mtcnn_fallback.py): all views of all images in one batch, looking for
         faces of ``min_face_fraction`` to ``max_face_fraction`` of each photo's shorter side; faces
-        mapped back and merged."""
-        views, to_photo, owner, min_sizes = [], [], [], []
+        mapped back and merged.  An image where no face sought could be kept gets no views; a long,
+        narrow one gets the views of each of its segments (``segment_views``)."""
+        views, to_photo, owner, min_sizes, view_ids, ownership = [], [], [], [], [], []
         for i, image in enumerate(images):
+            if not seeks_any_face(image, self.config.min_face_size, cfg):
+                continue
             min_size = max(self.config.min_face_size, cfg.min_face_fraction * min(image.shape[-2:]))
-            for angle in cfg.angles:
-                view, matrix = rotated_view(image, angle, cfg.border)
+            along_x = image.shape[-1] >= image.shape[-2]
+            for view, matrix, segment, angle_index in segment_views(image, cfg):
                 views.append(view)
                 to_photo.append(matrix)
                 owner.append(i)
                 min_sizes.append(min_size)
-        merged = merge_views(self._cascade(views, cfg.thresholds, min_sizes), to_photo, owner, len(images), cfg)
+                view_ids.append(i * len(cfg.angles) + angle_index)  # a segment's view is its angle's view
+                ownership.append((segment, along_x))
+        found = [owned(faces, matrix, *own) for faces, matrix, own in
+                 zip(self._cascade(views, cfg.thresholds, min_sizes), to_photo, ownership)]
+        merged = merge_views(found, to_photo, owner, len(images), cfg, view_ids)
         return [within_size(faces, image, cfg) for faces, image in zip(merged, images)]
 
     def detect(self, image: torch.Tensor) -> list[Detection]:

@@ -23,6 +23,21 @@ pass's one box above 0.9 of it, image00731, covers the photo and misses the face
 (benchmarks/detect_accuracy.py): with 0.1, wrong top faces among the photos only this pass finds
 drop from 2 to 0 and it finds one face more; see the README of the benchmark numbers.
 
+Where no face can be kept, nothing runs: a photo whose shorter side is below ``min_face_size`` /
+``max_face_fraction`` (22 px by default) has no face size both sought and kept, so it gets no views
+(a random 2000 x 20 image spent 4.8 s on seven 3000 x 1020 views, mostly black border, to find
+nothing it could have kept; now 0.02 s, through ``Reconstructor.reconstruct``, on 2 busy cores).
+
+Long, narrow photos (longer side above ``max_aspect`` x the shorter) are cut into overlapping
+``segments`` of that shape, and each segment gets the views a photo gets.  Why: a view's canvas
+grows with the square of the photo's longer side (the border is a fraction of it, and a turned
+strip's canvas is its diagonal's square) while the faces kept grow only with the shorter side: a
+random 4000 x 40 image made 125 M pixels of views and 91 M of P-Net input (28 s) for faces of
+20-36 px; in 25 segments, 10 M and 7 M (1.3 s).  Segments overlap by more than the largest face kept, and each keeps only the faces whose box centre lies in its own part of
+the overlap (half-way), so every face the pass may keep lies whole in the one segment that keeps
+it, once.  Photos within ``max_aspect`` (every usual photo format, and the benchmark's background
+strips, up to 4.5) are one segment: their views, and faces, are exactly what they were.
+
 Measured and not used: a re-check by O-Net of each face cut out upright (turned by its eye line).
 Real faces in near profile score as low there as false ones (AFLW image00460 0.14, image00722
 0.24, image00451 0.44; false faces in background strips 0.01-0.53), and five-point agreement
@@ -57,6 +72,77 @@ class FallbackConfig:
     roll_tolerance: float = 25.0         # degrees: two views' faces agree on the face's roll
     min_face_fraction: float = 0.1       # smallest face sought, fraction of the photo's shorter side
     max_face_fraction: float = 0.9       # largest face box kept, fraction of the photo's shorter side
+    max_aspect: float = 5.0              # a longer photo is searched in segments of this shape (``segments``)
+
+    def __post_init__(self) -> None:
+        if not self.max_aspect >= 1:
+            raise ValueError(f"max_aspect must be at least 1, got {self.max_aspect}")
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A piece of a photo for the fallback's views: pixels [start, stop) along the photo's longer
+    side (all of the shorter side), and the part [own_from, own_to) of that side where the centre of
+    a face found in it must lie for this segment to keep it."""
+
+    start: int
+    stop: int
+    own_from: float = -math.inf
+    own_to: float = math.inf
+
+
+def segments(length: int, short: int, cfg: FallbackConfig) -> list[Segment]:
+    """A photo's longer side ``length`` cut into overlapping segments of ``max_aspect`` x its shorter
+    side ``short`` (one segment, the whole photo, when it is not longer than that).  Consecutive
+    segments overlap by more than the largest face kept (``max_face_fraction`` x ``short``) and own
+    the faces centred on their side of the overlap's middle, so a kept face centred in a segment's
+    own part lies whole in that segment."""
+    piece = math.ceil(cfg.max_aspect * short)
+    overlap = cfg.max_face_fraction * short + 1  # +1: the starts are rounded down to whole pixels
+    if length <= piece or not overlap < piece:
+        return [Segment(0, length)]
+    count = math.ceil((length - overlap) / (piece - overlap))
+    piece = math.ceil(overlap + (length - overlap) / count)  # as short as that many segments allow
+    starts = [k * (length - piece) // (count - 1) for k in range(count)]
+    cuts = [(later + start + piece) / 2 for start, later in zip(starts, starts[1:])]  # middles of the overlaps
+    return [Segment(start, start + piece, lo, hi)
+            for start, lo, hi in zip(starts, [-math.inf, *cuts], [*cuts, math.inf])]
+
+
+def seeks_any_face(image: torch.Tensor, min_face_size: float, cfg: FallbackConfig) -> bool:
+    """Whether a face the pass looks for in the (3, H, W) image (at least ``min_face_size`` and
+    ``min_face_fraction`` of its shorter side) can also be kept (at most ``max_face_fraction``)."""
+    short = min(image.shape[-2:])
+    return max(min_face_size, cfg.min_face_fraction * short) <= cfg.max_face_fraction * short
+
+
+def segment_views(image: torch.Tensor, cfg: FallbackConfig) -> list[tuple[torch.Tensor, torch.Tensor, Segment, int]]:
+    """The views of the (3, H, W) image: per segment (``segments``), per angle, the view, the (3, 3)
+    float64 matrix mapping its pixels to the photo's, the segment and the angle's index."""
+    height, width = image.shape[-2:]
+    along_x = width >= height
+    out = []
+    for segment in segments(max(height, width), min(height, width), cfg):
+        piece = image[..., segment.start:segment.stop] if along_x else image[..., segment.start:segment.stop, :]
+        shift = torch.eye(3, dtype=torch.float64)
+        shift[0 if along_x else 1, 2] = segment.start
+        for index, angle in enumerate(cfg.angles):
+            view, to_piece = rotated_view(piece, angle, cfg.border)
+            out.append((view, shift @ to_piece, segment, index))
+    return out
+
+
+def owned(faces: list[Detection], to_photo: torch.Tensor, segment: Segment, along_x: bool) -> list[Detection]:
+    """The faces of a segment's view whose box centre, in the photo, lies in the segment's own part."""
+    if segment.own_from == -math.inf and segment.own_to == math.inf:
+        return faces
+    axis = 0 if along_x else 1
+    out = []
+    for face in faces:
+        centre = to_photo[:2, :2] @ ((face.box[:2] + face.box[2:]).double() / 2) + to_photo[:2, 2]
+        if segment.own_from <= float(centre[axis]) < segment.own_to:
+            out.append(face)
+    return out
 
 
 def rotated_view(image: torch.Tensor, angle: float, border: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,12 +176,15 @@ def rotated_view(image: torch.Tensor, angle: float, border: float) -> tuple[torc
 
 
 def view_votes(boxes: torch.Tensor, points: torch.Tensor, scores: torch.Tensor, view: torch.Tensor,
-               upright: torch.Tensor, iou: float, roll_tolerance: float) -> torch.Tensor:
+               upright: torch.Tensor, iou: float, roll_tolerance: float,
+               image: torch.Tensor | None = None) -> torch.Tensor:
     """Rank the faces found in the views of the fallback pass: photo boxes (N, 4), points (N, 5, 2),
     scores (N,), view (N,) a view id unique across images, upright (N,) cos² of the face's roll in
-    its view.  A face's votes are its score times ``upright`` plus the scores of the faces of
-    *other* views at the same place (IoU > ``iou``) whose eye lines give the same roll in the photo
-    (within ``roll_tolerance`` degrees).
+    its view, image (N,) the photo each comes from (None: one photo).  A face's votes are its score
+    times ``upright`` plus the scores of the faces of *other* views of the same photo at the same
+    place (IoU > ``iou``) whose eye lines give the same roll in the photo (within ``roll_tolerance``
+    degrees).  (Faces of other photos of a batch once voted too, where their boxes overlapped: a
+    photo's faces then depended on the batch it came in.)
 
     Why: O-Net also scores a face turned by 60-90 deg highly (image00311 and 00204 of the AFLW dev
     photos: 0.93 and 0.99), with points then wrong by 30-50 % of the face size; such a view's roll
@@ -107,6 +196,8 @@ def view_votes(boxes: torch.Tensor, points: torch.Tensor, scores: torch.Tensor, 
     turn = torch.remainder(roll[:, None] - roll[None, :] + math.pi, 2 * math.pi) - math.pi
     agree = ((pairwise_overlap(boxes, "iou") > iou) & (turn.abs() < math.radians(roll_tolerance))
              & (view[:, None] != view[None, :]))
+    if image is not None:
+        agree &= image[:, None] == image[None, :]
     return scores * upright + agree.to(scores.dtype) @ scores
 
 
@@ -127,11 +218,13 @@ NORMALISE = (255.0 / 128.0, -127.5 / 128.0)
 
 
 def merge_views(view_faces: list[list[Detection]], to_photo: list[torch.Tensor], owner: list[int],
-                n_images: int, cfg: FallbackConfig) -> list[list[Detection]]:
+                n_images: int, cfg: FallbackConfig, view_ids: list[int] | None = None) -> list[list[Detection]]:
     """The faces found in the views -> per image, mapped to the photo and merged by votes (most
-    first); views are numbered across images, ``owner`` gives each view's image."""
+    first); ``owner`` gives each view's image, ``view_ids`` the view each counts as in the votes
+    (default: each its own; the segments of one image at one angle are one view)."""
     boxes, scores, points, image_index, view_index, upright = [], [], [], [], [], []
-    for v, (faces, matrix, i) in enumerate(zip(view_faces, to_photo, owner)):
+    view_ids = list(range(len(view_faces))) if view_ids is None else view_ids
+    for v, faces, matrix, i in zip(view_ids, view_faces, to_photo, owner):
         for d in faces:
             eyes = d.landmarks5[1] - d.landmarks5[0]
             box, pts = map_detection(d.box.double(), d.landmarks5.double(), matrix)
@@ -147,7 +240,7 @@ def merge_views(view_faces: list[list[Detection]], to_photo: list[torch.Tensor],
     boxes, points = torch.stack(boxes), torch.stack(points)
     scores, image_index = torch.tensor(scores, dtype=torch.float64), torch.tensor(image_index)
     votes = view_votes(boxes, points, scores, torch.tensor(view_index), torch.tensor(upright, dtype=torch.float64),
-                       cfg.nms, cfg.roll_tolerance)
+                       cfg.nms, cfg.roll_tolerance, image_index)
     for k in batched_nms(boxes, votes, image_index, cfg.nms).tolist():  # most votes first
         out[int(image_index[k])].append(Detection(box=boxes[k].float(), score=float(scores[k]),
                                                   landmarks5=points[k].float()))
