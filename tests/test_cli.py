@@ -295,6 +295,29 @@ def test_outputs_inside_the_input_folder_are_not_taken_for_photos(batch, tmp_pat
     assert len(photos) == 1
 
 
+def test_linked_folders_are_followed_once_and_broken_links_are_reported(batch, tmp_path, capsys):
+    """Path.rglob stepped over a folder of photos linked into the input folder, and over broken
+    links, without a word: the photos were left out.  Linked folders are followed (each real folder
+    once: a link up the tree is no loop); a broken link with an image suffix fails, by name."""
+    inputs, *_ = batch
+    root, other = tmp_path / "photos dir ü", tmp_path / "elsewhere"
+    (root / "real").mkdir(parents=True)
+    other.mkdir()
+    shutil.copy(inputs / "face.jpg", root / "real" / "a.jpg")
+    shutil.copy(inputs / "face.jpg", other / "b.jpg")
+    (root / "linked").symlink_to(other, target_is_directory=True)
+    (root / "real" / "up").symlink_to(root, target_is_directory=True)        # a loop
+    (root / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    (root / "gone.txt").symlink_to(tmp_path / "missing.txt")                 # not a photo's suffix: no problem
+    photos, problems = expand_inputs([str(root)])
+    assert photos == [(other / "b.jpg").resolve(), (root / "real" / "a.jpg").resolve()]
+    assert problems == [f"{root / 'gone.jpg'}: broken link (to {tmp_path / 'missing.jpg'}, which does not exist)"]
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(root), "-o", str(out), "-q", "--outputs", "none"]) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.json"]
+    assert f"deep3dface: error: {root / 'gone.jpg'}: broken link" in capsys.readouterr().err
+
+
 def test_bad_arguments_and_file_system_errors_are_one_line(batch, tmp_path, capsys):
     inputs, *_ = batch
     face = str(inputs / "face.jpg")

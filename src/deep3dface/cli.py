@@ -62,11 +62,33 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 1 if missing else 0
 
 
+def folder_entries(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(files, broken links) under ``folder``, recursively, following linked folders, each real
+    folder once (a link to a folder above it is no loop).  ``Path.rglob`` stepped over linked
+    folders and broken links alike without a word: a folder of photos linked into the input was
+    left out."""
+    import os
+
+    files, broken, seen = [], [], set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        info = os.stat(root)
+        if (info.st_dev, info.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((info.st_dev, info.st_ino))
+        for name in names:
+            path = Path(root) / name
+            (files if path.is_file() else broken if path.is_symlink() and not path.exists() else []).append(path)
+    return files, broken
+
+
 def expand_inputs(inputs: list[str], exclude: Path | None = None) -> tuple[list[Path], list[str]]:
-    """Files, folders (their images, recursively, sorted) and glob patterns -> (photos, problems).
-    Folders and patterns skip what lies under ``exclude`` (the output folder: a rerun into a folder
-    inside the input's must not take its own overlays for photos); a file named outright is kept."""
+    """Files, folders (their images, recursively, linked folders too, sorted) and glob patterns ->
+    (photos, problems).  Folders and patterns skip what lies under ``exclude`` (the output folder: a
+    rerun into a folder inside the input's must not take its own overlays for photos); a file named
+    outright is kept.  A broken link with an image's suffix in a folder is a problem, not skipped."""
     import glob
+    import os
 
     from .io.images import IMAGE_SUFFIXES
 
@@ -79,9 +101,11 @@ def expand_inputs(inputs: list[str], exclude: Path | None = None) -> tuple[list[
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and outside(p))
-            if not found:
+            files, broken = folder_entries(path)
+            found = sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and outside(p))
+            dead = sorted(p for p in broken if p.suffix.lower() in IMAGE_SUFFIXES)
+            problems.extend(f"{p}: broken link (to {os.readlink(p)}, which does not exist)" for p in dead)
+            if not found and not dead:
                 problems.append(f"{item}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
             photos.extend(found)
         elif path.is_file():
