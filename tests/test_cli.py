@@ -318,6 +318,36 @@ def test_linked_folders_are_followed_once_and_broken_links_are_reported(batch, t
     assert f"deep3dface: error: {root / 'gone.jpg'}: broken link" in capsys.readouterr().err
 
 
+def test_folder_scans_take_jfif_avif_and_heic_photos(batch, tmp_path, capsys):
+    """A folder of .jfif (web downloads), .avif or .heic (iPhone) photos was skipped without a word
+    ('folder holds no images' at best); now they are photos: read where Pillow can, and otherwise
+    failed by name with what the reader needs."""
+    import importlib.util
+
+    from PIL import Image, features
+
+    inputs, *_ = batch
+    root = tmp_path / "phone"
+    root.mkdir()
+    photo = Image.open(inputs / "face.jpg")
+    photo.save(root / "web.jfif", format="JPEG", quality=95)
+    names = ["web.json"]
+    if features.check("avif"):
+        photo.save(root / "small.avif", format="AVIF")
+        names.append("small.json")
+    (root / "IMG_0001.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
+    photos, problems = expand_inputs([str(root)])
+    assert sorted(p.name for p in photos) == sorted(["IMG_0001.HEIC", "web.jfif"] + (["small.avif"] if len(names) > 1 else []))
+    assert problems == []
+    if importlib.util.find_spec("pillow_heif") is not None:
+        return
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(root), "-o", str(out), "-q", "--outputs", "none"]) == 1
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    assert all(json.loads((out / name).read_text())["faces"] for name in names)
+    assert "IMG_0001.HEIC: a HEIC/HEIF photo: Pillow reads these with the pillow-heif plugin" in capsys.readouterr().err
+
+
 def test_bad_arguments_and_file_system_errors_are_one_line(batch, tmp_path, capsys):
     inputs, *_ = batch
     face = str(inputs / "face.jpg")

@@ -117,6 +117,23 @@ def test_bad_files_raise_image_read_error(tmp_path, make, reason):
     assert str(path) in str(err.value) and reason in err.value.reason and err.value.path == str(path)
 
 
+def test_a_heic_photo_without_its_plugin_fails_with_what_it_needs(tmp_path):
+    """An iPhone's .heic was skipped by folder scans; read, it said only 'not an image Pillow can
+    identify'.  Without pillow-heif the reason now says what to install."""
+    import importlib.util
+
+    if importlib.util.find_spec("pillow_heif") is not None:
+        pytest.skip("pillow-heif is installed: HEIC photos are read")
+    path = tmp_path / "IMG_0001.HEIC"
+    path.write_bytes(b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + bytes(64))
+    with pytest.raises(ImageReadError) as err:
+        read_image(path)
+    assert err.value.reason == "a HEIC/HEIF photo: Pillow reads these with the pillow-heif plugin (pip install pillow-heif)"
+    (tmp_path / "notes.jpg").write_text("not an image")            # other suffixes keep the plain reason
+    with pytest.raises(ImageReadError, match="not an image Pillow can identify"):
+        read_image(tmp_path / "notes.jpg")
+
+
 def test_truncated_jpeg(tmp_path):
     rng = np.random.default_rng(0)
     buffer = io.BytesIO()

@@ -19,6 +19,9 @@ What a file becomes:
   portrait and the padding around it look alike to the networks; the reference instead drops alpha
   (``convert('RGB')``), which keeps whatever colour transparent pixels happen to store.
 
+HEIC/HEIF (iPhone photos) read through the ``pillow-heif`` plugin when it is installed (an optional
+dependency, registered with Pillow at the first such file); without it such a file fails with that advice.
+
 Any failure raises ``ImageReadError`` (a ValueError) naming the file and the reason.
 """
 from __future__ import annotations
@@ -34,8 +37,12 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image]
-#: the file suffixes the commands take for photos when they scan folders
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"})
+#: the file suffixes the commands take for photos when they scan folders: a folder of .jfif (web
+#: downloads), .avif or .heic/.heif (iPhone) photos was skipped without a word; a photo Pillow cannot
+#: read here (HEIC without the pillow-heif plugin) now fails by name, with what it needs
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif",
+                            ".ppm", ".pgm", ".avif", ".heic", ".heif"})
+_HEIF_SUFFIXES = (".heic", ".heif")
 
 _ALPHA_MODES = {"RGBA", "LA", "PA", "RGBa", "La"}
 _SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
@@ -82,12 +89,41 @@ def _stream(source: ImageSource, name: str) -> ContextManager[BinaryIO]:
     return contextlib.nullcontext(source)
 
 
+_HEIF_READY: bool | None = None   # pillow-heif's opener: None until a HEIC/HEIF file asks
+
+
+def _heif_opener() -> bool:
+    """Register the pillow-heif plugin's HEIC/HEIF opener with Pillow, once; False without it."""
+    global _HEIF_READY
+    if _HEIF_READY is None:
+        try:
+            import pillow_heif
+        except ImportError:
+            _HEIF_READY = False
+        else:
+            pillow_heif.register_heif_opener()
+            _HEIF_READY = True
+    return _HEIF_READY
+
+
+def _unidentified(name: str) -> str:
+    """Why Pillow could not identify a file, with what it needs where the suffix says."""
+    suffix = Path(name).suffix.lower()
+    if suffix in _HEIF_SUFFIXES and not _heif_opener():
+        return "a HEIC/HEIF photo: Pillow reads these with the pillow-heif plugin (pip install pillow-heif)"
+    if suffix == ".avif":
+        return "an AVIF photo this Pillow build cannot read (PIL.features.check('avif') is False)"
+    return "not an image Pillow can identify"
+
+
 def _open(source: ImageSource) -> Image.Image:
     """A fully decoded, upright Pillow image."""
     name = _name(source)
     if isinstance(source, Image.Image):
         image = source
     else:
+        if Path(name).suffix.lower() in _HEIF_SUFFIXES:
+            _heif_opener()
         try:
             with _stream(source, name) as stream:
                 image = Image.open(stream)
@@ -95,7 +131,7 @@ def _open(source: ImageSource) -> Image.Image:
         except ImageReadError:
             raise
         except UnidentifiedImageError:
-            raise ImageReadError(name, "not an image Pillow can identify") from None
+            raise ImageReadError(name, _unidentified(name)) from None
         except Image.DecompressionBombError as err:
             raise ImageReadError(name, f"too large ({err})") from None
         except (OSError, SyntaxError, ValueError) as err:  # Pillow reports truncation and corruption as these
