@@ -117,6 +117,20 @@ def test_bad_files_raise_image_read_error(tmp_path, make, reason):
     assert str(path) in str(err.value) and reason in err.value.reason and err.value.path == str(path)
 
 
+@pytest.mark.parametrize("size", [(1, 1), (1, 5), (4, 1)])
+def test_tiny_photos_read_without_a_warning(tmp_path, size):
+    """A 1 x 1 PNG printed PyTorch's 'The given NumPy array is not writable' UserWarning to the
+    user (its transpose was already contiguous, so no copy of Pillow's read-only buffer was made)."""
+    import warnings
+
+    Image.new("RGB", size, (10, 200, 30)).save(tmp_path / "tiny.png")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        image = read_image(tmp_path / "tiny.png")
+    assert image.shape == (3, size[1], size[0])
+    assert torch.allclose(image[:, 0, 0], torch.tensor([10, 200, 30]) / 255.0)
+
+
 def test_a_heic_photo_without_its_plugin_fails_with_what_it_needs(tmp_path):
     """An iPhone's .heic was skipped by folder scans; read, it said only 'not an image Pillow can
     identify'.  Without pillow-heif the reason now says what to install."""

@@ -175,8 +175,10 @@ def read_image(source: ImageSource) -> torch.Tensor:
     """(3, H, W) float32 RGB in [0, 1], upright; see the module notes for modes and alpha."""
     image = _open(source)
     if _is_plain_8bit(image):
-        array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-        return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).to(torch.float32) / 255.0
+        array = np.asarray(image.convert("RGB"), dtype=np.uint8)  # read-only: Pillow's buffer
+        # a copy, always: for a 1 x 1 photo the transpose is already contiguous, ascontiguousarray
+        # returned the read-only array itself and torch warned that it is not writable
+        return torch.from_numpy(np.array(array.transpose(2, 0, 1), order="C")).to(torch.float32) / 255.0
     return torch.from_numpy(np.ascontiguousarray(_float_rgb(image).transpose(2, 0, 1)))
 
 
