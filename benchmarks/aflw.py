@@ -19,6 +19,8 @@ on a one-photo set: the joint solver, its yaw belief, its checks): the per-photo
 
 ``--yaw-gain`` sets ``LandmarkStage.yaw_gain`` (the landmarks' yaw-compression correction; 0 turns
 it off): the default was chosen by running 0.3, 0.45 and 0.6 and comparing both halves of the photos.
+``--lambda-symmetry`` sets the identity prior's extra weight on asymmetry (``LandmarkStage`` and, with
+``--one-photo-sets``, ``SetFitConfig``; ``landmark_fit.LAMBDA_SYMMETRY``; 0 turns it off).
 """
 from __future__ import annotations
 
@@ -99,6 +101,8 @@ def main() -> None:
     parser.add_argument("--march", action="store_true", help="let visible jaw keypoints march to the silhouette")
     parser.add_argument("--no-dense", action="store_true", help="fit the 68 points only (not the 468)")
     parser.add_argument("--yaw-gain", type=float, default=None, help="LandmarkStage.yaw_gain (default: config)")
+    parser.add_argument("--lambda-symmetry", type=float, default=None,
+                        help="the identity prior's extra weight on asymmetry (default: config; 0: off)")
     parser.add_argument("--min-yaw", type=float, default=0.0, help="only photos with |yaw| >= this (degrees)")
     parser.add_argument("--per-face", type=Path, default=None, help="write per-face NMEs as JSON here")
     parser.add_argument("--one-photo-sets", action="store_true", help="fit each face as a one-photo image set")
@@ -109,6 +113,8 @@ def main() -> None:
     faces_dir = shared_faces()
     images = dev_photos(args)
     stage = LandmarkStage(march_contour=args.march)
+    if args.lambda_symmetry is not None:
+        stage = replace(stage, lambda_symmetry=args.lambda_symmetry)
     fit = FitConfig(landmarks=stage if args.yaw_gain is None else replace(stage, yaw_gain=args.yaw_gain))
     if args.photometric is not None:
         stage = PhotometricStage(iterations=args.photometric)
@@ -148,17 +154,20 @@ def main() -> None:
          other_face=[images_found[i] for i in other_face],
          nme_fit_annotated_face_found=summarise(np.delete(fit_nme, other_face), np.delete(yaws, other_face)),
          seconds_per_face_median=round(float(np.median(seconds)), 3), photometric=fit.photometric.iterations,
-         march_contour=fit.landmarks.march_contour, yaw_gain=fit.landmarks.yaw_gain, dense=recon.dense is not None and recon.config.dense)
+         march_contour=fit.landmarks.march_contour, yaw_gain=fit.landmarks.yaw_gain,
+         lambda_symmetry=fit.landmarks.lambda_symmetry, dense=recon.dense is not None and recon.config.dense)
 
 
 def one_photo_sets(args) -> None:
     """Each photo's face nearest the GT as a one-photo set: NME of the set path's 68 points."""
-    from deep3dface.image_set import SetObserver, reconstruct_identity
+    from deep3dface.fit.image_set import SetFitConfig
+    from deep3dface.image_set import SetConfig, SetObserver, reconstruct_identity
 
     faces_dir = shared_faces()
     images = dev_photos(args)
     recon = Reconstructor()
     observer = SetObserver(recon.detector, recon.landmarker)
+    fit = SetFitConfig() if args.lambda_symmetry is None else SetFitConfig(lambda_symmetry=args.lambda_symmetry)
     nmes, yaws, misses, dropped, yaw_errors, per_face = [], [], [], [], [], {}
     for entry in images:
         gt = np.asarray(entry["faces"][0]["landmarks68"], np.float64) + 0.5  # pixel centres -> corners
@@ -167,7 +176,8 @@ def one_photo_sets(args) -> None:
         if nearest is None:
             misses.append(entry["id"])
             continue
-        result = reconstruct_identity(recon.model, [observer.observe_detections(entry["id"], photo, [nearest])])
+        result = reconstruct_identity(recon.model, [observer.observe_detections(entry["id"], photo, [nearest])],
+                                      SetConfig(fit=fit))
         if not result.photos:
             dropped.append(entry["id"])
             continue
@@ -179,7 +189,7 @@ def one_photo_sets(args) -> None:
     if args.per_face:
         args.per_face.write_text(json.dumps(per_face, indent=1))
     emit("aflw2000_3d_one_photo_sets", photos=len(images), found=len(nmes) + len(dropped), misses=len(misses),
-         dropped=len(dropped), nme_fit=summarise(nmes, yaws),
+         dropped=len(dropped), lambda_symmetry=fit.lambda_symmetry, nme_fit=summarise(nmes, yaws),
          mean_abs_yaw_fitted_minus_annotated_deg=round(float(np.mean(yaw_errors)), 2) if yaw_errors else None)
 
 

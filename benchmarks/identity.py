@@ -23,6 +23,8 @@ Protocol (one JSON line):
   weights (``SetFitConfig.lambda_id``; the default is ``landmark_fit.LAMBDA_ID``): a stronger prior
   shrinks every identity towards the mean face, which lowers the ratios and raises the held-out
   residual (a less accurate identity); the ratio alone can be bought that way.
+* ``--symmetry-sweep 1,4,16``: the same under other weights of the identity prior's asymmetric part
+  (``SetFitConfig.lambda_symmetry``; the default is ``landmark_fit.LAMBDA_SYMMETRY``), with the mesh ratios.
 * video: landmark jitter (mean second difference, px/frame²) of the detected points, the raw fit and
   the smoothed fit over the 8 frames encoded as a clip (frames 7 apart: real motion dominates), and
   over a still clip (one frame repeated at 25 fps): there it is pure jitter.
@@ -72,6 +74,9 @@ def main() -> None:
     parser.add_argument("--prior-sweep", type=lambda text: [float(v) for v in text.split(",")], default=None,
                         metavar="L1,L2,...", help="also report ratios and held-out residuals under these identity "
                                                  "prior weights (SetFitConfig.lambda_id)")
+    parser.add_argument("--symmetry-sweep", type=lambda text: [float(v) for v in text.split(",")], default=None,
+                        metavar="S1,S2,...", help="also report ratios and held-out residuals under these identity "
+                                                 "symmetry priors (SetFitConfig.lambda_symmetry)")
     args = parser.parse_args()
     model = load_model("default")
     camera = Camera.crop(dtype=torch.float64)
@@ -96,6 +101,12 @@ def main() -> None:
              **{k: round(v, 4) for k, v in consistency(model, camera, replace(config, lambda_id=strength), pixels,
                                                       dense, people, names, label).items()}}
             for strength in args.prior_sweep]
+    if args.symmetry_sweep:
+        result["symmetry_sweep"] = [
+            {"lambda_symmetry": strength,
+             **{k: round(v, 4) for k, v in consistency(model, camera, replace(config, lambda_symmetry=strength), pixels,
+                                                      dense, people, names, label, meshes=True).items()}}
+            for strength in args.symmetry_sweep]
     if not args.no_video:
         result.update(video_jitter(observer, model))
     emit("identity", **{k: (round(v, 4) if isinstance(v, float) else v) for k, v in result.items()})

@@ -105,10 +105,12 @@ def test_fit_landmarks_angle_prior_holds_the_pose_it_is_given(conformance):
     assert abs(float(held.angle[0, 2]) + 0.05) < 0.1  # roll still fitted, not pulled to the prior's 0
 
 
-@pytest.mark.parametrize("per_face_ids, prior", [(False, False), (False, True), (True, True)])
-def test_landmark_problem_jacobian_equals_autodiff(conformance, per_face_ids, prior):
+@pytest.mark.parametrize("per_face_ids, prior, precision", [(False, False, False), (False, True, False),
+                                                            (True, True, False), (False, False, True)])
+def test_landmark_problem_jacobian_equals_autodiff(conformance, per_face_ids, prior, precision):
     """The closed-form Jacobian fit_landmarks uses equals forward-mode autodiff of its residuals
-    (shared and per-face vertex ids, with and without an angle prior), at random parameters."""
+    (shared and per-face vertex ids, with and without an angle prior, with a full identity prior
+    matrix), at random parameters; the prior rows' squared norm is λ_id·idᵀ·P·id + λ_exp‖exp‖²."""
     from deep3dface.fit.landmark_fit import landmark_problem
     from deep3dface.fit.solve import autodiff_jacobian
 
@@ -123,7 +125,10 @@ def test_landmark_problem_jacobian_equals_autodiff(conformance, per_face_ids, pr
     weights = torch.rand(batch, k, generator=generator, dtype=torch.float64)
     angle_prior = (0.3 * torch.randn(batch, 3, generator=generator, dtype=torch.float64),
                    torch.rand(batch, 3, generator=generator, dtype=torch.float64) * 1e3) if prior else None
-    problem = landmark_problem(model, pixels, Camera.crop(), weights, ids, 12.75, 10.2, angle_prior)
+    n_id = model.id_basis.shape[1]
+    root = torch.randn(n_id, n_id, generator=generator, dtype=torch.float64)
+    id_precision = torch.eye(n_id, dtype=torch.float64) + root @ root.T if precision else None
+    problem = landmark_problem(model, pixels, Camera.crop(), weights, ids, 12.75, 10.2, angle_prior, id_precision)
     params = torch.cat([0.4 * torch.randn(batch, 3, generator=generator, dtype=torch.float64),
                         0.05 * torch.randn(batch, 3, generator=generator, dtype=torch.float64),
                         torch.randn(batch, n, generator=generator, dtype=torch.float64)], 1)
@@ -131,6 +136,42 @@ def test_landmark_problem_jacobian_equals_autodiff(conformance, per_face_ids, pr
     reference = autodiff_jacobian(problem.residuals)(params, *problem.data)
     assert closed.shape == reference.shape == (batch, 2 * k + n + (3 if prior else 0), 6 + n)
     assert torch.allclose(closed, reference, rtol=1e-10, atol=1e-10 * float(reference.abs().max()))
+    identity, expression = params[:, 6:6 + n_id], params[:, 6 + n_id:]
+    matrix = torch.eye(n_id, dtype=torch.float64) if id_precision is None else id_precision
+    prior_rows = problem.residuals(params, *problem.data)[:, 2 * k:2 * k + n]
+    torch.testing.assert_close((prior_rows ** 2).sum(1), 12.75 * ((identity @ matrix) * identity).sum(1)
+                               + 10.2 * (expression ** 2).sum(1), rtol=1e-10, atol=0)
+
+
+def test_identity_precision_measures_the_identity_asymmetry():
+    """idᵀ(P − I)id / λ_symmetry is the identity's left-right asymmetry, computed here the naive way
+    from whole meshes: each vertex's offset against its mirror vertex's (x flipped), halved, summed
+    squared, over the most asymmetric direction's; a mirror-symmetric identity costs nothing more."""
+    import numpy as np
+
+    from deep3dface.fit.landmark_fit import identity_precision
+    from deep3dface.morphable.topology import mirror_vertex_map
+
+    model = load_model("default", dtype=torch.float64)
+    extra = (identity_precision(model, 2.0) - torch.eye(model.layout.id, dtype=torch.float64)) / 2.0
+    mirror, _ = mirror_vertex_map(model.mean_shape.double().numpy())
+    zero_exp = torch.zeros(1, model.layout.exp, dtype=torch.float64)
+
+    def asymmetry(identity):
+        offset = (model.shape(identity[None].to(model.mean_shape), zero_exp.to(model.mean_shape))[0].double()
+                  - model.mean_shape.double()).numpy()
+        return float((((offset - offset[mirror] * np.array([-1.0, 1.0, 1.0])) / 2) ** 2).sum())
+
+    values, vectors = torch.linalg.eigh(extra)
+    assert abs(float(values[-1]) - 1.0) < 1e-9 and float(values[0]) >= -1e-12
+    scale = asymmetry(vectors[:, -1])  # the most asymmetric unit identity
+    generator = torch.Generator().manual_seed(5)
+    for identity in torch.randn(3, model.layout.id, generator=generator, dtype=torch.float64):
+        assert abs(float(identity @ extra @ identity) - asymmetry(identity) / scale) < 1e-4 * (1 + asymmetry(identity) / scale)
+    assert float(vectors[:, 0] @ extra @ vectors[:, 0]) < 1e-3  # the least asymmetric direction: near free
+    torch.testing.assert_close(identity_precision(model, 0.0), torch.eye(model.layout.id, dtype=torch.float64))
+    with pytest.raises(ValueError, match="lambda_symmetry must be a finite number >= 0"):
+        identity_precision(model, -1.0)
 
 
 def test_pose_jacobian_equals_autodiff():

@@ -37,7 +37,8 @@ from ..morphable.shading import irradiance
 from ..threads import torch_threads
 from ..types import Coefficients
 from .appearance import albedo_normal_equations, estimate_albedo, estimate_lighting, sample_photo, solve_with_prior
-from .landmark_fit import DENSE_WEIGHT, LAMBDA_EXP, LAMBDA_ID, YAW_GAIN, YAW_KNEE, YAW_PRIOR_WEIGHT, fit_landmarks, yaw_prior
+from .landmark_fit import (DENSE_WEIGHT, LAMBDA_EXP, LAMBDA_ID, LAMBDA_SYMMETRY, YAW_GAIN, YAW_KNEE, YAW_PRIOR_WEIGHT,
+                           fit_landmarks, identity_precision, yaw_prior)
 from .losses import LANDMARK_WEIGHTS
 from .vertex_evidence import albedo_operators, albedo_weights, skin_weights, vertex_weights
 
@@ -58,6 +59,7 @@ class LandmarkStage:
     march_contour: bool = False
     lambda_id: float = LAMBDA_ID
     lambda_exp: float = LAMBDA_EXP
+    lambda_symmetry: float = LAMBDA_SYMMETRY  # the identity prior's extra weight on asymmetry (``landmark_fit``)
     dense_weight: float = DENSE_WEIGHT  # weight of the dense points (their weights sum to 68) against the 68
     contour_max_yaw: float = 30.0  # dense outline points count only while the fitted |yaw| is below this
     # the landmarks' yaw compression corrected for faces turned beyond ``yaw_knee`` (``landmark_fit.yaw_prior``,
@@ -252,7 +254,8 @@ def _landmark_round(model, targets, weights68, ids68, stage, camera, coeffs, fla
     batch = targets.landmarks.shape[0]
     pixels, vertex_ids, weights = _landmark_system(model, targets, weights68, ids68, stage, coeffs)
     fitted = fit_landmarks(model, pixels, camera, weights, vertex_ids, stage.iterations,
-                           stage.lambda_id, stage.lambda_exp, initial=coeffs, angle_prior=prior)
+                           stage.lambda_id, stage.lambda_exp, initial=coeffs, angle_prior=prior,
+                           id_precision=identity_precision(model, stage.lambda_symmetry))
     fitted = _keep_finite(fitted, coeffs if coeffs is not None else model.zero_coefficients(batch), flags,
                           "landmark fit diverged")
     visible = _keypoint_visibility(model, fitted, stage.visible_cosine)

@@ -3,9 +3,10 @@
 P photos of one person share the identity coefficients ``id``; each photo keeps its own pose
 (angle, trans) and expression ``exp``.  The cost is
 
-    Σ_p Σ_k w_pk ‖π(R_p·X_k(id, exp_p) + t_p) − x_pk‖²  +  λ_id‖id‖²  +  Σ_p λ_exp‖exp_p‖²
+    Σ_p Σ_k w_pk ‖π(R_p·X_k(id, exp_p) + t_p) − x_pk‖²  +  λ_id·idᵀ·P·id  +  Σ_p λ_exp‖exp_p‖²
 
-in pixels of each photo's 224 crop (Deep3D's crop camera, one for all photos).  The identity prior
+in pixels of each photo's 224 crop (Deep3D's crop camera, one for all photos); P weighs the
+identity's left-right asymmetric part more (``landmark_fit.identity_precision``).  The identity prior
 is counted once, not once per photo: it is a prior on the person, and P photos are P times the
 evidence (a MAP estimate; the single-photo fit is the P = 1 case and λ match ``landmark_fit``).
 
@@ -53,7 +54,8 @@ from ..morphable.geometry import rotation_derivatives, rotation_matrix
 from ..morphable.model import MorphableModel
 from ..types import Coefficients
 from ..threads import torch_threads
-from .landmark_fit import DENSE_WEIGHT, LAMBDA_EXP, LAMBDA_ID, YAW_GAIN, YAW_KNEE, YAW_PRIOR_WEIGHT, yaw_prior
+from .landmark_fit import (DENSE_WEIGHT, LAMBDA_EXP, LAMBDA_ID, LAMBDA_SYMMETRY, YAW_GAIN, YAW_KNEE, YAW_PRIOR_WEIGHT,
+                           identity_precision, yaw_prior)
 from .losses import LANDMARK_WEIGHTS
 from .keypoint_residuals import landmark_rms, point_residuals, visible_points  # noqa: F401 (public here too)
 from .rigid import orthographic_pose
@@ -78,6 +80,7 @@ class SetFitConfig:
     dense_weight: float = DENSE_WEIGHT  # total weight of the dense points relative to the 68 (as the pipeline's fit)
     contour_max_yaw: float = 30.0   # degrees: dense outline points count only on faces turned less than this
     robust_points: bool = False     # reweight points by their departure from the person's other photos (notes)
+    lambda_symmetry: float = LAMBDA_SYMMETRY  # the identity prior's extra weight on asymmetry (``landmark_fit``)
     # each photo's yaw compression corrected as the single-photo fitter does (``landmark_fit.yaw_prior``), in
     # one more joint round; 0 switches it off
     yaw_gain: float = YAW_GAIN
@@ -169,11 +172,12 @@ def fit_identity(model: MorphableModel, pixels: torch.Tensor, camera: Camera, sc
         return dense.with_weights(weights68, None if coeffs is None else coeffs.angle[:, 1], config)
 
     robust = torch.ones(targets.shape[:2], dtype=torch.float64)
+    precision = identity_precision(model, config.lambda_symmetry)
 
     def fit(weights68, g, start, photo=None, prior=None):
         w = point_weights(weights68, start) * robust * (1.0 if photo is None else photo[:, None])
         return fit_landmarks_set(model, targets, camera, w, g, config.iterations, config.lambda_id, config.lambda_exp,
-                                 start, vertex_ids, angle_prior=prior)
+                                 start, vertex_ids, angle_prior=prior, id_precision=precision)
 
     def point_robustness(coeffs, photo):
         """Cauchy weights of each point from how far its residual departs from the same point's
@@ -224,7 +228,8 @@ def fit_landmarks_set(model: MorphableModel, pixels: torch.Tensor, camera: Camer
                       groups: torch.Tensor | None = None, iterations: int = 20, lambda_id: float = LAMBDA_ID,
                       lambda_exp: float = LAMBDA_EXP, initial: Coefficients | None = None,
                       vertex_ids: torch.Tensor | None = None, update_identity: bool = True,
-                      angle_prior: tuple[torch.Tensor, torch.Tensor] | None = None) -> Coefficients:
+                      angle_prior: tuple[torch.Tensor, torch.Tensor] | None = None,
+                      id_precision: torch.Tensor | None = None) -> Coefficients:
     """(P, K, 2) crop pixels of the vertices ``vertex_ids`` (default: the 68 keypoints) in P photos,
     (P, K) weights -> Coefficients (P rows) where photos of one group share ``id``; per-photo pose
     and exp.  ``groups`` (P,) int labels 0..G-1 (default: all photos one person; ``arange(P)``:
@@ -234,7 +239,8 @@ def fit_landmarks_set(model: MorphableModel, pixels: torch.Tensor, camera: Camer
     increases (a step is taken only when it lowers it); groups are solved independently.
     ``update_identity=False`` keeps ``initial``'s identity and fits pose and expression only (the
     frames of a video once its identity is known).  ``angle_prior``: ((P, 3) angles, (P, 3)
-    weights), as ``landmark_fit.fit_landmarks``' (a per-photo pose belief, e.g. ``yaw_prior``)."""
+    weights), as ``landmark_fit.fit_landmarks``' (a per-photo pose belief, e.g. ``yaw_prior``);
+    ``id_precision`` the identity prior's matrix P (``landmark_fit.identity_precision``; default I)."""
     vertex_ids = model.keypoints if vertex_ids is None else vertex_ids
     count, k = pixels.shape[:2]
     dtype = torch.float64
@@ -250,7 +256,8 @@ def fit_landmarks_set(model: MorphableModel, pixels: torch.Tensor, camera: Camer
     prior_angles, prior_weights = (no_prior, no_prior) if angle_prior is None else (a.to(dtype) for a in angle_prior)
     data = _Data(mean, basis, n_id, K, camera.distance, pixels.to(dtype),
                  (torch.ones(count, k, dtype=dtype) if weights is None else weights.to(dtype)).sqrt(),
-                 math.sqrt(lambda_exp), groups, n_groups, prior_angles, prior_weights.clamp_min(0).sqrt())
+                 math.sqrt(lambda_exp), groups, n_groups, prior_angles, prior_weights.clamp_min(0).sqrt(),
+                 torch.eye(n_id, dtype=dtype) if id_precision is None else id_precision.to(dtype))
     if initial is None:
         # the closed-form orthographic pose is start enough: the first LM steps refine it (the
         # vmap-differentiated rigid LM of ``rigid.solve_pose`` costs ~1 s per iteration here)
@@ -299,6 +306,7 @@ class _Data:
     n_groups: int
     prior_angles: torch.Tensor  # (P, 3) believed pose (radians)
     prior_root: torch.Tensor    # (P, 3) sqrt of its weights (0: no belief)
+    id_precision: torch.Tensor  # (n_id, n_id) the identity prior's matrix (relative to lambda_id)
 
 
 def _residuals(identity, local, data: _Data, jacobian: bool = False):
@@ -339,13 +347,12 @@ def _group_sum(values: torch.Tensor, data: _Data) -> torch.Tensor:
 
 
 def _group_cost(r, identity, lambda_id, data: _Data) -> torch.Tensor:
-    return _group_sum((r ** 2).sum(1), data) + lambda_id * (identity ** 2).sum(1)
+    return _group_sum((r ** 2).sum(1), data) + lambda_id * ((identity @ data.id_precision) * identity).sum(1)
 
 
 def _schur_step(r, j_id, j_local, identity, lambda_id, lam, data: _Data, update_identity: bool = True):
     """LM step of each group's arrow-shaped normal equations [[A, B_p…], [B_pᵀ, D_p]] (Marquardt
     damping ``lam`` per group): eliminate the per-photo blocks, solve for the identity."""
-    n_id = identity.shape[1]
     eye = lambda n: torch.eye(n, dtype=r.dtype)  # noqa: E731
     damp = lambda M, l: M + l[:, None, None] * torch.diag_embed(M.diagonal(dim1=-2, dim2=-1)) + 1e-12 * eye(M.shape[-1])  # noqa: E731,E501
     B = j_id.transpose(1, 2) @ j_local                                             # (P, n_id, m)
@@ -355,9 +362,9 @@ def _schur_step(r, j_id, j_local, identity, lambda_id, lam, data: _Data, update_
     D_inv_g = torch.linalg.solve(D, g_local)                                       # (P, m, 1)
     if not update_identity:
         return torch.zeros_like(identity), -D_inv_g[..., 0]
-    A = _group_sum(j_id.transpose(1, 2) @ j_id, data) + lambda_id * eye(n_id)      # (G, n_id, n_id)
+    A = _group_sum(j_id.transpose(1, 2) @ j_id, data) + lambda_id * data.id_precision  # (G, n_id, n_id)
     S = damp(A, lam) - _group_sum(B @ D_inv_Bt, data)
-    g_id = _group_sum((j_id.transpose(1, 2) @ r[..., None])[..., 0], data) + lambda_id * identity
+    g_id = _group_sum((j_id.transpose(1, 2) @ r[..., None])[..., 0], data) + lambda_id * identity @ data.id_precision
     rhs = -g_id + _group_sum((B @ D_inv_g)[..., 0], data)
     step_id = torch.linalg.solve(S, rhs)
     step_local = -(D_inv_g[..., 0] + (D_inv_Bt @ step_id[data.groups][..., None])[..., 0])

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import lru_cache
 
+import numpy as np
 import torch
 
 from ..camera import Camera, project_with_jacobian
 from ..morphable.geometry import rotation_derivatives, rotation_matrix
+from ..morphable.data import ModelData
 from ..morphable.model import MorphableModel
+from ..morphable.topology import mirror_vertex_map
 from ..types import Coefficients
 from .rigid import solve_pose
 from .solve import levenberg_marquardt
@@ -37,6 +41,18 @@ DENSE_WEIGHT = 3.0
 #: by a prior of YAW_PRIOR_WEIGHT (per rad², against Σ w·d² in crop pixels) in one more round
 #: (``yaw_prior``; the single-photo fitter's ``LandmarkStage``, the set fit's ``SetFitConfig``).
 #: The gain was chosen from 0.3 / 0.45 / 0.6: best or level on both halves of the dev photos.
+#: The identity prior's extra weight on the identity's left-right *asymmetric* part
+#: (``identity_precision``).  Faces are nearly symmetric, and what a 2D landmark fit puts into the
+#: asymmetric identity directions is mostly the landmarks' pose-dependent error (a turned face's
+#: hidden side), so it differs from photo to photo of one person.  On the shared same-person sets
+#: (benchmarks/identity.py, 12 people, 32 photos), 0 / 1 / 4 / 16 / 64 gave identity ratios (set)
+#: 0.524 / 0.509 / 0.500 / 0.493 / 0.491, single-photo 0.705 / 0.675 / 0.655 / 0.642 / 0.622,
+#: neutral-mesh ratios (set) 0.502 / 0.499 / 0.495 / 0.489 / 0.484, at a held-out landmark RMS of
+#: 1.077 / 1.077 / 1.080 / 1.093 / 1.128 px: 4 takes most of the gain for 0.3 % of held-out
+#: accuracy.  The 68 points barely move (AFLW2000-3D dev photos as one-photo sets, NME 0-30 / 30-60
+#: / 60-90: 2.248 / 3.483 / 8.169 at 0, 2.251 / 3.485 / 8.172 at 4).
+LAMBDA_SYMMETRY = 4.0
+
 YAW_GAIN = 0.45
 YAW_KNEE = 25.0
 YAW_PRIOR_WEIGHT = 1e6
@@ -57,11 +73,35 @@ def yaw_prior(yaw: torch.Tensor, gain: float = YAW_GAIN, knee: float = YAW_KNEE,
     return target, weights
 
 
+@lru_cache(maxsize=4)
+def _identity_asymmetry(data: ModelData) -> torch.Tensor:
+    mirror, _ = mirror_vertex_map(data.mean_shape)
+    basis = data.id_basis.reshape(len(data.mean_shape), 3, -1)
+    asymmetric = (basis - basis[mirror] * np.array([-1.0, 1.0, 1.0])[:, None]) / 2
+    gram = asymmetric.reshape(-1, basis.shape[2]).T @ asymmetric.reshape(-1, basis.shape[2])
+    largest = float(np.linalg.eigvalsh(gram).max()) if gram.size else 0.0
+    return torch.as_tensor(gram / largest if largest > 0 else gram)
+
+
+def identity_precision(model: MorphableModel, lambda_symmetry: float = LAMBDA_SYMMETRY) -> torch.Tensor:
+    """(K_id, K_id) float64 matrix P of the identity prior ``λ_id·idᵀ·P·id``: I + ``lambda_symmetry``·AᵀA,
+    A the identity basis's left-right asymmetric part (each vertex's offset minus its mirror
+    vertex's with x flipped, halved; ``morphable.topology.mirror_vertex_map``), AᵀA scaled so that
+    a unit step along the most asymmetric direction costs ``lambda_symmetry`` more.  0 gives I."""
+    eye = torch.eye(model.layout.id, dtype=torch.float64)
+    if lambda_symmetry == 0:
+        return eye
+    if not (lambda_symmetry > 0 and np.isfinite(lambda_symmetry)):
+        raise ValueError(f"lambda_symmetry must be a finite number >= 0, got {lambda_symmetry!r}")
+    return eye + lambda_symmetry * _identity_asymmetry(model.data)
+
+
 def fit_landmarks(model: MorphableModel, pixels: torch.Tensor, camera: Camera, weights: torch.Tensor | None = None,
                   vertex_ids: torch.Tensor | None = None, iterations: int = 10,
                   lambda_id: float = LAMBDA_ID, lambda_exp: float = LAMBDA_EXP,
                   initial: Coefficients | None = None,
-                  angle_prior: tuple[torch.Tensor, torch.Tensor] | None = None) -> Coefficients:
+                  angle_prior: tuple[torch.Tensor, torch.Tensor] | None = None,
+                  id_precision: torch.Tensor | None = None) -> Coefficients:
     """(B, K, 2) target pixels of the model vertices ``vertex_ids`` ((K,) shared or (B, K) per face;
     default: the 68 keypoints)
     -> Coefficients with id, exp, angle and trans fitted (tex and gamma zero, or ``initial``'s).
@@ -69,11 +109,13 @@ def fit_landmarks(model: MorphableModel, pixels: torch.Tensor, camera: Camera, w
     Without ``initial`` the pose starts from a closed-form rigid fit of the mean shape; with it
     (e.g. R-Net's answer or a previous round) every fitted group starts from its values.
     ``angle_prior``: ((B, 3) angles, (B, 3) weights) adds ``Σ w·(angle − prior)²`` (radians², in
-    units of Σ w_i d_i²) to the cost: a pose belief from elsewhere (a previous frame, a yaw model)."""
+    units of Σ w_i d_i²) to the cost: a pose belief from elsewhere (a previous frame, a yaw model).
+    ``id_precision``: the identity prior's matrix (``identity_precision``; default I: ``λ_id‖id‖²``)."""
     vertex_ids = model.keypoints if vertex_ids is None else vertex_ids
     batch = pixels.shape[0]
     dtype = torch.float64
-    problem = landmark_problem(model, pixels, camera, weights, vertex_ids, lambda_id, lambda_exp, angle_prior)
+    problem = landmark_problem(model, pixels, camera, weights, vertex_ids, lambda_id, lambda_exp, angle_prior,
+                               id_precision)
     if initial is None:
         angles, trans = solve_pose(problem.mean.expand(batch, -1, -1), problem.data[0], problem.camera, problem.weights)
         start = torch.cat([angles, trans, torch.zeros(batch, problem.num_coefficients, dtype=dtype)], 1)
@@ -105,7 +147,8 @@ class LandmarkProblem:
 
 def landmark_problem(model: MorphableModel, pixels: torch.Tensor, camera: Camera, weights: torch.Tensor | None,
                      vertex_ids: torch.Tensor, lambda_id: float, lambda_exp: float,
-                     angle_prior: tuple[torch.Tensor, torch.Tensor] | None = None) -> LandmarkProblem:
+                     angle_prior: tuple[torch.Tensor, torch.Tensor] | None = None,
+                     id_precision: torch.Tensor | None = None) -> LandmarkProblem:
     """The cost of ``fit_landmarks`` as residuals and their Jacobian (see ``LandmarkProblem``)."""
     batch, k = pixels.shape[:2]
     dtype = torch.float64
@@ -123,7 +166,10 @@ def landmark_problem(model: MorphableModel, pixels: torch.Tensor, camera: Camera
     pixels = pixels.double()
     weights = torch.ones(batch, k, dtype=dtype) if weights is None else weights.double()
     root = weights.sqrt()
-    reg = torch.cat([torch.full((n_id,), lambda_id ** 0.5), torch.full((n_exp,), lambda_exp ** 0.5)]).to(dtype)
+    # the priors as residuals reg·coeff, regᵀreg = blockdiag(λ_id·P, λ_exp·I) (P = LLᵀ: reg's id block is √λ_id·Lᵀ)
+    id_root = (torch.eye(n_id, dtype=dtype) if id_precision is None
+               else torch.linalg.cholesky(id_precision.to(dtype)).T)
+    reg = torch.block_diag(lambda_id ** 0.5 * id_root, lambda_exp ** 0.5 * torch.eye(n_exp, dtype=dtype))
 
     prior = angle_prior is not None
     if prior:
@@ -139,7 +185,7 @@ def landmark_problem(model: MorphableModel, pixels: torch.Tensor, camera: Camera
         points = mean_k + offset.view(-1, k, 3)
         posed = points @ rotation_matrix(angles).transpose(1, 2) + trans[:, None]
         reprojection = ((cam.project(posed) - target) * sqrt_w[..., None]).flatten(1)
-        terms = [reprojection, coeff * reg]
+        terms = [reprojection, coeff @ reg.T]
         if prior:
             terms.append((angles - prior_a) * prior_w)
         return torch.cat(terms, 1)
@@ -162,7 +208,7 @@ def landmark_problem(model: MorphableModel, pixels: torch.Tensor, camera: Camera
         d_coeff = torch.einsum("bij,bkjn->bkin", rotation, basis.expand(count, -1, -1, -1))
         reprojection = torch.cat([d_uv @ d_angles, d_uv, d_uv @ d_coeff], -1).flatten(1, 2)
         blocks = [reprojection, torch.cat([torch.zeros(count, len(reg), 6, dtype=dtype),
-                                           torch.diag(reg).expand(count, -1, -1)], 2)]
+                                           reg.expand(count, -1, -1)], 2)]
         if prior:
             blocks.append(torch.cat([torch.diag_embed(prior_w), torch.zeros(count, 3, 3 + len(reg), dtype=dtype)], 2))
         return torch.cat(blocks, 1)
