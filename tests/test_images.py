@@ -68,6 +68,20 @@ def test_sixteen_bit_grey_scales_65535_to_one(tmp_path):
     assert read_image_uint8(tmp_path / "16.png")[0, 1, 0] == 1  # 257 / 65535 * 255 = 1
 
 
+def test_float_grey_tiff_in_0_1_or_0_255_reads_as_the_same_photo(tmp_path):
+    """A 32-bit float TIFF holds 0-255 values or 0-1 ones; the 0-1 kind used to come out black
+    (no face found, no error). Both read as the 8-bit grey photo they were made from."""
+    grey = np.asarray(Image.fromarray(upright_pattern()).convert("L"), dtype=np.float32)
+    for name, values in (("255.tif", grey), ("unit.tif", grey / 255.0)):
+        Image.fromarray(values, mode="F").save(tmp_path / name)
+        assert Image.open(tmp_path / name).mode == "F"
+        t = read_image(tmp_path / name)
+        assert t.shape == (3, *grey.shape)
+        assert torch.allclose(t, torch.from_numpy(grey / 255.0).float().expand(3, -1, -1), atol=1e-6), name
+    Image.fromarray(np.full((4, 4), 1.0, np.float32), mode="F").save(tmp_path / "white.tif")
+    assert torch.equal(read_image(tmp_path / "white.tif"), torch.ones(3, 4, 4))  # at most 1: the 0-1 kind
+
+
 def test_alpha_is_composited_on_black(tmp_path):
     rgba = np.zeros((2, 3, 4), dtype=np.uint8)
     rgba[..., :3] = (200, 100, 50)

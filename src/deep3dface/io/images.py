@@ -12,8 +12,10 @@ What a file becomes:
 * EXIF orientation (tag 274) is applied (``ImageOps.exif_transpose``), so a phone photo stands up;
 * grey (1, L, I;16, I, F) is replicated to three channels; a palette (P) is expanded; CMYK,
   YCbCr, LAB and HSV go through Pillow's conversion to RGB;
-* 16-bit data (I;16*, and I, read as 16-bit, as 16-bit PNGs open) scale 65535 -> 1.0; F is taken
-  on Pillow's 0-255 scale; both are clipped to [0, 1];
+* 16-bit data (I;16*, and I, read as 16-bit, as 16-bit PNGs open) scale 65535 -> 1.0; float grey
+  (F, e.g. a 32-bit float TIFF) is taken on Pillow's 0-255 scale, unless no value exceeds 1: then
+  it is a 0-1 image (on the 0-255 scale it would be black, and no face would be found); all are
+  clipped to [0, 1];
 * transparency (RGBA, LA, PA, P or L or RGB with a transparent colour) is composited **on black**:
   colour x alpha.  Black because the aligner pads outside the photo with black, so a cut-out
   portrait and the padding around it look alike to the networks; the reference instead drops alpha
@@ -149,8 +151,11 @@ def _float_rgb(image: Image.Image) -> np.ndarray:
     """(H, W, 3) float32 RGB in [0, 1] from any mode, alpha composited on black."""
     mode = image.mode
     if mode in _SIXTEEN_BIT or mode == "F":
-        scale = 255.0 if mode == "F" else 65535.0
-        grey = np.clip(np.asarray(image, dtype=np.float32) / scale, 0.0, 1.0)
+        values = np.asarray(image, dtype=np.float32)
+        scale = 65535.0
+        if mode == "F":
+            scale = 1.0 if values.size and float(np.nanmax(values)) <= 1.0 else 255.0
+        grey = np.clip(values / scale, 0.0, 1.0)
         return np.repeat(grey[..., None], 3, axis=-1)
     has_alpha = mode in _ALPHA_MODES or "transparency" in image.info
     if has_alpha:
