@@ -310,12 +310,32 @@ def test_linked_folders_are_followed_once_and_broken_links_are_reported(batch, t
     (root / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
     (root / "gone.txt").symlink_to(tmp_path / "missing.txt")                 # not a photo's suffix: no problem
     photos, problems = expand_inputs([str(root)])
-    assert photos == [(other / "b.jpg").resolve(), (root / "real" / "a.jpg").resolve()]
+    assert photos == [(root / "linked" / "b.jpg").absolute(), (root / "real" / "a.jpg").absolute()]
     assert problems == [f"{root / 'gone.jpg'}: broken link (to {tmp_path / 'missing.jpg'}, which does not exist)"]
     out = tmp_path / "out"
     assert main(["reconstruct", str(root), "-o", str(out), "-q", "--outputs", "none"]) == 1
     assert sorted(p.name for p in out.iterdir()) == ["a.json", "b.json"]
     assert f"deep3dface: error: {root / 'gone.jpg'}: broken link" in capsys.readouterr().err
+
+
+def test_a_linked_photo_keeps_its_own_name(batch, tmp_path, monkeypatch):
+    """Inputs were resolved, so a photo linked into the input (a content-addressed cache links
+    photo.jpg to a hash-named blob) got outputs named after the blob and its JSON named the blob;
+    now it keeps the name it was given (made absolute), and a file reached twice is one photo."""
+    inputs, *_ = batch
+    blobs, photos = tmp_path / "blobs", tmp_path / "snapshot"
+    blobs.mkdir()
+    photos.mkdir()
+    shutil.copy(inputs / "face.jpg", blobs / "3f2a9c0d")
+    (photos / "portrait.jpg").symlink_to(blobs / "3f2a9c0d")
+    (photos / "again.jpg").symlink_to(blobs / "3f2a9c0d")
+    monkeypatch.chdir(tmp_path)
+    found, problems = expand_inputs(["snapshot", "snapshot/portrait.jpg"])
+    assert found == [photos / "again.jpg"] and problems == []  # sorted: again.jpg first, the rest the same file
+    out = tmp_path / "out"
+    assert main(["reconstruct", "snapshot/portrait.jpg", "-o", str(out), "-q", "--outputs", "none"]) == 0
+    assert [p.name for p in out.iterdir()] == ["portrait.json"]
+    assert json.loads((out / "portrait.json").read_text())["image"] == str(photos / "portrait.jpg")
 
 
 def test_folder_scans_take_jfif_avif_and_heic_photos(batch, tmp_path, capsys):

@@ -86,7 +86,8 @@ def expand_inputs(inputs: list[str], exclude: Path | None = None) -> tuple[list[
     """Files, folders (their images, recursively, linked folders too, sorted) and glob patterns ->
     (photos, problems).  Folders and patterns skip what lies under ``exclude`` (the output folder: a
     rerun into a folder inside the input's must not take its own overlays for photos); a file named
-    outright is kept.  A broken link with an image's suffix in a folder is a problem, not skipped."""
+    outright is kept.  A broken link with an image's suffix in a folder is a problem, not skipped.
+    A file reached twice (named again, or through a link) is one photo, under the first path given."""
     import glob
     import os
 
@@ -117,8 +118,12 @@ def expand_inputs(inputs: list[str], exclude: Path | None = None) -> tuple[list[
             photos.extend(matches)
         else:
             problems.append(f"{item}: no such file or folder")
-    unique = list(dict.fromkeys(p.resolve() for p in photos))
-    return unique, problems
+    # one entry per real file, under the first path given to it, made absolute but not resolved: a
+    # linked photo keeps its own name (a content-addressed cache links photo.jpg to a hash-named blob)
+    unique: dict[Path, Path] = {}
+    for p in photos:
+        unique.setdefault(p.resolve(), Path(os.path.abspath(p)))
+    return list(unique.values()), problems
 
 
 class Progress:
