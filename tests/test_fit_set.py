@@ -154,3 +154,28 @@ def test_mesh_format_gives_the_neutral_and_photo_meshes_in_that_format(faces, tm
     assert main(["fit-set", str(listing), "-o", str(stray), "--no-overlay", "--no-appearance", "-q"]) == 1
     assert (stray / "eric" / "neutral.glb").read_bytes() == b"mine"
     assert sorted(p.name for p in (stray / "eric").iterdir()) == ["neutral.glb"]
+
+
+def test_a_linked_photo_keeps_its_own_name_in_a_set(faces, tmp_path):
+    """Photos were resolved, so one linked into a person's folder (a content-addressed cache) was
+    named after its blob in the outputs; now it keeps its path, and the same file given again
+    through another link or in a list counts once."""
+    import shutil
+
+    from deep3dface.cli_sets import read_sets
+    from deep3dface.outputs import output_stems
+
+    blob = tmp_path / "blobs" / "9e1c77aa"
+    blob.parent.mkdir()
+    shutil.copy(faces.joinpath(*PHOTO), blob)
+    person = tmp_path / "bank" / "eric"
+    person.mkdir(parents=True)
+    (person / "portrait.jpg").symlink_to(blob)
+    (person / "same.jpg").symlink_to(blob)
+    notes = []
+    sets = read_sets(tmp_path / "bank", [], notes)
+    assert sets == {"eric": [person / "portrait.jpg"]} and len(notes) == 1 and "used once" in notes[0]
+    assert output_stems(sets["eric"]) == ["portrait"]
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"eric\tbank/eric/portrait.jpg\neric\t{blob}\n")
+    assert read_sets(listing, [], []) == {"eric": [person / "portrait.jpg"]}

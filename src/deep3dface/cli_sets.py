@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -42,31 +43,33 @@ SUMMARY_KEYS = ("person", "photos", "model", "unit", "identity", "used", "droppe
 def read_sets(root: str | Path, problems: list[str] | None = None,
               notes: list[str] | None = None) -> dict[str, list[Path]]:
     """{person: photos} from a facebank folder or a list file, people and photos in sorted order;
-    photo paths resolved (the JSON files record them, and a rerun from elsewhere must find them).
+    photo paths absolute (the JSON files record them, and a rerun from elsewhere must find them)
+    but not resolved: a linked photo keeps its name (its outputs are named after it).
     A listed photo that is not a file is left out and described in ``problems`` (without that
-    list, it is an error); a photo given twice for one person counts once (twice would double its
-    weight), described in ``notes``."""
+    list, it is an error); a photo given twice for one person (by any path to the file) counts
+    once (twice would double its weight), described in ``notes``."""
     from .io.images import IMAGE_SUFFIXES
 
     root = Path(root)
-    found: dict[str, dict[Path, str]] = {}  # person -> {photo: where it was given}
+    found: dict[str, dict[Path, tuple[Path, str]]] = {}  # person -> {real file: (photo, where it was given)}
     missing: list[str] = []
 
     def add(person: str, photo: Path, where: str) -> None:
         given = found.setdefault(person, {})
-        if photo in given:
+        photo = Path(os.path.abspath(photo))
+        if photo.resolve() in given:
             if notes is not None:
-                notes.append(f"{where}: {photo} is given already for {person} ({given[photo]}), used once")
+                notes.append(f"{where}: {photo} is given already for {person} ({given[photo.resolve()][1]}), used once")
         else:
-            given[photo] = where
+            given[photo.resolve()] = (photo, where)
 
     if root.is_dir():
         for folder in sorted(p for p in root.iterdir() if p.is_dir()):
             files = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
             if not files and notes is not None:  # a person left out: said, not skipped in silence
                 notes.append(f"{folder}: no photos in it ({', '.join(sorted(IMAGE_SUFFIXES))}), skipped")
-            for resolved, path in sorted((p.resolve(), p) for p in files):
-                add(folder.name, resolved, str(path))
+            for path in sorted(files):
+                add(folder.name, path, str(path))
     elif root.is_file():
         try:
             text = root.read_text(encoding="utf-8-sig")  # -sig: a BOM is no part of the first path
@@ -88,7 +91,7 @@ def read_sets(root: str | Path, problems: list[str] | None = None,
             if not photo.is_file():
                 missing.append(f"{where}: {photo}: {'not a file' if photo.exists() else 'no such file'}")
                 continue
-            add(person, photo.resolve(), where)
+            add(person, photo, where)
     else:
         raise FileNotFoundError(f"{root}: no such folder or list file")
     if missing and problems is None:
@@ -97,7 +100,7 @@ def read_sets(root: str | Path, problems: list[str] | None = None,
         problems.extend(missing)
     if not found and not missing:
         raise ValueError(f"{root}: no photos found (expected ROOT/<person>/*.jpg or a list file)")
-    return {person: list(given) for person, given in found.items()}
+    return {person: [photo for photo, _ in given.values()] for person, given in found.items()}
 
 
 def cmd_fit_set(args: argparse.Namespace) -> int:
