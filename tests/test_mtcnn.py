@@ -486,3 +486,53 @@ def test_a_photos_fallback_faces_do_not_depend_on_the_batch_it_comes_in(faces, d
         assert len(a_faces) == len(b_faces)
         for a, b in zip(a_faces, b_faces):
             assert torch.equal(a.box, b.box) and torch.equal(a.landmarks5, b.landmarks5) and a.score == b.score
+
+
+# -- the fallback's cost on large photos -----------------------------------------------------------
+def test_shrink_averages_whole_blocks_and_maps_corner_coordinates_exactly():
+    from deep3dface.detect.mtcnn_fallback import shrink
+
+    image = torch.zeros(3, 10, 7)
+    image[:, 4, 5] = 9.0                                    # pixel [5, 6] x [4, 5]
+    small = shrink(image, 3)
+    assert small.shape == (3, 4, 3)                         # padded with black to 12 x 9
+    assert torch.nonzero(small[0]).tolist() == [[1, 1]]     # block [3, 6] x [3, 6], i.e. x / 3
+    assert float(small[0, 1, 1]) == pytest.approx(1.0)      # the block's mean
+    assert shrink(image, 1) is image
+
+
+def test_a_large_photos_fallback_views_are_those_of_the_photo_shrunk(detector, monkeypatch):
+    """A random 4000 x 3000 image (a 12-megapixel photo with no face) made seven views of 274 M
+    pixels in all at the photo's resolution (measured: 43-84 s, 10 GB peak memory through
+    Reconstructor.reconstruct, their summed-area tables 6.6 GB of it), for faces of at least 300 px
+    that P-Net sees at 12 px or less.  Now the photo is shrunk by 7 first (the smallest face sought
+    stays >= view_face_size = 40 px): the views are those of a 572 x 429 photo."""
+    from deep3dface.detect import mtcnn_fallback
+
+    views, real = [], mtcnn_fallback.rotated_view
+    monkeypatch.setattr(mtcnn_fallback, "rotated_view",
+                        lambda image, angle, border: views.append(tuple(image.shape[-2:]))
+                        or real(image, angle, border))
+    tables, from_images = [], SummedAreaTables.from_images
+    monkeypatch.setattr(SummedAreaTables, "from_images",
+                        lambda images: tables.append(sum(im[0].numel() for im in images)) or from_images(images))
+    image = torch.rand(3, 3000, 4000, generator=torch.Generator().manual_seed(2))
+    assert detector([image]) == [[]]
+    assert views == [(429, 572)] * 7
+    assert tables[0] == 12e6 and tables[1] < 274e6 / 40      # the first pass's photo, then the views
+
+
+@pytest.mark.parametrize("factor", [3, 4])
+def test_a_face_in_an_upscaled_photo_is_found_where_it_is_in_the_photo(faces, detector, factor):
+    """AFLW image00617 (rolled ~90 degrees: only the fallback finds it) upscaled 3 and 4 times
+    (1350 and 1800 px; the fallback shrinks it by 3 and 4 again): one face, at the photo's place,
+    its points within 5 % of the eye distance of the photo's own (scaled)."""
+    image, _ = _aflw(faces, "aflw2000_3d/image00617")
+    own = detector.detect(image)
+    big = torch.nn.functional.interpolate(image[None], scale_factor=factor, mode="bicubic")[0].clamp(0, 1)
+    assert _reference(detector).detect(image) == [] and _reference(detector).detect(big) == [] and len(own) == 1
+    found = detector.detect(big)
+    assert len(found) == 1
+    assert _iou(found[0].box / factor, own[0].box.double().numpy()) > 0.8
+    error = (found[0].landmarks5 / factor - own[0].landmarks5).norm(dim=1).mean()
+    assert error < 0.05 * own[0].eye_distance, error

@@ -35,8 +35,8 @@ import torch
 from torch import nn
 
 from deep3dface.detect.mtcnn_fallback import NORMALISE as _NORMALISE
-from deep3dface.detect.mtcnn_fallback import (FallbackConfig, merge_views, owned, seeks_any_face, segment_views,
-                                              within_size)
+from deep3dface.detect.mtcnn_fallback import (FallbackConfig, merge_views, owned, reduction, scaled, seeks_any_face,
+                                              segment_views, shrink, within_size)
 from deep3dface.detect.mtcnn_nets import ONet, PNet, RNet, pretrained_nets
 from deep3dface.detect.nms import batched_nms
 from deep3dface.detect.resample import SummedAreaTables
@@ -174,24 +174,29 @@ class MTCNN(nn.Module):
         """The second pass (mtcnn_fallback.py): all views of all images in one batch, looking for
         faces of ``min_face_fraction`` to ``max_face_fraction`` of each photo's shorter side; faces
         mapped back and merged.  An image where no face sought could be kept gets no views; a long,
-        narrow one gets the views of each of its segments (``segment_views``)."""
+        narrow one gets the views of each of its segments (``segment_views``).  A photo where the
+        smallest face sought is larger than needed is shrunk first (``reduction``): views, faces and
+        merging are in the shrunk photo's pixels, the faces scaled back at the end."""
         views, to_photo, owner, min_sizes, view_ids, ownership = [], [], [], [], [], []
+        factors = [1] * len(images)
         for i, image in enumerate(images):
             if not seeks_any_face(image, self.config.min_face_size, cfg):
                 continue
             min_size = max(self.config.min_face_size, cfg.min_face_fraction * min(image.shape[-2:]))
-            along_x = image.shape[-1] >= image.shape[-2]
-            for view, matrix, segment, angle_index in segment_views(image, cfg):
+            factors[i] = reduction(min_size, cfg)
+            small = shrink(image, factors[i])
+            along_x = small.shape[-1] >= small.shape[-2]
+            for view, matrix, segment, angle_index in segment_views(small, cfg):
                 views.append(view)
                 to_photo.append(matrix)
                 owner.append(i)
-                min_sizes.append(min_size)
+                min_sizes.append(min_size / factors[i])
                 view_ids.append(i * len(cfg.angles) + angle_index)  # a segment's view is its angle's view
                 ownership.append((segment, along_x))
         found = [owned(faces, matrix, *own) for faces, matrix, own in
                  zip(self._cascade(views, cfg.thresholds, min_sizes), to_photo, ownership)]
         merged = merge_views(found, to_photo, owner, len(images), cfg, view_ids)
-        return [within_size(faces, image, cfg) for faces, image in zip(merged, images)]
+        return [within_size(scaled(faces, factor), image, cfg) for faces, image, factor in zip(merged, images, factors)]
 
     def detect(self, image: torch.Tensor) -> list[Detection]:
         """Faces in one (3, H, W) image, best first."""

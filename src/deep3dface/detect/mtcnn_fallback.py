@@ -38,6 +38,28 @@ the overlap (half-way), so every face the pass may keep lies whole in the one se
 it, once.  Photos within ``max_aspect`` (every usual photo format, and the benchmark's background
 strips, up to 4.5) are one segment: their views, and faces, are exactly what they were.
 
+Large photos are shrunk first.  P-Net looks at a view at a scale of at most 12 / (smallest face
+sought), R-Net and O-Net at 24- and 48-pixel crops of faces at least that large; yet the views, and
+their float64 summed-area tables (resample.py), were made at the photo's full resolution: a random
+4000 x 3000 image (a 12-megapixel photo with no face) made 274 M pixels of views and 6.6 GB of
+tables to look for faces of at least 300 px (``Reconstructor.reconstruct``: 10.2 GB peak memory,
+9.6 GB above what it held before, 43-84 s; 2000 x 1500: 2.5 GB above, 6.6-13 s).  Now a photo whose
+smallest face sought is at least twice ``view_face_size`` (40 px) is shrunk by the largest whole
+factor that keeps that face at least 40 px (``reduction``: block means, ``shrink``; a shorter side
+from 800 px on), its views made from the shrunk photo and its faces scaled back, exactly in corner
+coordinates (pixel x of the shrunk photo spans [kx, kx + k] of the photo).  4000 x 3000 -> shrunk by
+7, views of a 572 x 429 photo: 1.9 s, 0.76 GB above (MTCNN's first pass alone peaks at 0.5 GB
+above); 2000 x 1500 -> by 3: 0.6 s, 0.41 GB above.  The faces of photos below 800 px (AFLW's,
+450 px, and the benchmark's strips) are exactly what they were (detect_accuracy.py: byte-identical
+--details).  The 17 AFLW photos the first pass misses, upscaled 3 and 4 times (bicubic), now give
+the faces of the photo itself: 16 of 17 the same outcome as at 450 px (the 17th, image00497, gets
+a wrong face from the first pass at either size), top-face points within a median 0.2 % (x3) and
+0.9 % (x4) of the eye distance; at full resolution 12 and 11 of 17 had the outcome of the 450 px
+photo (faces found 12 and 15, right ones 10 and 13: such photos are borderline either way),
+points a median 20 % and 9 % of the eye distance off.  Upright AFLW photos turned by 90 degrees
+(24, |yaw| < 30) and upscaled 4 times: 24 right top faces with either, NME5 11.5 % shrunk, 17.4 %
+at full resolution.
+
 Measured and not used: a re-check by O-Net of each face cut out upright (turned by its eye line).
 Real faces in near profile score as low there as false ones (AFLW image00460 0.14, image00722
 0.24, image00451 0.44; false faces in background strips 0.01-0.53), and five-point agreement
@@ -47,7 +69,7 @@ real faces the pass finds are found in one view only).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -73,10 +95,15 @@ class FallbackConfig:
     min_face_fraction: float = 0.1       # smallest face sought, fraction of the photo's shorter side
     max_face_fraction: float = 0.9       # largest face box kept, fraction of the photo's shorter side
     max_aspect: float = 5.0              # a longer photo is searched in segments of this shape (``segments``)
+    #: smallest face sought, in pixels of the views: a photo where it is at least twice this is
+    #: shrunk by a whole factor before its views are made (``reduction``)
+    view_face_size: float = 40.0
 
     def __post_init__(self) -> None:
         if not self.max_aspect >= 1:
             raise ValueError(f"max_aspect must be at least 1, got {self.max_aspect}")
+        if not self.view_face_size >= 12:
+            raise ValueError(f"view_face_size must be at least P-Net's 12 px, got {self.view_face_size}")
 
 
 @dataclass(frozen=True)
@@ -114,6 +141,30 @@ def seeks_any_face(image: torch.Tensor, min_face_size: float, cfg: FallbackConfi
     ``min_face_fraction`` of its shorter side) can also be kept (at most ``max_face_fraction``)."""
     short = min(image.shape[-2:])
     return max(min_face_size, cfg.min_face_fraction * short) <= cfg.max_face_fraction * short
+
+
+def reduction(min_face: float, cfg: FallbackConfig) -> int:
+    """The whole factor by which a photo is shrunk for its views, when the smallest face sought is
+    ``min_face`` pixels: the largest that keeps that face at least ``view_face_size`` (1: none)."""
+    return max(1, math.floor(min_face / cfg.view_face_size + 1e-9))
+
+
+def shrink(image: torch.Tensor, factor: int) -> torch.Tensor:
+    """The (3, H, W) image shrunk by the whole ``factor``: each output pixel the mean of a factor x
+    factor block, the image padded with black to whole blocks at the right and bottom.  Pixel
+    (corner) coordinate x of the result is x * factor in the image, exactly."""
+    if factor == 1:
+        return image
+    height, width = image.shape[-2:]
+    padded = F.pad(image, (0, -width % factor, 0, -height % factor))
+    return F.avg_pool2d(padded[None], factor)[0]
+
+
+def scaled(faces: list[Detection], factor: int) -> list[Detection]:
+    """Faces found in an image shrunk by ``factor`` (``shrink``) -> the image's pixels."""
+    if factor == 1:
+        return faces
+    return [replace(f, box=f.box * factor, landmarks5=f.landmarks5 * factor) for f in faces]
 
 
 def segment_views(image: torch.Tensor, cfg: FallbackConfig) -> list[tuple[torch.Tensor, torch.Tensor, Segment, int]]:
