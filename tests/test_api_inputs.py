@@ -197,3 +197,17 @@ def test_api_type_errors_name_the_argument(tmp_path):
     with pytest.raises(NotADirectoryError, match=r"afile is a file, not a folder"):
         write_output(tmp_path / "afile" / "face.obj", b"x")
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_same_pixels_are_found_in_a_bfloat16_photo():
+    """A bfloat16 photo crashed the same-pixels check (numpy has no bfloat16); now its bytes are
+    hashed: the same bfloat16 pixels twice are one photo, other pixels or another dtype are not."""
+    from deep3dface.image_set_inputs import read_photos
+
+    photo = torch.rand(3, 40, 30, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    other = photo.clone()
+    other[0, 0, 0] = 0.5 if float(photo[0, 0, 0]) != 0.5 else 0.25
+    dropped = []
+    used = [name for name, _ in read_photos([photo, photo.clone(), other, photo.float()], ["a", "b", "c", "d"],
+                                            lambda name, reason: dropped.append((name, reason)))]
+    assert used == ["a", "c", "d"] and dropped == [("b", "the same pixels as a")]

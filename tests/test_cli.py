@@ -338,6 +338,23 @@ def test_a_linked_photo_keeps_its_own_name(batch, tmp_path, monkeypatch):
     assert json.loads((out / "portrait.json").read_text())["image"] == str(photos / "portrait.jpg")
 
 
+def test_a_path_through_a_link_and_dotdot_names_the_file_the_system_opens(batch, tmp_path, monkeypatch):
+    """'link/../face.jpg' is the face.jpg beside the link's target, but os.path.abspath drops
+    'link/..' as text: the input named another file (or none). Now it names what open() reads."""
+    inputs, *_ = batch
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    shutil.copy(inputs / "face.jpg", tmp_path / "real" / "face.jpg")
+    (tmp_path / "face.jpg").write_bytes(b"not the photo")  # where a lexical '..' lands
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "sub")
+    monkeypatch.chdir(tmp_path)
+    found, problems = expand_inputs(["link/../face.jpg"])
+    assert problems == [] and len(found) == 1 and found[0].is_absolute()
+    assert found[0].read_bytes() == (inputs / "face.jpg").read_bytes()
+    out = tmp_path / "out"
+    assert main(["reconstruct", "link/../face.jpg", "-o", str(out), "-q", "--outputs", "none"]) == 0
+    assert len(json.loads((out / "face.json").read_text())["faces"]) == 1
+
+
 def test_folder_scans_take_jfif_avif_and_heic_photos(batch, tmp_path, capsys):
     """A folder of .jfif (web downloads), .avif or .heic (iPhone) photos was skipped without a word
     ('folder holds no images' at best); now they are photos: read where Pillow can, and otherwise

@@ -179,3 +179,43 @@ def test_a_linked_photo_keeps_its_own_name_in_a_set(faces, tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text(f"eric\tbank/eric/portrait.jpg\neric\t{blob}\n")
     assert read_sets(listing, [], []) == {"eric": [person / "portrait.jpg"]}
+
+
+def test_a_set_path_through_a_link_and_dotdot_names_the_file_the_system_opens(faces, tmp_path, monkeypatch):
+    """A list's 'link/../photo.jpg' was made absolute as text (os.path.abspath drops 'link/..'),
+    naming another file; now it names the file open() reads."""
+    import shutil
+
+    from deep3dface.cli_sets import read_sets
+
+    (tmp_path / "real" / "sub").mkdir(parents=True)
+    shutil.copy(faces.joinpath(*PHOTO), tmp_path / "real" / "photo.jpg")
+    (tmp_path / "link").symlink_to(tmp_path / "real" / "sub")
+    listing = tmp_path / "list.txt"
+    listing.write_text("eric\tlink/../photo.jpg\n")
+    monkeypatch.chdir(tmp_path)
+    problems = []
+    sets = read_sets(listing, problems, [])
+    assert problems == [] and [p.resolve() for p in sets["eric"]] == [(tmp_path / "real" / "photo.jpg").resolve()]
+    assert sets["eric"][0].read_bytes() == faces.joinpath(*PHOTO).read_bytes()
+
+
+def test_overwrite_with_another_mesh_format_removes_the_old_neutral_mesh(faces, tmp_path):
+    """fit-set --overwrite --mesh-format ply after an OBJ run left neutral.obj beside neutral.ply
+    (an old mesh no summary names); now the person files the old summary listed and this run did
+    not write are removed, and a user's own file there is kept."""
+    import json
+
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"eric\t{faces.joinpath(*PHOTO)}\n")
+    out = tmp_path / "out"
+    assert main(["fit-set", str(listing), "-o", str(out), "--no-overlay", "--no-appearance", "-q"]) == 0
+    assert (out / "eric" / "neutral.obj").is_file()
+    (out / "eric" / "notes.txt").write_text("mine")
+    assert main(["fit-set", str(listing), "-o", str(out), "--no-overlay", "--no-appearance", "-q",
+                 "--overwrite", "--mesh-format", "ply"]) == 0
+    person = out / "eric"
+    assert json.loads((person / "summary.json").read_text())["files"]["neutral"] == "neutral.ply"
+    assert (person / "neutral.ply").is_file() and not (person / "neutral.obj").exists()
+    assert not (person / "clapton-1_face0.obj").exists() and (person / "clapton-1_face0.ply").is_file()
+    assert (person / "notes.txt").read_text() == "mine"

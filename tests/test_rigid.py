@@ -174,6 +174,23 @@ def test_identity_precision_measures_the_identity_asymmetry():
         identity_precision(model, -1.0)
 
 
+def test_identity_precision_of_a_model_without_identity_components():
+    """A model with no identity basis (expression only) failed in the asymmetry (a reshape of 0
+    columns to -1); its identity prior is the empty matrix and a landmark fit still runs."""
+    import dataclasses
+
+    from deep3dface.fit.landmark_fit import fit_landmarks, identity_precision
+    from deep3dface.morphable.model import MorphableModel
+
+    model = load_model("default")
+    data = dataclasses.replace(model.data, id_basis=np.zeros((model.data.id_basis.shape[0], 0)))
+    no_identity = MorphableModel(data)
+    assert identity_precision(no_identity, 4.0).shape == (0, 0)
+    pixels = torch.tensor([[112.0, 112.0]]) + 40 * torch.randn(1, 68, 2, generator=torch.Generator().manual_seed(0))
+    fitted = fit_landmarks(no_identity, pixels, Camera.crop(), iterations=2)
+    assert fitted.id.shape == (1, 0) and bool(torch.isfinite(fitted.exp).all())
+
+
 def test_pose_jacobian_equals_autodiff():
     """solve_pose's closed-form Jacobian equals forward-mode autodiff of its residuals, at random
     poses, points, weights and per-face focal lengths."""

@@ -71,6 +71,7 @@ def folder_entries(folder: Path) -> tuple[list[Path], list[Path]]:
 
     files, broken, seen = [], [], set()
     for root, dirs, names in os.walk(folder, followlinks=True):
+        dirs.sort()  # a folder reached by two paths is found under the same one on every run
         info = os.stat(root)
         if (info.st_dev, info.st_ino) in seen:
             dirs[:] = []
@@ -122,7 +123,7 @@ def expand_inputs(inputs: list[str], exclude: Path | None = None) -> tuple[list[
     # linked photo keeps its own name (a content-addressed cache links photo.jpg to a hash-named blob)
     unique: dict[Path, Path] = {}
     for p in photos:
-        unique.setdefault(p.resolve(), Path(os.path.abspath(p)))
+        unique.setdefault(p.resolve(), p.absolute())  # not os.path.abspath: it drops 'link/..' lexically
     return list(unique.values()), problems
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -56,7 +55,7 @@ def read_sets(root: str | Path, problems: list[str] | None = None,
 
     def add(person: str, photo: Path, where: str) -> None:
         given = found.setdefault(person, {})
-        photo = Path(os.path.abspath(photo))
+        photo = photo.absolute()  # not os.path.abspath: it drops 'link/..' lexically
         if photo.resolve() in given:
             if notes is not None:
                 notes.append(f"{where}: {photo} is given already for {person} ({given[photo.resolve()][1]}), used once")
@@ -111,7 +110,7 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
     from .cli import output_folder
     from .export import OutputExistsError, write_output
     from .image_set import SetConfig
-    from .image_set_outputs import person_files
+    from .image_set_outputs import PERSON_FILES, person_files
     from .io.images import read_image
     from .outputs import OUTPUT_KINDS, output_stems, photo_outputs, write_photo_outputs
     from .pipeline import Reconstructor
@@ -177,8 +176,15 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
             write_photo_outputs(out, photo_files, overwrite=True)
         for name, data in blobs.items():
             write_output(out / name, data, overwrite=True)
+        previous = _finished_summary(summary_path, SUMMARY_KEYS, lambda s, who=person: s["person"] == who)
         summary = {"person": person, "photos": [str(p) for p in photos], "files": files, **result.summary()}
         write_output(summary_path, json.dumps(summary, indent=1).encode(), overwrite=True)
+        # the person files an earlier run of ours listed and this one did not write (neutral.obj after
+        # a rerun with --mesh-format ply, textured files after a model without a UV chart): another run's
+        stale = set(previous.get("files", {}).values() if previous and isinstance(previous.get("files"), dict) else ())
+        for name in sorted(stale - set(blobs)):
+            if isinstance(name, str) and Path(name).name == name and name in PERSON_FILES:
+                (out / name).unlink(missing_ok=True)
         failed += not result.photos
         _say(args, f"{person}: {len(result.photos)} photo(s) used, {len(result.dropped)} dropped")
         for dropped in result.dropped:  # photos left out: said even with --quiet

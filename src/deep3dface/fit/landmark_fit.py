@@ -76,9 +76,10 @@ def yaw_prior(yaw: torch.Tensor, gain: float = YAW_GAIN, knee: float = YAW_KNEE,
 @lru_cache(maxsize=4)
 def _identity_asymmetry(data: ModelData) -> torch.Tensor:
     mirror, _ = mirror_vertex_map(data.mean_shape)
-    basis = data.id_basis.reshape(len(data.mean_shape), 3, -1)
-    asymmetric = (basis - basis[mirror] * np.array([-1.0, 1.0, 1.0])[:, None]) / 2
-    gram = asymmetric.reshape(-1, basis.shape[2]).T @ asymmetric.reshape(-1, basis.shape[2])
+    n, k = len(data.mean_shape), data.id_basis.shape[1]
+    basis = data.id_basis.reshape(n, 3, k)
+    asymmetric = ((basis - basis[mirror] * np.array([-1.0, 1.0, 1.0])[:, None]) / 2).reshape(3 * n, k)
+    gram = asymmetric.T @ asymmetric
     largest = float(np.linalg.eigvalsh(gram).max()) if gram.size else 0.0
     return torch.as_tensor(gram / largest if largest > 0 else gram)
 
