@@ -338,6 +338,21 @@ def test_a_linked_photo_keeps_its_own_name(batch, tmp_path, monkeypatch):
     assert json.loads((out / "portrait.json").read_text())["image"] == str(photos / "portrait.jpg")
 
 
+def test_a_broken_link_in_the_output_folder_is_not_an_input_problem(batch, tmp_path):
+    """The output folder is skipped in a folder scan, but a broken link inside it was still
+    reported (and counted as a failure) on every rerun; one elsewhere in the input still is."""
+    inputs, *_ = batch
+    root = tmp_path / "photos"
+    (root / "out").mkdir(parents=True)
+    shutil.copy(inputs / "face.jpg", root / "face.jpg")
+    (root / "out" / "gone.png").symlink_to(tmp_path / "missing.png")
+    photos, problems = expand_inputs([str(root)], exclude=root / "out")
+    assert photos == [(root / "face.jpg").absolute()] and problems == []
+    (root / "gone.jpg").symlink_to(tmp_path / "missing.jpg")
+    assert expand_inputs([str(root)], exclude=root / "out")[1] == [
+        f"{root / 'gone.jpg'}: broken link (to {tmp_path / 'missing.jpg'}, which does not exist)"]
+
+
 def test_a_path_through_a_link_and_dotdot_names_the_file_the_system_opens(batch, tmp_path, monkeypatch):
     """'link/../face.jpg' is the face.jpg beside the link's target, but os.path.abspath drops
     'link/..' as text: the input named another file (or none). Now it names what open() reads."""

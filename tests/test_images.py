@@ -80,6 +80,13 @@ def test_float_grey_tiff_in_0_1_or_0_255_reads_as_the_same_photo(tmp_path):
         assert torch.allclose(t, torch.from_numpy(grey / 255.0).float().expand(3, -1, -1), atol=1e-6), name
     Image.fromarray(np.full((4, 4), 1.0, np.float32), mode="F").save(tmp_path / "white.tif")
     assert torch.equal(read_image(tmp_path / "white.tif"), torch.ones(3, 4, 4))  # at most 1: the 0-1 kind
+    # NaN or inf pixels: refused by name (inf made a 0-1 photo read on the 0-255 scale, NaN passed through)
+    for bad in (np.nan, np.inf):
+        values = grey / 255.0
+        values[0, 0] = bad
+        Image.fromarray(values, mode="F").save(tmp_path / "bad.tif")
+        with pytest.raises(ImageReadError, match=r"bad\.tif.*1 NaN or infinite pixel value"):
+            read_image(tmp_path / "bad.tif")
 
 
 def test_alpha_is_composited_on_black(tmp_path):
@@ -157,6 +164,12 @@ def test_a_heic_photo_without_its_plugin_fails_with_what_it_needs(tmp_path):
     with pytest.raises(ImageReadError) as err:
         read_image(path)
     assert err.value.reason == "a HEIC/HEIF photo: Pillow reads these with the pillow-heif plugin (pip install pillow-heif)"
+    # a HEIC photo renamed .jpg (as phones export them) is known by its header, as file or bytes
+    renamed = tmp_path / "IMG_0001.jpg"
+    renamed.write_bytes(path.read_bytes())
+    for source in (renamed, renamed.read_bytes()):
+        with pytest.raises(ImageReadError, match="a HEIC/HEIF photo: .*pip install pillow-heif"):
+            read_image(source)
     (tmp_path / "notes.jpg").write_text("not an image")            # other suffixes keep the plain reason
     with pytest.raises(ImageReadError, match="not an image Pillow can identify"):
         read_image(tmp_path / "notes.jpg")

@@ -105,7 +105,7 @@ def expand_inputs(inputs: list[str], exclude: Path | None = None) -> tuple[list[
         if path.is_dir():
             files, broken = folder_entries(path)
             found = sorted(p for p in files if p.suffix.lower() in IMAGE_SUFFIXES and outside(p))
-            dead = sorted(p for p in broken if p.suffix.lower() in IMAGE_SUFFIXES)
+            dead = sorted(p for p in broken if p.suffix.lower() in IMAGE_SUFFIXES and outside(p.parent))  # where the link lies
             problems.extend(f"{p}: broken link (to {os.readlink(p)}, which does not exist)" for p in dead)
             if not found and not dead:
                 problems.append(f"{item}: folder holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--outputs", default="all", metavar="KINDS",
                    help="files to write besides the JSON: 'all' (default), 'none', or a comma list of mesh (canonical and "
-                        "posed OBJ), mat, maps (depth and normal PNGs), texture (textured GLB/OBJ and maps), "
+                        "posed mesh, in --mesh-format), mat, maps (depth and normal PNGs), texture (textured GLB/OBJ and maps), "
                         "overlay; e.g. --outputs mesh,mat (faster, smaller)")
     add_mesh_format(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print only errors")

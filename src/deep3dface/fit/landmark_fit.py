@@ -1,7 +1,8 @@
 """Pose, identity and expression from 2D landmarks by regularised Levenberg–Marquardt.
 
-The cost per face is ``Σ_i w_i‖π(R·X_i(c) + t) − p_i‖² + λ_id‖id‖² + λ_exp‖exp‖²`` where X_i(c) are
-the model's landmark vertices.  Only those vertices are evaluated (a K×3 slice of the bases), so a
+The cost per face is ``Σ_i w_i‖π(R·X_i(c) + t) − p_i‖² + λ_id·idᵀ·P·id + λ_exp‖exp‖²`` where X_i(c) are
+the model's landmark vertices and P = I + λ_sym·AᵀA also weighs the identity's left-right asymmetric
+part (``identity_precision``; P = I gives the paper's ‖id‖²).  Only those vertices are evaluated (a K×3 slice of the bases), so a
 full solve costs milliseconds.  λ follows the paper's weights: landmark 1.6e-3 on
 ``Σ w_i d_i² / 68`` against regularisation 3e-4·(1·‖id‖² + 0.8·‖exp‖²) gives λ_id = 12.75 and
 λ_exp = 10.2 per unit of Σ w_i d_i² (pixels of the 224 crop).

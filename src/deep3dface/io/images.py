@@ -108,10 +108,29 @@ def _heif_opener() -> bool:
     return _HEIF_READY
 
 
-def _unidentified(name: str) -> str:
-    """Why Pillow could not identify a file, with what it needs where the suffix says."""
+#: ISO-BMFF brands of HEIF still images: a phone's HEIC photo is often renamed .jpg on its way out
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
+
+
+def _heif_header(source: ImageSource) -> bool:
+    """Whether a path's or bytes' header is a HEIF 'ftyp' box (a caller's stream is not re-read)."""
+    try:
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as f:
+                head = f.read(12)
+        elif isinstance(source, (bytes, bytearray, memoryview)):
+            head = bytes(source[:12])
+        else:
+            return False
+    except OSError:
+        return False
+    return head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS
+
+
+def _unidentified(name: str, source: ImageSource) -> str:
+    """Why Pillow could not identify a file, with what it needs where the suffix or header says."""
     suffix = Path(name).suffix.lower()
-    if suffix in _HEIF_SUFFIXES and not _heif_opener():
+    if (suffix in _HEIF_SUFFIXES or _heif_header(source)) and not _heif_opener():
         return "a HEIC/HEIF photo: Pillow reads these with the pillow-heif plugin (pip install pillow-heif)"
     if suffix == ".avif":
         return "an AVIF photo this Pillow build cannot read (PIL.features.check('avif') is False)"
@@ -133,13 +152,19 @@ def _open(source: ImageSource) -> Image.Image:
         except ImageReadError:
             raise
         except UnidentifiedImageError:
-            raise ImageReadError(name, _unidentified(name)) from None
+            if _HEIF_READY is None and _heif_header(source) and _heif_opener():
+                return _open(source)  # a HEIC photo under another suffix: read now that the plugin is in
+            raise ImageReadError(name, _unidentified(name, source)) from None
         except Image.DecompressionBombError as err:
             raise ImageReadError(name, f"too large ({err})") from None
         except (OSError, SyntaxError, ValueError) as err:  # Pillow reports truncation and corruption as these
             raise ImageReadError(name, f"corrupt or truncated image data ({err})") from None
     if image.width == 0 or image.height == 0:
         raise ImageReadError(name, f"zero size ({image.width}x{image.height})")
+    if image.mode == "F":  # a float image's NaN/inf pixels have no colour, and would pick its 0-1 or 0-255 scale
+        bad = int(np.count_nonzero(~np.isfinite(np.asarray(image, dtype=np.float32))))
+        if bad:
+            raise ImageReadError(name, f"float image with {bad} NaN or infinite pixel value(s)")
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # noqa: BLE001 - a malformed EXIF block must not make a readable photo unreadable
@@ -154,7 +179,7 @@ def _float_rgb(image: Image.Image) -> np.ndarray:
         values = np.asarray(image, dtype=np.float32)
         scale = 65535.0
         if mode == "F":
-            scale = 1.0 if values.size and float(np.nanmax(values)) <= 1.0 else 255.0
+            scale = 1.0 if values.size and float(values.max()) <= 1.0 else 255.0  # finite: _open checked
         grey = np.clip(values / scale, 0.0, 1.0)
         return np.repeat(grey[..., None], 3, axis=-1)
     has_alpha = mode in _ALPHA_MODES or "transparency" in image.info
