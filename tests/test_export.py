@@ -260,3 +260,31 @@ def test_glb_refuses_what_gltf_cannot_hold(face_mesh):
         mesh_glb(vertices, triangles, colours=face_mesh.colours)          # floats in [0, 1]
     with pytest.raises(ValueError, match=r"in \[0, "):
         mesh_glb(vertices[:10], triangles)
+
+
+def test_our_meshes_are_known_by_content_and_others_are_not(tmp_path, face_mesh):
+    """``is_our_mesh`` (how a rerun finds the meshes it may replace): every format we write is ours;
+    a user's file under the same name, another tool's GLB or PLY, and a missing file are not."""
+    import json
+    import struct
+
+    from deep3dface.export.gltf import mesh_glb
+    from deep3dface.export.meshes import is_our_mesh
+
+    for fmt in MESH_FORMATS:
+        path = tmp_path / f"neutral.{fmt}"
+        path.write_bytes(export_mesh(face_mesh, fmt))
+        assert is_our_mesh(path), fmt
+    other = mesh_glb(face_mesh.vertices, face_mesh.triangles)
+    length = struct.unpack("<I", other[12:16])[0]
+    document = json.loads(other[20:20 + length])
+    document["asset"]["generator"] = "Blender"
+    text = json.dumps(document).encode()
+    text += b" " * (-len(text) % 4)
+    (tmp_path / "blender.glb").write_bytes(other[:12] + struct.pack("<I4s", len(text), b"JSON") + text
+                                           + other[20 + length:])
+    (tmp_path / "meshlab.ply").write_bytes(b"ply\nformat ascii 1.0\ncomment VCGLIB generated\nelement vertex 0\nend_header\n")
+    (tmp_path / "notes.obj").write_text("# my own mesh\nv 0 0 0\n")
+    (tmp_path / "broken.glb").write_bytes(b"glTF" + bytes(30))
+    for name in ("blender.glb", "meshlab.ply", "notes.obj", "broken.glb", "missing.obj"):
+        assert not is_our_mesh(tmp_path / name), name

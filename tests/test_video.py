@@ -181,8 +181,13 @@ def test_video_overwrite_replaces_the_whole_result_and_keeps_other_files(tmp_pat
     (out / "frames" / "notes.json").write_text('{"mine": 1}')
     (out / "frames" / "000042.json").write_text('{"frame": 7}')  # our name, not our record
     (out / "mine.txt").write_text("MINE")
-    args = ["video", str(clip), "-o", str(out), "--overwrite", "--max-frames", "3", "--no-overlay", "-q"]
+    (out / "neutral.ply").write_text("MINE")  # our name, not our mesh
+    args = ["video", str(clip), "-o", str(out), "--overwrite", "--max-frames", "3", "--no-overlay", "-q",
+            "--mesh-format", "glb"]
     assert main(args) == 0
+    assert json.loads((out / "summary.json").read_text())["files"] == {"neutral": "neutral.glb"}
+    assert (out / "neutral.glb").read_bytes()[:4] == b"glTF" and not (out / "neutral.obj").exists()
+    assert (out / "neutral.ply").read_text() == "MINE"
     assert sorted(p.name for p in (out / "frames").iterdir()) == [
         "000000.json", "000001.json", "000002.json", "000042.json", "notes.json"]
     assert not (out / "overlay.mp4").exists() and (out / "mine.txt").read_text() == "MINE"
@@ -191,7 +196,8 @@ def test_video_overwrite_replaces_the_whole_result_and_keeps_other_files(tmp_pat
     (out / "overlay.mp4").write_bytes(clip.read_bytes())
     assert main(["video", str(_no_face_clip(tmp_path, faces, 2)), "-o", str(out), "--overwrite", "-q"]) == 1
     assert (out / "overlay.mp4").read_bytes() == clip.read_bytes()
-    assert not (out / "neutral.obj").exists()  # the earlier clip's: nobody's identity now
+    assert not (out / "neutral.glb").exists()  # the earlier clip's: nobody's identity now
+    assert (out / "neutral.ply").read_text() == "MINE"
     assert sorted(p.name for p in (out / "frames").iterdir()) == ["000000.json", "000001.json", "000042.json",
                                                                   "notes.json"]
 
@@ -218,7 +224,7 @@ def test_video_with_no_face_writes_no_neutral_mesh_and_fails_on_a_rerun(tmp_path
     clip = _no_face_clip(tmp_path, faces, 2)
     out = tmp_path / "out"
     assert main(["video", str(clip), "-o", str(out), "-q"]) == 1
-    assert "door.mp4: no face found in any of its 2 frame(s) (so no neutral.obj" in capsys.readouterr().err
+    assert "door.mp4: no face found in any of its 2 frame(s) (so no neutral mesh" in capsys.readouterr().err
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
         "frames/000000.json", "frames/000001.json", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
@@ -255,7 +261,7 @@ def test_a_summary_json_not_written_by_video_is_refused_not_taken_as_done(tmp_pa
             assert [p.name for p in out.iterdir()] == ["summary.json"] and (out / "summary.json").read_text() == text
     assert main(["video", str(clip), "-o", str(out), "--overwrite", "-q"]) == 1  # the door: no face
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary) == set(SUMMARY_KEYS) and summary["tracked"] == 0
+    assert set(summary) == {*SUMMARY_KEYS, "files"} and summary["tracked"] == 0 and summary["files"] == {}
     capsys.readouterr()
     assert main(["video", str(clip), "-o", str(out), "-q"]) == 1  # ours now: done already
     assert "door.mp4: done already" in capsys.readouterr().err

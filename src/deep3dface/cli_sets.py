@@ -267,8 +267,8 @@ def _finished_summary(summary_path: Path, keys: tuple[str, ...], ours: Callable[
 
 def cmd_video(args: argparse.Namespace) -> int:
     """Track and reconstruct the largest face of a video: one identity, per-frame pose and
-    expression (one-euro smoothed), frames/*.json, neutral.obj, summary.json and overlay.mp4.
-    Exit code 1 when no frame shows a face (no neutral.obj then: the mean face is nobody's), on a
+    expression (one-euro smoothed), frames/*.json, neutral.obj (or --mesh-format's), summary.json and
+    overlay.mp4.  Exit code 1 when no frame shows a face (no neutral mesh then: the mean face is nobody's), on a
     rerun too."""
     import importlib.util
 
@@ -295,16 +295,20 @@ def cmd_video(args: argparse.Namespace) -> int:
                 return 1
             _say(args, f"{args.input}: done already ({summary_path}), skipped (--overwrite redoes it)")
             return 0
-        stale = [p for p in (out / "neutral.obj", out / "frames", out / "overlay.mp4") if p.exists()]
+        from .export import MESH_FORMATS
+
+        stale = [p for p in (*(out / f"neutral.{fmt}" for fmt in MESH_FORMATS), out / "frames", out / "overlay.mp4")
+                 if p.exists()]
         if stale:  # checked before minutes of work, not after
             raise ValueError(f"{stale[0]} exists (an interrupted run?): --overwrite replaces it")
     model = load_model(args.model)
     observer = SetObserver.create(descriptors=False)
     result = reconstruct_video(args.input, observer, model, VideoConfig(max_frames=args.max_frames))
-    write_video_outputs(result, args.input, out, overlay=args.overlay, overwrite=args.overwrite)
+    write_video_outputs(result, args.input, out, overlay=args.overlay, overwrite=args.overwrite,
+                        mesh_format=args.mesh_format)
     if not result.fitted:
         print(f"deep3dface: error: {args.input}: no face found in any of its {len(result.frames)} frame(s) "
-              f"(so no neutral.obj; {out / 'summary.json'} says so)", file=sys.stderr)
+              f"(so no neutral mesh; {out / 'summary.json'} says so)", file=sys.stderr)
         return 1
     _say(args, f"{args.input}: {len(result.fitted)}/{len(result.frames)} frame(s) with a face, "
                f"{sum(f.redetected for f in result.frames)} detection(s) -> {out}")
@@ -330,6 +334,7 @@ def add_commands(sub) -> None:
     p.add_argument("input", help="video file (anything FFmpeg reads)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--max-frames", type=positive_int, default=None, help="stop after this many frames")
+    add_mesh_format(p)  # the neutral mesh's
     _common(p)  # no --device: the video path fits on the CPU (it was accepted and ignored)
     p.set_defaults(func=cmd_video)
 

@@ -205,21 +205,24 @@ SUMMARY_KEYS = ("video", "width", "height", "rate", "frames", "tracked", "redete
 
 
 def write_video_outputs(result: VideoReconstruction, video: str | Path, out_dir: str | Path,
-                        overlay: bool = True, overwrite: bool = False) -> list[Path]:
-    """``frames/<index>.json`` per frame, ``neutral.obj``, ``summary.json`` and ``overlay.mp4``
-    (green: smoothed fitted points; red: the landmarker's), all written atomically, the summary
-    last (it marks the clip done).  A clip with no face gets no ``neutral.obj`` (the mean face is
+                        overlay: bool = True, overwrite: bool = False, mesh_format: str = "obj") -> list[Path]:
+    """``frames/<index>.json`` per frame, ``neutral.<mesh_format>`` (``export.MESH_FORMATS``),
+    ``summary.json`` (``files`` names the mesh) and ``overlay.mp4`` (green: smoothed fitted points;
+    red: the landmarker's), all written atomically, the summary
+    last (it marks the clip done).  A clip with no face gets no neutral mesh (the mean face is
     nobody's) and a summary with ``tracked`` 0 and no identity.  Overwriting replaces the whole
     result: the files of ours an earlier run left that this one does not write (more frames, an
     overlay, a neutral mesh) are removed; other files are never touched."""
     from .export import export_mesh, write_output
+    from .outputs import mesh_format_name
 
     out = Path(out_dir)
     if overwrite:  # an interrupted overwrite must not look done
         (out / "summary.json").unlink(missing_ok=True)
-    written = []
+    written, files = [], {}
     if result.fitted:
-        written.append(write_output(out / "neutral.obj", export_mesh(result.neutral, "obj"), overwrite))
+        files["neutral"] = f"neutral.{mesh_format_name(mesh_format)}"
+        written.append(write_output(out / files["neutral"], export_mesh(result.neutral, mesh_format), overwrite))
     position = {frame: row for row, frame in enumerate(result.fitted)}
     points = result.projected(True).numpy() if result.fitted else None
     for i, frame in enumerate(result.frames):
@@ -245,7 +248,8 @@ def write_video_outputs(result: VideoReconstruction, video: str | Path, out_dir:
                "frames": len(result.frames), "tracked": len(result.fitted),
                "redetections": sum(f.redetected for f in result.frames), "model": result.model.name,
                "unit": result.model.unit,
-               "identity": [round(float(v), 6) for v in result.identity] if result.fitted else None}
+               "identity": [round(float(v), 6) for v in result.identity] if result.fitted else None,
+               "files": files}
     written.append(write_output(out / "summary.json", json.dumps(summary, indent=1).encode(), overwrite))
     return written
 
@@ -256,7 +260,8 @@ OVERLAY_TAG = "deep3dface video overlay"  # the overlay's container comment: mar
 def earlier_outputs(out_dir: str | Path) -> list[Path]:
     """The files of ``write_video_outputs`` in a folder, recognised by name and content (a frame
     record, our mesh header, our overlay's tag), so that nothing of anyone else's is taken."""
-    from .export.meshes import OBJ_HEADER
+    from .export import MESH_FORMATS
+    from .export.meshes import is_our_mesh
 
     out = Path(out_dir)
     found = []
@@ -268,13 +273,7 @@ def earlier_outputs(out_dir: str | Path) -> list[Path]:
                 continue
             if isinstance(record, dict) and record.get("frame") == int(path.stem) and "landmark_score" in record:
                 found.append(path)
-    neutral = out / "neutral.obj"
-    try:
-        with open(neutral, "rb") as handle:
-            if handle.read(len(OBJ_HEADER)) == OBJ_HEADER.encode():
-                found.append(neutral)
-    except OSError:
-        pass
+    found += [out / f"neutral.{fmt}" for fmt in MESH_FORMATS if is_our_mesh(out / f"neutral.{fmt}")]
     if (out / "overlay.mp4").is_file():
         try:
             with open_video(out / "overlay.mp4") as container:

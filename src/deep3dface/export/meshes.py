@@ -7,6 +7,9 @@ written as floats in OBJ (the common ``v x y z r g b`` extension) and as 8-bit i
 from __future__ import annotations
 
 import io
+import json
+import struct
+from pathlib import Path
 
 import numpy as np
 
@@ -31,6 +34,28 @@ def write_rows(out, array: np.ndarray, fmt: str) -> None:
 
 #: first line of our OBJ files, before the unit (``video`` recognises its own meshes by it)
 OBJ_HEADER = "# deep3dface mesh"
+
+
+def is_our_mesh(path: str | Path) -> bool:
+    """Whether a file is a mesh deep3dface wrote: an OBJ or PLY by its header line, a GLB by its
+    generator (so that a rerun replaces its own meshes and never someone else's file)."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4096)
+            if head[:4] == b"glTF" and len(head) >= 20:  # the JSON chunk: length, type, then the text
+                length, kind = struct.unpack("<I4s", head[12:20])
+                handle.seek(20)
+                text = handle.read(length) if kind == b"JSON" and length < 1 << 24 else b""
+                try:
+                    asset = json.loads(text).get("asset", {})
+                except (ValueError, AttributeError):
+                    return False
+                return isinstance(asset, dict) and asset.get("generator") == "deep3dface"
+    except OSError:
+        return False
+    if head.startswith(OBJ_HEADER.encode()):
+        return True
+    return head.startswith(b"ply\n") and b"\ncomment deep3dface mesh" in head.split(b"end_header")[0]
 
 
 def mesh_to_obj(mesh: Mesh) -> bytes:
