@@ -286,5 +286,8 @@ def test_our_meshes_are_known_by_content_and_others_are_not(tmp_path, face_mesh)
     (tmp_path / "meshlab.ply").write_bytes(b"ply\nformat ascii 1.0\ncomment VCGLIB generated\nelement vertex 0\nend_header\n")
     (tmp_path / "notes.obj").write_text("# my own mesh\nv 0 0 0\n")
     (tmp_path / "broken.glb").write_bytes(b"glTF" + bytes(30))
-    for name in ("blender.glb", "meshlab.ply", "notes.obj", "broken.glb", "missing.obj"):
+    deep = b"[" * 200_000  # json.loads raises RecursionError, not ValueError
+    (tmp_path / "deep.glb").write_bytes(other[:12] + struct.pack("<I4s", len(deep), b"JSON") + deep)
+    (tmp_path / "folder.glb").mkdir()
+    for name in ("blender.glb", "meshlab.ply", "notes.obj", "broken.glb", "missing.obj", "deep.glb", "folder.glb"):
         assert not is_our_mesh(tmp_path / name), name

@@ -219,3 +219,15 @@ def test_overwrite_with_another_mesh_format_removes_the_old_neutral_mesh(faces, 
     assert (person / "neutral.ply").is_file() and not (person / "neutral.obj").exists()
     assert not (person / "clapton-1_face0.obj").exists() and (person / "clapton-1_face0.ply").is_file()
     assert (person / "notes.txt").read_text() == "mine"
+    # an old summary with odd 'files' values crashed the rerun (TypeError) and left the old mesh
+    summary = json.loads((person / "summary.json").read_text())
+    summary["files"].update(extra=["x"], count=1)
+    (person / "summary.json").write_text(json.dumps(summary))
+    assert main(["fit-set", str(listing), "-o", str(out), "--no-overlay", "--no-appearance", "-q",
+                 "--overwrite", "--mesh-format", "glb"]) == 0
+    assert (person / "neutral.glb").is_file() and not (person / "neutral.ply").exists()
+    # an interrupted run (no summary yet) resumed in another format, without --overwrite: no stray mesh
+    (person / "summary.json").unlink()
+    assert main(["fit-set", str(listing), "-o", str(out), "--no-overlay", "--no-appearance", "-q"]) == 0
+    assert (person / "neutral.obj").is_file() and not (person / "neutral.glb").exists()
+    assert (person / "notes.txt").read_text() == "mine"

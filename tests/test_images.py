@@ -189,3 +189,40 @@ def test_truncated_jpeg(tmp_path):
 def test_to_uint8_validates_shape():
     with pytest.raises(ValueError):
         to_uint8(torch.zeros(4, 4))
+
+
+def test_a_heic_photo_under_another_suffix_is_read_once_the_plugin_is_there(tmp_path, monkeypatch):
+    """The HEIF opener was registered only for .heic/.heif names; a HEIC renamed .jpg is now known by
+    its header and read through the plugin (a stand-in for pillow-heif that decodes raw RGB)."""
+    import sys
+    import types
+
+    from PIL import ImageFile
+
+    import deep3dface.io.images as images
+
+    header = b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic"
+    pixels = bytes(range(12))
+
+    class StandIn(ImageFile.ImageFile):
+        format = "STANDIN_HEIF"
+
+        def _open(self):
+            self._size = (2, 2)
+            self._mode = "RGB"
+            tile = getattr(ImageFile, "_Tile", lambda *fields: fields)  # Pillow < 11 takes plain tuples
+            self.tile = [tile("raw", (0, 0, 2, 2), len(header), ("RGB", 0, 1))]
+
+    def register_heif_opener():
+        Image.register_open(StandIn.format, StandIn, lambda prefix: prefix[4:12] == b"ftypheic")
+
+    monkeypatch.setitem(sys.modules, "pillow_heif", types.SimpleNamespace(register_heif_opener=register_heif_opener))
+    monkeypatch.setattr(images, "_HEIF_READY", None)
+    try:
+        (tmp_path / "IMG_0001.jpg").write_bytes(header + pixels)
+        photo = read_image(tmp_path / "IMG_0001.jpg")
+        assert torch.equal(photo, torch.tensor(list(pixels), dtype=torch.float32).reshape(2, 2, 3).permute(2, 0, 1) / 255)
+    finally:
+        Image.OPEN.pop(StandIn.format, None)
+        if StandIn.format in Image.ID:
+            Image.ID.remove(StandIn.format)

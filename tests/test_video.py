@@ -176,12 +176,13 @@ def test_video_overwrite_replaces_the_whole_result_and_keeps_other_files(tmp_pat
     clip = tmp_path / "clip.mp4"
     _encode(clip, frames, rate=4)
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "neutral.ply").write_text("MINE")  # our name in another format, not our mesh: no obstacle
     assert main(["video", str(clip), "-o", str(out), "-q"]) == 0
     assert len(list((out / "frames").iterdir())) == len(frames) and (out / "overlay.mp4").is_file()
     (out / "frames" / "notes.json").write_text('{"mine": 1}')
     (out / "frames" / "000042.json").write_text('{"frame": 7}')  # our name, not our record
     (out / "mine.txt").write_text("MINE")
-    (out / "neutral.ply").write_text("MINE")  # our name, not our mesh
     args = ["video", str(clip), "-o", str(out), "--overwrite", "--max-frames", "3", "--no-overlay", "-q",
             "--mesh-format", "glb"]
     assert main(args) == 0
@@ -278,3 +279,14 @@ def test_video_takes_no_device_option_it_would_ignore(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["fit-set", "--help"])
     assert exit_.value.code == 0 and "--device" in capsys.readouterr().out
+
+
+def test_write_video_outputs_checks_the_mesh_format_before_removing_anything(tmp_path):
+    """With overwrite=True a bad mesh_format raised only after summary.json was removed, so a
+    finished clip looked unfinished; now it is refused first."""
+    from deep3dface.video import write_video_outputs
+
+    (tmp_path / "summary.json").write_text("{}")
+    with pytest.raises(ValueError, match="unknown mesh format 'bogus'"):
+        write_video_outputs(None, tmp_path / "clip.mp4", tmp_path, overwrite=True, mesh_format="bogus")
+    assert (tmp_path / "summary.json").read_text() == "{}"

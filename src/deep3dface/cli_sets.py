@@ -22,7 +22,8 @@ deterministic, so the files it had written are rewritten identically.  Every fil
 atomically (``export.write_output``).  Without ``--overwrite`` nothing else is
 replaced: a file in the person's folder that is neither listed by a photo JSON of ours nor holds
 what this run writes (someone else's) is refused before anything of that person is written, and
-the person counts as failed.
+the person counts as failed.  ``--overwrite`` redoes the person and removes the person files of
+ours that the new run does not write (the old neutral.obj after ``--mesh-format ply``).
 
 ``deep3dface video IN -o OUT``: see deep3dface.video (needs PyAV: ``pip install av``, or the ``video`` extra of a source install).
 """
@@ -110,7 +111,7 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
     from .cli import output_folder
     from .export import OutputExistsError, write_output
     from .image_set import SetConfig
-    from .image_set_outputs import PERSON_FILES, person_files
+    from .image_set_outputs import person_files
     from .io.images import read_image
     from .outputs import OUTPUT_KINDS, output_stems, photo_outputs, write_photo_outputs
     from .pipeline import Reconstructor
@@ -170,21 +171,19 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
             print(f"deep3dface: error: {exc}; {person} skipped", file=sys.stderr)
             failed += 1
             continue
+        previous = _finished_summary(summary_path, SUMMARY_KEYS, lambda s, who=person: s["person"] == who)
+        if args.overwrite:  # an interrupted overwrite must not look done
+            summary_path.unlink(missing_ok=True)
         for face, fit, path in zip(result.faces, result.photos, paths):
             photo_files = checked.pop(fit.name, None) or photo_blobs(face, fit, path)
             # ours, or checked above: a rerun rewrites an interrupted person's files
             write_photo_outputs(out, photo_files, overwrite=True)
         for name, data in blobs.items():
             write_output(out / name, data, overwrite=True)
-        previous = _finished_summary(summary_path, SUMMARY_KEYS, lambda s, who=person: s["person"] == who)
+        for stale in _stale_person_files(out, previous, blobs):  # before the summary marks the person done
+            stale.unlink(missing_ok=True)
         summary = {"person": person, "photos": [str(p) for p in photos], "files": files, **result.summary()}
         write_output(summary_path, json.dumps(summary, indent=1).encode(), overwrite=True)
-        # the person files an earlier run of ours listed and this one did not write (neutral.obj after
-        # a rerun with --mesh-format ply, textured files after a model without a UV chart): another run's
-        stale = set(previous.get("files", {}).values() if previous and isinstance(previous.get("files"), dict) else ())
-        for name in sorted(stale - set(blobs)):
-            if isinstance(name, str) and Path(name).name == name and name in PERSON_FILES:
-                (out / name).unlink(missing_ok=True)
         failed += not result.photos
         _say(args, f"{person}: {len(result.photos)} photo(s) used, {len(result.dropped)} dropped")
         for dropped in result.dropped:  # photos left out: said even with --quiet
@@ -252,6 +251,19 @@ def _refuse_foreign(out: Path, blobs: dict[str, bytes], ours: set[str] = frozens
                                     "(--overwrite replaces it)")
 
 
+def _stale_person_files(out: Path, previous: dict | None, written) -> list[Path]:
+    """The person files of an earlier run of ours that this run does not write: those its summary
+    listed (textured files after a model without a UV chart) and neutral meshes of ours in another
+    format (neutral.obj after a rerun with --mesh-format ply, finished or interrupted)."""
+    from .export.meshes import is_our_mesh
+    from .image_set_outputs import NEUTRAL, PERSON_FILES
+
+    listed = previous.get("files") if previous else None
+    names = {v for v in listed.values() if isinstance(v, str)} if isinstance(listed, dict) else set()
+    names |= {name for name in PERSON_FILES if name.startswith(f"{NEUTRAL}.") and is_our_mesh(out / name)}
+    return [out / name for name in sorted((names & set(PERSON_FILES)) - set(written))]
+
+
 def _finished_summary(summary_path: Path, keys: tuple[str, ...], ours: Callable[[dict], bool]) -> dict | None:
     """A finished person's or clip's summary.json as fit-set or video writes it (last, so the work
     is done): a JSON object with ``keys`` for which ``ours`` holds; None for anything else there
@@ -296,9 +308,12 @@ def cmd_video(args: argparse.Namespace) -> int:
             _say(args, f"{args.input}: done already ({summary_path}), skipped (--overwrite redoes it)")
             return 0
         from .export import MESH_FORMATS
+        from .export.meshes import is_our_mesh
 
-        stale = [p for p in (*(out / f"neutral.{fmt}" for fmt in MESH_FORMATS), out / "frames", out / "overlay.mp4")
-                 if p.exists()]
+        # this run's mesh name whatever it holds; another format's only when ours (a user's is kept)
+        meshes = [out / f"neutral.{fmt}" for fmt in MESH_FORMATS
+                  if fmt == args.mesh_format or is_our_mesh(out / f"neutral.{fmt}")]
+        stale = [p for p in (*meshes, out / "frames", out / "overlay.mp4") if p.exists()]
         if stale:  # checked before minutes of work, not after
             raise ValueError(f"{stale[0]} exists (an interrupted run?): --overwrite replaces it")
     model = load_model(args.model)

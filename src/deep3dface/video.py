@@ -216,12 +216,13 @@ def write_video_outputs(result: VideoReconstruction, video: str | Path, out_dir:
     from .export import export_mesh, write_output
     from .outputs import mesh_format_name
 
+    mesh_format = mesh_format_name(mesh_format)  # before anything is removed or written
     out = Path(out_dir)
     if overwrite:  # an interrupted overwrite must not look done
         (out / "summary.json").unlink(missing_ok=True)
     written, files = [], {}
     if result.fitted:
-        files["neutral"] = f"neutral.{mesh_format_name(mesh_format)}"
+        files["neutral"] = f"neutral.{mesh_format}"
         written.append(write_output(out / files["neutral"], export_mesh(result.neutral, mesh_format), overwrite))
     position = {frame: row for row, frame in enumerate(result.fitted)}
     points = result.projected(True).numpy() if result.fitted else None

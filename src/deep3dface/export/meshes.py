@@ -39,6 +39,8 @@ OBJ_HEADER = "# deep3dface mesh"
 def is_our_mesh(path: str | Path) -> bool:
     """Whether a file is a mesh deep3dface wrote: an OBJ or PLY by its header line, a GLB by its
     generator (so that a rerun replaces its own meshes and never someone else's file)."""
+    if not Path(path).is_file():  # a folder, or a FIFO whose open would wait for a writer
+        return False
     try:
         with open(path, "rb") as handle:
             head = handle.read(4096)
@@ -48,7 +50,7 @@ def is_our_mesh(path: str | Path) -> bool:
                 text = handle.read(length) if kind == b"JSON" and length < 1 << 24 else b""
                 try:
                     asset = json.loads(text).get("asset", {})
-                except (ValueError, AttributeError):
+                except (ValueError, AttributeError, RecursionError):  # not JSON, not an object, nested too deep
                     return False
                 return isinstance(asset, dict) and asset.get("generator") == "deep3dface"
     except OSError:
