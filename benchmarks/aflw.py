@@ -10,7 +10,7 @@ protocol scores landmarks, not detection); where even that one does not overlap 
 box, the annotated face was missed and another scored in its place: it stays in every NME above,
 is listed in ``other_face``, and only ``nme_fit_annotated_face_found`` leaves it out.
 
-    python benchmarks/aflw.py [--limit N] [--every K] [--min-yaw DEG] [--photometric ITER [--photometric-lr LR]] [--yaw-gain G]
+    python benchmarks/aflw.py [--limit N] [--every K [--start I]] [--min-yaw DEG] [--photometric ITER [--photometric-lr LR]] [--yaw-gain G]
                               [--one-photo-sets]
 
 ``--one-photo-sets`` fits each face through the image-set path instead (``image_set.reconstruct_identity``
@@ -74,7 +74,7 @@ def dev_photos(args) -> list[dict]:
     """The manifest entries of the AFLW2000-3D dev photos the arguments select."""
     manifest = json.loads((shared_faces() / "manifest.json").read_text())
     images = [m for m in manifest["images"] if m["source"] == "aflw2000_3d" and abs(m["yaw_deg"]) >= args.min_yaw]
-    return images[:: args.every][: args.limit]
+    return images[args.start :: args.every][: args.limit]
 
 
 def nearest_detection(detector, photo, gt: np.ndarray):
@@ -96,6 +96,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--every", type=int, default=1, help="take every K-th photo")
+    parser.add_argument("--start", type=int, default=0, help="from the photo at this index (--every 2 --start 1: the odd half)")
     parser.add_argument("--photometric", type=int, default=None, help="photometric iterations (default: config)")
     parser.add_argument("--photometric-lr", type=float, default=None, help="the photometric stage's Adam learning rate")
     parser.add_argument("--march", action="store_true", help="let visible jaw keypoints march to the silhouette")
