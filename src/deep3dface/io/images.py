@@ -161,10 +161,6 @@ def _open(source: ImageSource) -> Image.Image:
             raise ImageReadError(name, f"corrupt or truncated image data ({err})") from None
     if image.width == 0 or image.height == 0:
         raise ImageReadError(name, f"zero size ({image.width}x{image.height})")
-    if image.mode == "F":  # a float image's NaN/inf pixels have no colour, and would pick its 0-1 or 0-255 scale
-        bad = int(np.count_nonzero(~np.isfinite(np.asarray(image, dtype=np.float32))))
-        if bad:
-            raise ImageReadError(name, f"float image with {bad} NaN or infinite pixel value(s)")
     try:
         image = ImageOps.exif_transpose(image)
     except Exception:  # noqa: BLE001 - a malformed EXIF block must not make a readable photo unreadable
@@ -172,14 +168,17 @@ def _open(source: ImageSource) -> Image.Image:
     return image
 
 
-def _float_rgb(image: Image.Image) -> np.ndarray:
+def _float_rgb(image: Image.Image, name: str) -> np.ndarray:
     """(H, W, 3) float32 RGB in [0, 1] from any mode, alpha composited on black."""
     mode = image.mode
     if mode in _SIXTEEN_BIT or mode == "F":
         values = np.asarray(image, dtype=np.float32)
         scale = 65535.0
-        if mode == "F":
-            scale = 1.0 if values.size and float(values.max()) <= 1.0 else 255.0  # finite: _open checked
+        if mode == "F":  # a float image's NaN/inf pixels have no colour, and would pick its 0-1 or 0-255 scale
+            bad = int(np.count_nonzero(~np.isfinite(values)))
+            if bad:
+                raise ImageReadError(name, f"float image with {bad} NaN or infinite pixel value(s)")
+            scale = 1.0 if values.size and float(values.max()) <= 1.0 else 255.0
         grey = np.clip(values / scale, 0.0, 1.0)
         return np.repeat(grey[..., None], 3, axis=-1)
     has_alpha = mode in _ALPHA_MODES or "transparency" in image.info
@@ -198,7 +197,7 @@ def read_image_uint8(source: ImageSource) -> np.ndarray:
     image = _open(source)
     if _is_plain_8bit(image):
         return np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
-    return np.round(_float_rgb(image) * 255.0).astype(np.uint8)
+    return np.round(_float_rgb(image, _name(source)) * 255.0).astype(np.uint8)
 
 
 def read_image(source: ImageSource) -> torch.Tensor:
@@ -209,7 +208,7 @@ def read_image(source: ImageSource) -> torch.Tensor:
         # a copy, always: for a 1 x 1 photo the transpose is already contiguous, ascontiguousarray
         # returned the read-only array itself and torch warned that it is not writable
         return torch.from_numpy(np.array(array.transpose(2, 0, 1), order="C")).to(torch.float32) / 255.0
-    return torch.from_numpy(np.ascontiguousarray(_float_rgb(image).transpose(2, 0, 1)))
+    return torch.from_numpy(np.ascontiguousarray(_float_rgb(image, _name(source)).transpose(2, 0, 1)))
 
 
 def to_uint8(image: torch.Tensor) -> np.ndarray:
