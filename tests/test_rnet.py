@@ -340,6 +340,10 @@ def test_a_file_that_is_no_checkpoint_is_a_clear_error(state_dicts, tmp_path):
     truncated.write_bytes(truncated.read_bytes()[:4096])
     with pytest.raises(CheckpointError, match="truncated.pth: cannot read the checkpoint"):
         load_rnet(truncated)
+    with pytest.raises(CheckpointError, match=r"epoch_20.pth: cannot read the checkpoint \(no such file\)"):
+        load_rnet(tmp_path / "epoch_20.pth")  # was a bare "[Errno 2] No such file or directory: ..."
+    with pytest.raises(CheckpointError, match="cannot read the checkpoint \\(Is a directory\\)"):
+        load_rnet(tmp_path)
 
 
 def test_rejects_images_of_the_wrong_shape(models):

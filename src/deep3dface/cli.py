@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--light", default=None, help="ambient, front, left, right, above, below, or a gamma file "
                    f"(27 SH coefficients, each within ±{MAX_LIGHT:g})")
     p.add_argument("--expression", default=None, help="another face's .mat: take its expression")
-    p.add_argument("--size", type=int, default=512, help=f"output size in pixels (square, {MIN_SIZE} to {MAX_SIZE})")
+    p.add_argument("--size", type=int, default=512, help=f"output size in pixels (square, {MIN_SIZE} to {MAX_SIZE}; default 512)")
     p.add_argument("--model", default="default", help="the model the face was fitted with")
     p.add_argument("--colour", default="shaded", choices=("shaded", "albedo", "geometry"))
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")

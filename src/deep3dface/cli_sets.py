@@ -188,6 +188,8 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
         _say(args, f"{person}: {len(result.photos)} photo(s) used, {len(result.dropped)} dropped")
         for dropped in result.dropped:  # photos left out: said even with --quiet
             print(f"deep3dface: warning: {person}: dropped {dropped.name}: {dropped.reason}", file=sys.stderr)
+        for note in result.notes:  # a face used unchecked: said even with --quiet
+            print(f"deep3dface: warning: {person}: {note}", file=sys.stderr)
         if not result.photos:
             print(f"deep3dface: error: {person}: no usable photo, so no neutral mesh ({summary_path} says why)",
                   file=sys.stderr)
@@ -335,7 +337,9 @@ def add_commands(sub) -> None:
     from .cli import add_mesh_format, device_name, positive_int
 
     p = sub.add_parser("fit-set", help="one 3D identity per person from sets of photos", description=cmd_fit_set.__doc__)
-    p.add_argument("root", help="ROOT/<person>/*.jpg facebank folder, or a text file listing photos")
+    p.add_argument("root", help="ROOT/<person>/*.jpg facebank folder, or a text file listing photos, one a line: "
+                                "PATH (the person is the photo's folder name) or PERSON<TAB>PATH; relative "
+                                "paths are read from the list file's folder")
     p.add_argument("-o", "--output", required=True, help="output folder (one subfolder per person)")
     p.add_argument("--no-appearance", dest="appearance", action="store_false",
                    help="skip the albedo and light fit (much faster; texture maps are still baked from the photos)")

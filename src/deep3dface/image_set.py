@@ -12,8 +12,8 @@ Steps, each a function below:
    descriptor (the wheel's ``dlib_face_recognition_resnet_model_v1.dat``, aligned by its
    ``shape_predictor_5_face_landmarks.dat``; located by path, the package is never imported).
 2. ``select_faces`` (deep3dface.set_selection): one face per photo, the one most consistent with the other photos (most
-   descriptor neighbours, then the smallest median distance; without descriptors the best-scored
-   face); photos outside the largest group of mutually consistent photos are dropped as
+   descriptor neighbours, then the smallest median distance; without descriptors the largest
+   face, with a note in ``IdentityReconstruction.notes``); photos outside the largest group of mutually consistent photos are dropped as
    "another person".  Measured on the shared sets: same person 0.05–0.52, different people ≥ 0.64, so
    dlib's own threshold 0.6 separates them.
 3. ``reconstruct_identity``: drops failed landmarks (landmarker score, single-photo fit residual),
@@ -125,6 +125,7 @@ class IdentityReconstruction:
     fit: SetFit | None
     faces: tuple = ()               # per used photo: pipeline.FaceReconstruction (appearance fitted)
     albedo: torch.Tensor | None = None  # (N, 3) the person's one albedo (fit.shared_albedo), if fitted
+    notes: tuple[str, ...] = ()     # what the caller should know and may act on (a face chosen unchecked)
 
     @property
     def used(self) -> tuple[str, ...]:
@@ -142,6 +143,7 @@ class IdentityReconstruction:
             "used": [{"photo": p.name, "weight": round(p.weight, 4), "rms_crop_px": round(p.rms, 3),
                       "angles_deg": [round(a, 2) for a in p.angles_deg]} for p in self.photos],
             "dropped": [{"photo": d.name, "reason": d.reason} for d in self.dropped],
+            "notes": list(self.notes),
         }
 
 
@@ -232,6 +234,10 @@ def reconstruct_identity(model: MorphableModel, observations: list[PhotoObservat
     chosen, rejected = select_faces([[f.descriptor for f in o.faces] for o in usable],
                                     [[_face_size(f) for f in o.faces] for o in usable], config.same_person)
     dropped += [DroppedPhoto(usable[i].name, reason) for i, reason in rejected.items()]
+    # several faces and no descriptor: the largest is taken on trust (a group photo may give a stranger's)
+    notes = tuple(f"{o.name}: {len(o.faces)} faces and no face descriptor to tell whose (pip install dlib-bin "
+                  "face-recognition-models), so the largest was used unchecked"
+                  for o in usable if len(o.faces) > 1 and any(f.descriptor is None for f in o.faces))
     photos = [(o, o.faces[chosen[i]]) for i, o in enumerate(usable) if i in chosen]
     camera = Camera.crop(dtype=torch.float64)
     while photos:
@@ -242,13 +248,14 @@ def reconstruct_identity(model: MorphableModel, observations: list[PhotoObservat
         fit = fit_identity(model, pixels, camera, scores, config=config.fit, dense=dense, initial=initial)
         reasons = outlier_reasons(fit.single_rms, fit.excess, config.max_rms, config.max_excess)
         if not reasons:
-            return _result(model, photos, fit, dropped, camera, config.annotation_keypoints)
+            return replace(_result(model, photos, fit, dropped, camera, config.annotation_keypoints), notes=notes)
         # drop the worst photo only, then refit: an outlier distorts the others' residuals
         worst = max(reasons, key=lambda i: (float(fit.single_rms[i]) > config.max_rms, float(fit.excess[i])))
         dropped.append(DroppedPhoto(photos[worst][0].name, reasons[worst]))
         photos = [p for i, p in enumerate(photos) if i != worst]
     identity = torch.zeros(model.layout.id, dtype=torch.float64)
-    return IdentityReconstruction(model, identity, neutral_mesh(model, identity), (), tuple(dropped), None)
+    return IdentityReconstruction(model, identity, neutral_mesh(model, identity), (), tuple(dropped), None,
+                                  notes=notes)
 
 
 def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,

@@ -232,8 +232,12 @@ def convert_state_dict(state: dict, fmt: CheckpointFormat) -> tuple[dict, Coeffi
 
 def _read(path: Path):
     """torch.load with ``weights_only=True``: tensors and plain containers only, never arbitrary code."""
-    with open(path, "rb") as handle:
-        magic = handle.read(4)
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+    except OSError as error:  # named like the other checkpoint errors, not a bare "[Errno 2] ..."
+        reason = "no such file" if isinstance(error, FileNotFoundError) else error.strerror or str(error)
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({reason})") from None
     # torch.save writes a zip archive; older checkpoints are a pickle (protocol 2+: 0x80)
     if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):
         raise CheckpointError(f"{path}: not a PyTorch checkpoint (neither torch.save's zip archive nor a pickle)")
