@@ -234,7 +234,7 @@ def test_photometric_stage_pulls_a_perturbed_face_back():
 
 def test_keypoint_geometry_equals_the_full_model():
     """The fit's cheap keypoint normals (one-ring only) are the full model's, at random coefficients."""
-    from deep3dface.fit.fitter import keypoint_geometry
+    from deep3dface.fit.keypoint_residuals import keypoint_geometry
 
     model = load_model("default", dtype=torch.float64)
     generator = torch.Generator().manual_seed(3)
@@ -247,6 +247,18 @@ def test_keypoint_geometry_equals_the_full_model():
     points, normals = keypoint_geometry(model, coeffs)
     torch.testing.assert_close(points, full.vertices[:, model.keypoints], atol=1e-12, rtol=0)
     torch.testing.assert_close(normals, full.normals[:, model.keypoints], atol=1e-12, rtol=0)
+    # the two visibility rules, against the full model's normals computed the plain way
+    from deep3dface.camera import Camera
+    from deep3dface.fit.keypoint_residuals import facing_camera, visible_points
+
+    n, p = full.normals[:, model.keypoints], full.vertices[:, model.keypoints]
+    towards = torch.nn.functional.normalize(torch.tensor([0.0, 0.0, Camera.crop().distance], dtype=p.dtype) - p, dim=-1)
+    assert torch.equal(facing_camera(model, coeffs, 0.1), (n * towards).sum(-1) > 0.1)
+    assert torch.equal(facing_camera(model, coeffs, 0.1, perspective=False), n[..., 2] > 0.1)
+    expected = torch.ones(3, 68, dtype=torch.float64)
+    expected[:, :17] = (n[:, :17, 2] > 0.1).double()
+    assert torch.equal(visible_points(model, coeffs, 0.1), expected)
+    assert 0 < int((expected[:, :17] == 0).sum()) < 3 * 17  # random poses: some jaw points hidden, not all
 
 
 def test_yaw_correction_turns_only_faces_beyond_the_knee():

@@ -43,7 +43,7 @@ HIDDEN_YAW = (25.0, 35.0)    # |yaw| in degrees: the second factor goes 0 -> 1 b
 def hidden_weights(model: MorphableModel, coeffs: Coefficients) -> torch.Tensor:
     """(B, 68) in [0, 1]: how hidden each keypoint is (1: facing away on a face turned beyond
     ``HIDDEN_YAW[1]``; 0: facing the camera, or any point of a face turned less than ``HIDDEN_YAW[0]``)."""
-    from .fitter import keypoint_geometry  # the keypoints' one-ring: exact vertex normals, cheaply
+    from .keypoint_residuals import keypoint_geometry  # the keypoints' one-ring: exact vertex normals, cheaply
 
     with torch.no_grad():
         points, normals = keypoint_geometry(model, coeffs)

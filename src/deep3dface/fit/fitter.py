@@ -31,7 +31,6 @@ import torch
 
 from ..camera import Camera
 from ..morphable.data import ModelData
-from ..morphable.geometry import rotation_matrix, vertex_normals
 from ..morphable.model import MorphableModel
 from ..morphable.shading import irradiance
 from ..threads import torch_threads
@@ -39,6 +38,7 @@ from ..types import Coefficients
 from .appearance import albedo_normal_equations, estimate_albedo, estimate_lighting, sample_photo, solve_with_prior
 from .landmark_fit import (DENSE_WEIGHT, LAMBDA_EXP, LAMBDA_ID, LAMBDA_SYMMETRY, YAW_GAIN, YAW_KNEE, YAW_PRIOR_WEIGHT,
                            fit_landmarks, identity_precision, yaw_prior)
+from .keypoint_residuals import facing_camera
 from .losses import LANDMARK_WEIGHTS
 from .vertex_evidence import albedo_operators, albedo_weights, skin_weights, vertex_weights
 
@@ -258,7 +258,7 @@ def _landmark_round(model, targets, weights68, ids68, stage, camera, coeffs, fla
                            id_precision=identity_precision(model, stage.lambda_symmetry))
     fitted = _keep_finite(fitted, coeffs if coeffs is not None else model.zero_coefficients(batch), flags,
                           "landmark fit diverged")
-    visible = _keypoint_visibility(model, fitted, stage.visible_cosine)
+    visible = facing_camera(model, fitted, stage.visible_cosine)
     weights68 = _base_weights(targets)
     jaw = torch.tensor(JAW)
     weights68[:, jaw] = torch.where(visible[:, jaw], weights68[:, jaw],
@@ -324,54 +324,6 @@ def _landmark_system(model, targets, weights68, ids68, stage, coeffs):
                else torch.cat([ids, dense_ids.expand(len(ids), -1)], 1))
         weights = torch.cat([weights, stage.dense_weight * dense_w], 1)
     return pixels, ids, weights
-
-
-def _keypoint_visibility(model, coeffs, cosine):
-    """(B, 68) bool: keypoint normal faces the camera by more than ``cosine``."""
-    with torch.no_grad():
-        points, normals = keypoint_geometry(model, coeffs)
-        view = torch.tensor([0.0, 0.0, Camera.crop().distance], dtype=points.dtype) - points
-        facing = (normals * torch.nn.functional.normalize(view, dim=-1)).sum(-1)
-    return facing > cosine
-
-
-def keypoint_geometry(model: MorphableModel, coeffs: Coefficients) -> tuple[torch.Tensor, torch.Tensor]:
-    """(B, 68, 3) posed keypoints and their unit normals in camera-facing model space, equal to
-    ``model(coeffs)``'s ``vertices`` and ``normals`` at ``model.keypoints``, from the keypoints'
-    one-ring only (a few hundred of the model's vertices: the fit asks this every round)."""
-    ring = _keypoint_ring(model.data)
-    dtype = model.mean_shape.dtype
-    coeffs = coeffs.to(dtype)
-    shape = model.shape_at(coeffs.id, coeffs.exp, ring.vertices)
-    normals = vertex_normals(shape, ring.triangles, ring.point_buf)[:, ring.keypoints]
-    rotation = rotation_matrix(coeffs.angle)
-    points = shape[:, ring.keypoints] @ rotation.transpose(1, 2) + coeffs.trans[:, None]
-    return points, normals @ rotation.transpose(1, 2)
-
-
-@dataclass(frozen=True, eq=False)
-class _Ring:
-    vertices: torch.Tensor   # (U,) model vertex ids of the keypoints' triangles
-    triangles: torch.Tensor  # (T, 3) those triangles, indexing ``vertices``
-    point_buf: torch.Tensor  # (U, V) each local vertex's triangles among them, padded with T
-    keypoints: torch.Tensor  # (68,) the keypoints, indexing ``vertices``
-
-
-@lru_cache(maxsize=4)
-def _keypoint_ring(data: ModelData) -> _Ring:
-    faces = data.point_buf[data.keypoints]
-    faces = np.unique(faces[faces < len(data.triangles)])
-    vertices, local = np.unique(data.triangles[faces], return_inverse=True)
-    triangles = local.reshape(-1, 3)
-    point_buf = np.full((len(vertices), data.point_buf.shape[1]), len(triangles))
-    fill = np.zeros(len(vertices), dtype=np.int64)
-    for t, corners in enumerate(triangles):  # keypoints get all their triangles; others a subset
-        for v in corners:
-            point_buf[v, fill[v]] = t
-            fill[v] += 1
-    keypoints = np.searchsorted(vertices, data.keypoints)
-    as_long = lambda a: torch.as_tensor(np.asarray(a), dtype=torch.int64)  # noqa: E731
-    return _Ring(as_long(vertices), as_long(triangles), as_long(point_buf), as_long(keypoints))
 
 
 def _appearance_stage(model, targets, stage, camera, coeffs, flags):
