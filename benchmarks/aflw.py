@@ -19,6 +19,7 @@ on a one-photo set: the joint solver, its yaw belief, its checks): the per-photo
 
 ``--yaw-gain`` sets ``LandmarkStage.yaw_gain`` (the landmarks' yaw-compression correction; 0 turns
 it off): the default was chosen by running 0.3, 0.45 and 0.6 and comparing both halves of the photos.
+``--stage FIELD=VALUE`` sets any numeric ``LandmarkStage`` field (repeatable; the JSON records them).
 ``--lambda-symmetry`` sets the identity prior's extra weight on asymmetry (``LandmarkStage`` and, with
 ``--one-photo-sets``, ``SetFitConfig``; ``landmark_fit.LAMBDA_SYMMETRY``; 0 turns it off).
 """
@@ -30,7 +31,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +105,8 @@ def main() -> None:
     parser.add_argument("--yaw-gain", type=float, default=None, help="LandmarkStage.yaw_gain (default: config)")
     parser.add_argument("--lambda-symmetry", type=float, default=None,
                         help="the identity prior's extra weight on asymmetry (default: config; 0: off)")
+    parser.add_argument("--stage", action="append", default=[], metavar="FIELD=VALUE",
+                        help="set a LandmarkStage field (numbers only), e.g. --stage visible_cosine=0.3; repeatable")
     parser.add_argument("--min-yaw", type=float, default=0.0, help="only photos with |yaw| >= this (degrees)")
     parser.add_argument("--per-face", type=Path, default=None, help="write per-face NMEs as JSON here")
     parser.add_argument("--one-photo-sets", action="store_true", help="fit each face as a one-photo image set")
@@ -116,6 +119,11 @@ def main() -> None:
     stage = LandmarkStage(march_contour=args.march)
     if args.lambda_symmetry is not None:
         stage = replace(stage, lambda_symmetry=args.lambda_symmetry)
+    for setting in args.stage:
+        name, _, value = setting.partition("=")
+        if name not in {f.name for f in fields(LandmarkStage)}:
+            parser.error(f"--stage {setting}: LandmarkStage has no field {name!r}")
+        stage = replace(stage, **{name: type(getattr(stage, name))(float(value))})
     fit = FitConfig(landmarks=stage if args.yaw_gain is None else replace(stage, yaw_gain=args.yaw_gain))
     if args.photometric is not None:
         stage = PhotometricStage(iterations=args.photometric)
@@ -156,7 +164,8 @@ def main() -> None:
          nme_fit_annotated_face_found=summarise(np.delete(fit_nme, other_face), np.delete(yaws, other_face)),
          seconds_per_face_median=round(float(np.median(seconds)), 3), photometric=fit.photometric.iterations,
          march_contour=fit.landmarks.march_contour, yaw_gain=fit.landmarks.yaw_gain,
-         lambda_symmetry=fit.landmarks.lambda_symmetry, dense=recon.dense is not None and recon.config.dense)
+         lambda_symmetry=fit.landmarks.lambda_symmetry, dense=recon.dense is not None and recon.config.dense,
+         stage=args.stage)
 
 
 def one_photo_sets(args) -> None:
