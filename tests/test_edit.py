@@ -339,7 +339,7 @@ def test_size_help_states_the_limits_the_check_enforces(tmp_path, capsys):
 
     with pytest.raises(SystemExit):
         main(["render", "--help"])
-    assert f"(square, {MIN_SIZE} to {MAX_SIZE})" in " ".join(capsys.readouterr().out.split())
+    assert f"(square, {MIN_SIZE} to {MAX_SIZE}; default 512)" in " ".join(capsys.readouterr().out.split())
     for size in (MIN_SIZE - 1, MAX_SIZE + 1):
         error = refused(capsys, 2, ["render", str(tmp_path / "missing.mat"), "-o", str(tmp_path / "b.png"),
                                     "--size", str(size)], tmp_path)
