@@ -90,7 +90,7 @@ def test_a_finished_batch_reruns_without_loading_the_models(batch, monkeypatch):
     assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(out), "-q"]) == 0
 
 
-def test_outputs_chooses_the_files(batch, tmp_path):
+def test_outputs_chooses_the_files(batch, tmp_path, capsys):
     inputs, full, _, _ = batch
     out = tmp_path / "mesh_mat"
     assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(out), "-q", "--outputs", "mesh,mat"]) == 0
@@ -106,6 +106,15 @@ def test_outputs_chooses_the_files(batch, tmp_path):
     only_json = tmp_path / "none"
     assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(only_json), "-q", "--outputs", "none"]) == 0
     assert [p.name for p in only_json.iterdir()] == ["face.json"]
+    # a rerun asking for more was skipped with no hint why nothing came: the skip now says what is missing
+    capsys.readouterr()
+    assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(only_json), "--outputs", "mesh,mat,texture",
+                 "--mesh-format", "ply"]) == 0
+    assert "face.json exists, written without mesh, mat (--overwrite replaces)" in capsys.readouterr().err
+    assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(out), "--outputs", "mesh", "--mesh-format", "ply"]) == 0
+    assert "face.json exists, written without ply meshes (--overwrite replaces)" in capsys.readouterr().err
+    assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(out), "--outputs", "mesh"]) == 0
+    assert "face.json exists (--overwrite replaces)" in capsys.readouterr().err
     # overwriting with fewer kinds leaves no stale, unlisted files of the earlier run; others' files stay
     (out / "notes.txt").write_text("mine")
     assert main(["reconstruct", str(inputs / "face.jpg"), "-o", str(out), "-q", "--outputs", "mat", "--overwrite"]) == 0

@@ -156,7 +156,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from .export import OutputExistsError
     from .io.images import ImageReadError, read_image
     from .fit.fitter import FitConfig
-    from .outputs import APPEARANCE_KINDS, output_stems, parse_output_kinds, photo_outputs, write_photo_outputs
+    from .outputs import (APPEARANCE_KINDS, missing_outputs, output_stems, parse_output_kinds, photo_outputs,
+                          write_photo_outputs)
     from .pipeline import Reconstructor, ReconstructorConfig
     from .threads import torch_threads
 
@@ -180,7 +181,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         progress.step(path.name)
         if not args.overwrite and (out_dir / f"{stem}.json").exists():
             skipped += 1
-            progress.message(f"deep3dface: skip {path}: {out_dir / (stem + '.json')} exists (--overwrite replaces)")
+            record = out_dir / f"{stem}.json"
+            missing = missing_outputs(_json_or_none(record), kinds, args.mesh_format)
+            written = f", written without {', '.join(missing)}" if missing else ""  # a rerun asking for more
+            progress.message(f"deep3dface: skip {path}: {record} exists{written} (--overwrite replaces)")
             continue
         if recon is None:  # a bad --model or --checkpoint ends the run here (main: one line, exit 2)
             recon = Reconstructor(model=args.model, checkpoint=args.checkpoint, device=args.device,
@@ -208,6 +212,16 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         print(f"{len(photos) - failures - skipped + len(problems)} photo(s) done, {faces_total} face(s), "
               f"{skipped} skipped, {failures} failed -> {out_dir}")
     return min(failures, 100)
+
+
+def _json_or_none(path: Path):
+    """A file's JSON, or None where it is not JSON (someone else's file)."""
+    import json
+
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
 
 
 def demo_photo() -> Path:

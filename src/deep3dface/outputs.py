@@ -299,6 +299,24 @@ def listed_files(json_path: Path) -> list[str]:
     return [name for name in names if isinstance(name, str) and name and Path(name).name == name]
 
 
+def missing_outputs(record, kinds: frozenset[str], mesh_format: str = "obj") -> list[str]:
+    """What a photo's existing JSON ``record`` says an earlier run did not write of ``kinds`` (e.g.
+    ``["mesh", "mat"]`` after ``--outputs none``, ``["ply meshes"]`` after OBJ ones), so that a skip
+    can say what ``--overwrite`` would add; [] for a record with no faces or not of ours.  Textured
+    files are not asked for: a model without a UV chart never writes them."""
+    faces = record.get("faces") if isinstance(record, dict) else None
+    if not isinstance(faces, list) or not faces or not all(isinstance(f, dict) for f in faces):
+        return []
+    files = [f.get("files") if isinstance(f.get("files"), dict) else {} for f in faces]
+    roles = {"mesh": "mesh", "mat": "coefficients", "maps": "depth", "overlay": "overlay"}
+    missing = [kind for kind in OUTPUT_KINDS if kind in roles and kind in kinds
+               and not all(roles[kind] in names for names in files)]
+    if "mesh" in kinds and "mesh" not in missing and not all(
+            str(names["mesh"]).endswith(f".{mesh_format}") for names in files):
+        missing.append(f"{mesh_format} meshes")
+    return missing
+
+
 def output_stems(paths: list[Path], out_dir: Path | None = None) -> list[str]:
     """Output stems for input photos: the file stem, or ``<stem>-2``, ``-3``... where it is taken,
     by another photo of this batch (its own stem or one given out before) or by an earlier run's
@@ -404,5 +422,5 @@ def _png(array: np.ndarray) -> bytes:
 
 
 __all__ = ["DEPTH_SCALE", "OUTPUT_KINDS", "SCHEMA_VERSION", "TEXTURE_SIZE", "camera_maps", "depth_png", "face_mat", "face_record",
-           "landmarks_3d", "normal_png", "overlay_png", "parse_output_kinds", "photo_outputs", "pose_opencv", "read_depth_png",
+           "landmarks_3d", "missing_outputs", "normal_png", "overlay_png", "parse_output_kinds", "photo_outputs", "pose_opencv", "read_depth_png",
            "read_normal_png", "render_colours", "textured_outputs", "output_stems", "write_photo_outputs"]
