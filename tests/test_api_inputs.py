@@ -175,7 +175,7 @@ def test_reconstruct_set_names_a_bad_photo_by_its_position_before_reading_any(re
     monkeypatch.setattr(image_set.SetObserver, "observe", lambda self, image, name: observed.append(name))
     with pytest.raises(ValueError, match=r"photos\[2\]: .*\(3, H, W\)"):
         reconstructor.reconstruct_set([a, torch.rand(3, 32, 32), torch.rand(32, 32, 3)])
-    with pytest.raises(TypeError, match=r"photos\[1\] must be a path or a \(3, H, W\) tensor, got int"):
+    with pytest.raises(TypeError, match=r"photos\[1\]: cannot read an image from int"):
         reconstructor.reconstruct_set([a, 7])
     assert observed == []  # refused before any photo was looked at
 
@@ -211,3 +211,52 @@ def test_same_pixels_are_found_in_a_bfloat16_photo():
     used = [name for name, _ in read_photos([photo, photo.clone(), other, photo.float()], ["a", "b", "c", "d"],
                                             lambda name, reason: dropped.append((name, reason)))]
     assert used == ["a", "c", "d"] and dropped == [("b", "the same pixels as a")]
+
+
+@pytest.mark.parametrize("make, recipe", [
+    (lambda p: (p * 255).round().to(torch.uint8), r"; try photo\.float\(\) / 255$"),
+    (lambda p: p.permute(1, 2, 0), r"photo\[\.\.\., :3\]\.permute\(2, 0, 1\)"),
+    (lambda p: p[None], r"photo\[0\] \(one photo, not a batch\)"),
+    (lambda p: p[0], r"photo\.expand\(3, -1, -1\)"),
+    (lambda p: (p.permute(1, 2, 0) * 255).to(torch.uint8), r"permute\(2, 0, 1\) \(channels first\), then photo\.float\(\) / 255"),
+])
+def test_a_wrong_photo_tensor_is_refused_with_the_way_to_fix_it(reconstructor, make, recipe):
+    """uint8, channels-last, batched and grey tensors were refused naming dtype and shape only;
+    the error now says how to make the (3, H, W) float photo it wants."""
+    photo = torch.rand(3, 40, 30, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=recipe):
+        reconstructor.reconstruct(make(photo))
+
+
+def test_numpy_arrays_and_pil_images_are_photos_everywhere(reconstructor, faces, fitted):
+    """np.asarray(PIL) / imageio / OpenCV arrays were 'cannot read an image from ndarray', and
+    reconstruct_set refused PIL images that reconstruct takes; both now read as the file does."""
+    import numpy as np
+    from PIL import Image
+
+    path = faces / "identity_face_recognition" / "obama" / "obama1.jpg"
+    rgb = np.asarray(Image.open(path).convert("RGB"))
+    assert torch.equal(read_image(rgb), read_image(path))
+    assert torch.equal(read_image(rgb[..., 0]), read_image(Image.fromarray(rgb[..., 0])))
+    with pytest.raises(TypeError, match=r"float64 array of shape \(2, 2, 3\).*permute\(2, 0, 1\)"):
+        read_image(np.zeros((2, 2, 3)))
+    from_array = reconstructor.reconstruct(rgb)
+    assert torch.equal(from_array[0].landmarks68, reconstructor.reconstruct(path)[0].landmarks68)
+    pil = [Image.open(path), Image.open(faces / "identity_face_recognition" / "obama" / "obama2.jpg")]
+    result = reconstructor.reconstruct_set(pil, appearance=False)
+    assert result.used == ("photo0", "photo1")
+
+
+def test_reconstruct_detections_takes_what_reconstruct_takes(reconstructor, faces):
+    """A 0-255 photo ran to the end with lost landmarks and a wrong light, a path failed as
+    "'str' object has no attribute 'shape'", [] in torch.stack and one Detection as not iterable."""
+    path = faces / "identity_face_recognition" / "obama" / "obama1.jpg"
+    photo = read_image(path)
+    detections = reconstructor.detector.detect(photo)
+    one = reconstructor.reconstruct_detections(path, detections[0])
+    assert len(one) == 1 and torch.equal(one[0].landmarks68, reconstructor.reconstruct_detections(photo, detections[:1])[0].landmarks68)
+    assert reconstructor.reconstruct_detections(photo, []) == []
+    with pytest.raises(ValueError, match="divide 0-255 values by 255"):
+        reconstructor.reconstruct_detections(photo * 255, detections)
+    with pytest.raises(TypeError, match="detections must be a list of Detection"):
+        reconstructor.reconstruct_detections(photo, [detections[0].box])

@@ -47,7 +47,8 @@ def photo_list(photos) -> list:
     """``photos`` as a list, or a TypeError/ValueError before any work: a str was taken one
     character a photo (each "dropped", no error), a Path failed as "not iterable", a generator was
     used up by the names, and an empty list gave an empty result without a word."""
-    if isinstance(photos, (str, bytes, os.PathLike)) or (isinstance(photos, torch.Tensor) and photos.ndim < 4):
+    if isinstance(photos, (str, bytes, os.PathLike)) or (isinstance(photos, torch.Tensor) and photos.ndim < 4) or (
+            hasattr(photos, "getpixel")):  # one PIL image
         raise TypeError(f"photos must be a list of photos (paths or (3, H, W) tensors), got one "
                         f"{type(photos).__name__}; pass [photo]")
     from .pipeline import checked_photo
@@ -61,8 +62,13 @@ def photo_list(photos) -> list:
                 photos[index] = checked_photo(photo)  # checked here once: the caller reads only paths
             except ValueError as exc:
                 raise ValueError(f"photos[{index}]: {exc}") from None
-        elif not isinstance(photo, (str, os.PathLike)):
-            raise TypeError(f"photos[{index}] must be a path or a (3, H, W) tensor, got {type(photo).__name__}")
+        elif not isinstance(photo, (str, os.PathLike)):  # a PIL image, an array, bytes: read now, as reconstruct would
+            try:
+                photos[index] = read_image(photo)
+            except TypeError as exc:
+                raise TypeError(f"photos[{index}]: {exc}") from None
+            except ImageReadError as exc:
+                raise ValueError(f"photos[{index}]: {exc}") from None
     return photos
 
 

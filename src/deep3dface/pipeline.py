@@ -248,7 +248,8 @@ def checked_photo(photo: torch.Tensor) -> torch.Tensor:
     failed deep in the landmarker (``Tensor.numpy()``)."""
     photo = photo.detach()
     if photo.ndim != 3 or photo.shape[0] != 3 or not photo.is_floating_point():
-        raise ValueError(f"expected a float (3, H, W) RGB photo in [0, 1], got {photo.dtype} {tuple(photo.shape)}")
+        raise ValueError(f"expected a float (3, H, W) RGB photo in [0, 1], got {photo.dtype} {tuple(photo.shape)}"
+                         + _photo_recipe(photo))
     if photo.numel() == 0:
         raise ValueError(f"the photo is empty: {tuple(photo.shape)}")
     if not bool(torch.isfinite(photo).all()):
@@ -258,6 +259,21 @@ def checked_photo(photo: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"expected photo values in [0, 1], got {low:g} to {high:g}"
                          + (" (divide 0-255 values by 255)" if high <= 255.5 else ""))
     return photo
+
+
+def _photo_recipe(photo: torch.Tensor) -> str:
+    """How to turn a common wrong photo tensor into a (3, H, W) float one in [0, 1]."""
+    shape, steps = tuple(photo.shape), []
+    if len(shape) == 4 and shape[0] == 1:
+        steps.append("photo[0] (one photo, not a batch)")
+        shape = shape[1:]
+    if len(shape) == 3 and shape[-1] in (3, 4) and shape[0] not in (1, 3):
+        steps.append("photo[..., :3].permute(2, 0, 1) (channels first)")
+    elif len(shape) == 2 or (len(shape) == 3 and shape[0] == 1):
+        steps.append("photo.expand(3, -1, -1) (grey to RGB)")
+    if not photo.is_floating_point():
+        steps.append("photo.float() / 255")
+    return f"; try {', then '.join(steps)}" if steps else ""
 
 
 def photo_tensor(source) -> torch.Tensor:
@@ -331,7 +347,14 @@ class Reconstructor:
             return self.rnet(crops.to(self.device)).to("cpu", torch.float32)
 
     def reconstruct_detections(self, photo: torch.Tensor, detections: list[Detection]) -> list[FaceReconstruction]:
-        """Fit the given detections of one photo (a batch of faces)."""
+        """Fit the given detections of one photo (a batch of faces; the photo as ``reconstruct``
+        takes it); [] for no detections."""
+        photo = photo_tensor(photo)  # checked as reconstruct checks it: a 0-255 photo failed deep inside
+        detections = [detections] if isinstance(detections, Detection) else list(detections)
+        if not all(isinstance(d, Detection) for d in detections):
+            raise TypeError("detections must be a list of Detection (e.g. Reconstructor.detector.detect(photo))")
+        if not detections:
+            return []
         with self._threads():
             return self._reconstruct_detections(photo, detections)
 

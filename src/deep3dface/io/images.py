@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image]
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO, Image.Image, np.ndarray]
 #: the file suffixes the commands take for photos when they scan folders: a folder of .jfif (web
 #: downloads), .avif or .heic/.heif (iPhone) photos was skipped without a word; a photo Pillow cannot
 #: read here (HEIC without the pillow-heif plugin) now fails by name, with what it needs
@@ -62,6 +62,8 @@ class ImageReadError(ValueError):
 def _name(source: ImageSource) -> str:
     if isinstance(source, (str, os.PathLike)):
         return str(source)
+    if isinstance(source, np.ndarray):
+        return "<array>"
     if isinstance(source, Image.Image):
         return getattr(source, "filename", "") or "<PIL image>"
     return getattr(source, "name", None) or "<bytes>"
@@ -137,9 +139,22 @@ def _unidentified(name: str, source: ImageSource) -> str:
     return "not an image Pillow can identify"
 
 
+def _array_image(array: np.ndarray) -> Image.Image:
+    """A uint8 (H, W), (H, W, 3) or (H, W, 4) array (what OpenCV, imageio and np.asarray(PIL)
+    give; OpenCV's is BGR: flip it with array[..., ::-1]) as a Pillow image; a TypeError with the
+    recipe for anything else."""
+    if array.dtype == np.uint8 and (array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (3, 4))):
+        return Image.fromarray(np.ascontiguousarray(array))
+    raise TypeError(f"cannot read an image from a {array.dtype} array of shape {array.shape}: pass a uint8 "
+                    "(H, W), (H, W, 3) or (H, W, 4) array, or a (3, H, W) float tensor in [0, 1] "
+                    "(e.g. torch.from_numpy(array).permute(2, 0, 1).float() / 255)")
+
+
 def _open(source: ImageSource) -> Image.Image:
     """A fully decoded, upright Pillow image."""
     name = _name(source)
+    if isinstance(source, np.ndarray):
+        source = _array_image(source)
     if isinstance(source, Image.Image):
         image = source
     else:
