@@ -260,3 +260,29 @@ def test_reconstruct_detections_takes_what_reconstruct_takes(reconstructor, face
         reconstructor.reconstruct_detections(photo * 255, detections)
     with pytest.raises(TypeError, match="detections must be a list of Detection"):
         reconstructor.reconstruct_detections(photo, [detections[0].box])
+
+
+def test_a_home_folder_path_from_python_is_the_home_folder(fitted, faces, tmp_path, monkeypatch):
+    """Python leaves '~' to the shell: write_output('~/face.obj') made a folder named '~' in the
+    working directory, and read_image('~/photo.jpg') said 'no such file'; now '~' is the home
+    folder in the API's reads and writes (and in fit-set list files)."""
+    import shutil
+
+    from deep3dface.cli_sets import read_sets
+    from deep3dface.edit import load_face, render_command
+    from deep3dface.export import read_coefficients_mat, write_output
+    from deep3dface.outputs import face_mat
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(work)
+    shutil.copy(faces / "identity_face_recognition" / "obama" / "obama1.jpg", home / "photo.jpg")
+    assert torch.equal(read_image("~/photo.jpg"), read_image(home / "photo.jpg"))
+    assert write_output("~/face.mat", face_mat(fitted[1])) == home / "face.mat"
+    assert torch.equal(read_coefficients_mat("~/face.mat").id, load_face(home / "face.mat").coefficients.id)
+    assert render_command("~/face.mat", "~/turned.png", pose="0,30,0", size=64)[0] == home / "turned.png"
+    (home / "list.txt").write_text("barack\t~/photo.jpg\n")
+    assert read_sets(home / "list.txt", [], []) == {"barack": [home / "photo.jpg"]}
+    assert list(work.iterdir()) == []  # no '~' folder

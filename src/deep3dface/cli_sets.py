@@ -83,7 +83,8 @@ def read_sets(root: str | Path, problems: list[str] | None = None,
             path = path.strip()
             if not path:
                 raise ValueError(f"{where}: no path")
-            photo = Path(path) if Path(path).is_absolute() else root.parent / path
+            photo = Path(path).expanduser()  # a list file is not read by a shell
+            photo = photo if photo.is_absolute() else root.parent / photo
             person = person.strip() or photo.parent.name
             if person in ("", ".", "..") or any(sep in person for sep in ("/", "\\")) or Path(person).is_absolute():
                 raise ValueError(f"{where}: person {person!r} is not a plain folder name "

@@ -72,6 +72,7 @@ def load_face(path: str | Path) -> SavedFace:
     from .export import read_coefficients_mat
     from .export.coefficients import numeric_array
 
+    path = Path(path).expanduser()
     coefficients = read_coefficients_mat(path)
     mat = read_mat(path, variable_names=["albedo"])
     albedo = torch.as_tensor(numeric_array(mat["albedo"], f"{path}: 'albedo'")) if "albedo" in mat else None
@@ -263,7 +264,8 @@ def render_command(face_path: str | Path, output: str | Path, pose: str | None =
 
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise ValueError(f"--size must be {MIN_SIZE} to {MAX_SIZE} pixels, got {size}")
-    check_output(Path(output))
+    output = Path(output).expanduser()
+    check_output(output)
     pose_deg = None if pose is None else parse_pose(pose)
     face = load_face(face_path)
     gamma = None if light is None else light_option(light)

@@ -76,8 +76,10 @@ def refuse_file_above(path: str | Path, option: str = "-o", error: type[Exceptio
 
 
 def write_output(path: str | Path, data: bytes, overwrite: bool = False) -> Path:
-    """Write ``data`` to ``path`` atomically; an existing file is an error unless ``overwrite``."""
-    path = Path(path)
+    """Write ``data`` to ``path`` atomically; an existing file is an error unless ``overwrite``.
+    A leading ``~`` is the home folder (Python leaves it to the shell: "~/face.obj" made a folder
+    named "~" in the working directory)."""
+    path = Path(path).expanduser()
     if path.is_dir():
         raise ValueError(f"{path} is a folder: give the output a file name")
     # an OSError as the OS's own would be (callers handle those), but one that says what is wrong
@@ -115,7 +117,7 @@ def stage_output(path: str | Path, data: bytes) -> Path:
 
 def write_mesh(mesh: Mesh, path: str | Path, overwrite: bool = False) -> Path:
     """Export by the path's suffix and write atomically."""
-    path = Path(path)
+    path = Path(path).expanduser()
     return write_output(path, export_mesh(mesh, path.suffix), overwrite)
 
 

@@ -59,6 +59,7 @@ def numeric_array(value: object, what: str) -> np.ndarray:
 def read_coefficients_mat(source: str | Path | bytes, layout: CoefficientLayout | None = None) -> Coefficients:
     """Coefficients from a .mat written by us or by Deep3D (``coeff`` or the named groups)."""
     name = "<bytes>" if isinstance(source, bytes) else str(source)
+    source = source if isinstance(source, bytes) else Path(source).expanduser()
     if not isinstance(source, bytes) and Path(source).is_dir():
         raise ValueError(f"{name} is a folder, not a .mat file")
     if not isinstance(source, bytes) and not Path(source).exists():

@@ -73,7 +73,7 @@ def _stream(source: ImageSource, name: str) -> ContextManager[BinaryIO]:
     """A readable binary stream for a path or bytes (closed afterwards), or the caller's own stream
     (left open)."""
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
+        path = Path(source).expanduser()  # "~/photo.jpg" from Python: the shell expands it on the command line
         if not path.exists():
             raise ImageReadError(name, "no such file")
         if path.is_dir():
