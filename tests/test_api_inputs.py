@@ -286,3 +286,15 @@ def test_a_home_folder_path_from_python_is_the_home_folder(fitted, faces, tmp_pa
     (home / "list.txt").write_text("barack\t~/photo.jpg\n")
     assert read_sets(home / "list.txt", [], []) == {"barack": [home / "photo.jpg"]}
     assert list(work.iterdir()) == []  # no '~' folder
+
+
+def test_results_print_in_a_few_lines(reconstructor, fitted, faces):
+    """print(faces) in a notebook gave ~29,000 characters (albedo, 468 landmark points, ...); the
+    results now print what a reader looks for."""
+    photo, face = fitted
+    text = repr(face)
+    assert len(text) < 400 and text.startswith("FaceReconstruction(box=[") and "angles_deg=" in text
+    assert len(repr(face.landmarks)) < 200 and "backend='mediapipe'" in repr(face.landmarks)
+    result = reconstructor.reconstruct_set([faces / "identity_face_recognition" / "obama" / "obama1.jpg"], appearance=False)
+    assert len(repr(result)) < 300 and "used=('obama1',)" in repr(result)
+    assert len(repr(result.photos[0])) < 200 and repr(result.photos[0]).startswith("PhotoFit(name='obama1'")

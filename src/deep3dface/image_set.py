@@ -112,6 +112,10 @@ class PhotoFit:
     def angles_deg(self) -> tuple[float, float, float]:
         return tuple(math.degrees(float(a)) for a in self.coefficients.angle[0])
 
+    def __repr__(self) -> str:  # short: the generated one prints every tensor
+        return (f"PhotoFit(name={self.name!r}, weight={self.weight:.3f}, rms={self.rms:.2f}, "
+                f"angles_deg={tuple(round(a, 1) for a in self.angles_deg)})")
+
 
 @dataclass(frozen=True, eq=False)
 class IdentityReconstruction:
@@ -126,6 +130,10 @@ class IdentityReconstruction:
     faces: tuple = ()               # per used photo: pipeline.FaceReconstruction (appearance fitted)
     albedo: torch.Tensor | None = None  # (N, 3) the person's one albedo (fit.shared_albedo), if fitted
     notes: tuple[str, ...] = ()     # what the caller should know and may act on (a face chosen unchecked)
+
+    def __repr__(self) -> str:  # short: the generated one prints the mesh, every photo's tensors
+        return (f"IdentityReconstruction(model={self.model.name!r}, used={self.used!r}, "
+                f"dropped={tuple(d.name for d in self.dropped)!r}, notes={len(self.notes)})")
 
     @property
     def used(self) -> tuple[str, ...]:

@@ -77,6 +77,13 @@ class FaceReconstruction:
     flags: tuple[str, ...] = ()
     landmarks68_model: torch.Tensor | None = None  # (68, 3) the posed model-space points landmarks68 images
 
+    def __repr__(self) -> str:  # the generated one printed ~29,000 characters (albedo, 468 points, ...)
+        box = [round(float(v), 1) for v in self.detection.box]
+        angles = tuple(round(a, 1) for a in self.angles_deg)
+        return (f"FaceReconstruction(box={box}, score={self.detection.score:.3f}, detector={self.detection.detector!r}, "
+                f"angles_deg={angles}, landmark_error={self.landmark_error:.2f}, flags={self.flags!r}, "
+                f"model={self.model.name!r})")
+
     @property
     def angles_deg(self) -> tuple[float, float, float]:
         return tuple(math.degrees(float(a)) for a in self.coefficients.angle[0])

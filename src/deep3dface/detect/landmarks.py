@@ -58,6 +58,10 @@ class LandmarkResult:
     backend: str
     stretch: float = 1.0
 
+    def __repr__(self) -> str:  # not the points themselves: 468 of them filled a screen
+        return (f"LandmarkResult(backend={self.backend!r}, points={len(self.points)}, score={self.score:.3f}, "
+                f"stretch={self.stretch:g})")
+
     def __post_init__(self) -> None:
         k = self.points.shape[0]
         if self.points.ndim != 2 or self.points.shape[1] != 2:
