@@ -403,3 +403,34 @@ def test_output_under_a_file_says_the_parent_is_a_file(saved, tmp_path, capsys):
         assert f"error: -o {output}: {tmp_path / 'x.json'} is a file, not a folder" in error
         assert "Errno" not in error
     assert (tmp_path / "x.json").read_text() == "{}"
+
+
+def test_the_python_edit_api_checks_what_the_command_checks():
+    """From Python, a NaN pose was taken (the render came out empty), a 2-angle pose failed as
+    "coefficient group 'angle' must have 3 values", a preset light name as "invalid data type
+    'str'", size 64.5 rendered 64 and size 0 failed in the rasteriser, a (1, N, 3) albedo 'had 1
+    vertices'; load_model(device='cuda') on a CPU build was torch's AssertionError."""
+    import math
+
+    from deep3dface.edit import edit_coefficients, light_gamma, render_face
+    from deep3dface.morphable import load_model
+
+    model = load_model("default")
+    coefficients = model.zero_coefficients(1)
+    for pose in ((0.0, float("nan"), 0.0), (0.0, 30.0)):
+        with pytest.raises(ValueError, match="pose_deg must be three finite angles"):
+            edit_coefficients(coefficients, pose_deg=pose)
+    edited = edit_coefficients(coefficients, pose_deg="0,30,0", gamma="left")
+    assert torch.allclose(edited.angle, torch.tensor([[0.0, math.radians(30), 0.0]]))
+    assert torch.equal(edited.gamma, light_gamma("left"))
+    for size in (64.5, 0, True):
+        with pytest.raises(ValueError, match="size must be a whole number of pixels"):
+            render_face(model, coefficients, size=size)
+    albedo = model.mean_albedo[None]
+    image, mask = render_face(model, coefficients, albedo=albedo, size=32)
+    assert image.shape == (3, 32, 32) and bool(mask.any())
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="cuda: CUDA is not available"):
+            load_model("default", device="cuda")
+    with pytest.raises(TypeError, match="a face model is a built-in name"):
+        load_model(None)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import io
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,7 +200,15 @@ def edit_coefficients(coefficients: Coefficients, pose_deg: tuple[float, float, 
     expression (1, K_exp)."""
     groups = {}
     if pose_deg is not None:
-        groups["angle"] = torch.tensor([[math.radians(a) for a in pose_deg]], dtype=coefficients.angle.dtype)
+        if isinstance(pose_deg, str):
+            pose_deg = parse_pose(pose_deg)
+        pose = tuple(float(a) for a in pose_deg)
+        if len(pose) != 3 or not all(math.isfinite(a) for a in pose):  # NaN drew nothing, without an error
+            raise ValueError(f"pose_deg must be three finite angles (pitch, yaw, roll) in degrees, got {pose_deg!r}")
+    if isinstance(gamma, str):  # a preset's name, as --light takes it
+        gamma = light_gamma(gamma)
+    if pose_deg is not None:
+        groups["angle"] = torch.tensor([[math.radians(a) for a in pose]], dtype=coefficients.angle.dtype)
     if gamma is not None:
         check_light(gamma)
         groups["gamma"] = torch.as_tensor(gamma, dtype=coefficients.gamma.dtype).reshape(1, -1)
@@ -219,6 +228,11 @@ def render_face(model: MorphableModel, coefficients: Coefficients, albedo: torch
 
     if colour not in COLOURS:
         raise ValueError(f"colour must be one of {', '.join(COLOURS)}, got {colour!r}")
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or not MIN_SIZE <= size <= MAX_SIZE:
+        raise ValueError(f"size must be a whole number of pixels, {MIN_SIZE} to {MAX_SIZE}, got {size!r}")
+    size = int(size)
+    if albedo is not None and albedo.ndim == 3 and albedo.shape[0] == 1:  # one face's (1, N, 3), as the model gives it
+        albedo = albedo[0]
     if coefficients.layout != model.layout:
         raise ValueError(f"the saved coefficients {coefficients.layout} do not fit model {model.name!r} "
                          f"({model.layout}): pass the model the face was fitted with (--model)")

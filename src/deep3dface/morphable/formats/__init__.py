@@ -6,6 +6,7 @@ that holds one.  New formats register a name (for built-in models) or a sniffing
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,6 +34,9 @@ NAMED_MODELS["default"] = _load_default
 
 
 def load_model_data(spec: str | Path = "default") -> ModelData:
+    if not isinstance(spec, (str, os.PathLike)):  # None failed inside pathlib
+        raise TypeError(f"a face model is a built-in name ({', '.join(NAMED_MODELS)}) or a path, got "
+                        f"{type(spec).__name__}")
     if isinstance(spec, str) and spec in NAMED_MODELS:
         return NAMED_MODELS[spec]()
     path = Path(spec).expanduser()
@@ -49,6 +53,8 @@ def load_model_data(spec: str | Path = "default") -> ModelData:
 
 def load_model(spec: str | Path = "default", dtype: torch.dtype = torch.float32, device=None):
     """A ``MorphableModel`` ready to use, on ``device`` in ``dtype``."""
+    from ...devices import resolve_device
     from ..model import MorphableModel
 
+    device = None if device is None else resolve_device(device)  # "cuda" on a CPU build: a clear ValueError
     return MorphableModel(load_model_data(spec), dtype=dtype).to(device)
