@@ -322,3 +322,24 @@ def test_build_script_reproduces_the_shipped_file(monkeypatch):
     assert set(built) == set(shipped)
     for key in shipped:
         assert np.array_equal(built[key], shipped[key]), key
+
+
+def test_the_model_takes_a_coefficient_vector_and_any_float_dtype():
+    """model(torch.zeros(1, 83)) said 'coefficients of layout torch.strided do not fit' (it read the
+    tensor's own .layout) and float64 coefficients on the float32 model failed in a matmul; a (B, K)
+    vector in Deep3D's order now is the coefficients, and any float dtype is cast to the model's."""
+    import torch
+
+    from deep3dface.morphable import load_model
+
+    model = load_model("default")
+    generator = torch.Generator().manual_seed(0)
+    vector = 0.3 * torch.randn(2, model.layout.total, generator=generator)
+    coeffs = type(model.zero_coefficients(1)).from_vector(vector, model.layout)
+    expected = model(coeffs)
+    assert torch.equal(model(vector).vertices, expected.vertices)
+    torch.testing.assert_close(model(coeffs.to(torch.float64)).colour, expected.colour)
+    with pytest.raises(ValueError, match=r"is \(B, 83\), got \(1, 5\)"):
+        model(torch.zeros(1, 5))
+    with pytest.raises(TypeError, match="coeffs must be Coefficients"):
+        model("coefficients.mat")

@@ -78,14 +78,22 @@ class MorphableModel(nn.Module):
     def forward(self, coeffs: Coefficients, albedo: torch.Tensor | None = None) -> FaceGeometry:
         """Everything the camera and renderer need.  ``albedo`` (B, N, 3) overrides the basis
         (the per-vertex albedo the fitter estimates for a model without an albedo basis)."""
+        if isinstance(coeffs, torch.Tensor):  # a (B, K) vector in Deep3D's order (id, exp, tex, angle, gamma, trans)
+            if coeffs.ndim != 2 or coeffs.shape[1] != self.layout.total:
+                raise ValueError(f"a coefficient tensor for model {self.name!r} is (B, {self.layout.total}), got "
+                                 f"{tuple(coeffs.shape)}; or pass Coefficients")
+            coeffs = Coefficients.from_vector(coeffs, self.layout)
+        if not isinstance(coeffs, Coefficients):
+            raise TypeError(f"coeffs must be Coefficients or a (B, {self.layout.total}) tensor, got {type(coeffs).__name__}")
         if coeffs.layout != self.layout:
             raise ValueError(f"coefficients of layout {coeffs.layout} do not fit model {self.name!r} ({self.layout})")
+        coeffs = coeffs.to(self.mean_shape.dtype)  # float64 coefficients on a float32 model failed in a matmul
         shape = self.shape(coeffs.id, coeffs.exp)
         rotation = geometry.rotation_matrix(coeffs.angle)
         vertices = shape @ rotation.transpose(1, 2) + coeffs.trans[:, None, :]
         normals_model = self.normals(shape)
         normals = normals_model @ rotation.transpose(1, 2)
-        albedo = self.albedo(coeffs.tex) if albedo is None else albedo
+        albedo = self.albedo(coeffs.tex) if albedo is None else albedo.to(self.mean_shape.dtype)
         colour = shading.shade(albedo, normals, coeffs.gamma)
         return FaceGeometry(
             shape=shape,
