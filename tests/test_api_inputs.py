@@ -180,11 +180,13 @@ def test_reconstruct_set_names_a_bad_photo_by_its_position_before_reading_any(re
     assert observed == []  # refused before any photo was looked at
 
 
-def test_api_type_errors_name_the_argument(tmp_path):
+def test_api_type_errors_name_the_argument(tmp_path, fitted):
     """model=42 failed in pathlib ("expected str, bytes or os.PathLike object, not int"), config={}
     as an AttributeError, export_mesh(None) as "'NoneType' object has no attribute ...", and a
     mesh written under a file as a bare "[Errno 17] File exists"."""
-    from deep3dface.export import export_mesh, write_output
+    import numpy as np
+
+    from deep3dface.export import coefficients_to_mat, export_mesh, write_output
     from deep3dface.pipeline import Reconstructor
 
     with pytest.raises(TypeError, match="model must be 'default', a path to a face model or a MorphableModel, got int"):
@@ -193,6 +195,12 @@ def test_api_type_errors_name_the_argument(tmp_path):
         Reconstructor(config={})
     with pytest.raises(TypeError, match="export_mesh needs a Mesh .*got NoneType"):
         export_mesh(None, "obj")
+    # a format of None, a whole face for its coefficients: named, not AttributeErrors deep inside
+    with pytest.raises(TypeError, match="fmt must be a format name"):
+        export_mesh(fitted[1].mesh(), None)
+    with pytest.raises(TypeError, match=r"needs Coefficients \(a face's .coefficients\), got FaceReconstruction"):
+        coefficients_to_mat(fitted[1])
+    assert fitted[1].texture(fitted[0], size=np.int64(64)).albedo.shape[-1] == 64  # numpy's integers are sizes
     (tmp_path / "afile").write_text("mine")
     with pytest.raises(NotADirectoryError, match=r"afile is a file, not a folder"):
         write_output(tmp_path / "afile" / "face.obj", b"x")

@@ -148,8 +148,9 @@ class FaceReconstruction:
         from .morphable.shading import irradiance
         from .texture import bake_texture, view_directions
 
-        if isinstance(size, bool) or not isinstance(size, int) or not MIN_TEXTURE_SIZE <= size <= MAX_TEXTURE_SIZE:
+        if isinstance(size, bool) or not isinstance(size, numbers.Integral) or not MIN_TEXTURE_SIZE <= size <= MAX_TEXTURE_SIZE:
             raise ValueError(f"texture size must be an integer in [{MIN_TEXTURE_SIZE}, {MAX_TEXTURE_SIZE}], got {size!r}")
+        size = int(size)  # numpy's integers too
         photo = self._own_photo(photo)
         chart = self.uv_chart(self.model)
         if chart is None:

@@ -31,6 +31,8 @@ class OutputExistsError(FileExistsError):
 def export_mesh(mesh: Mesh, fmt: str) -> bytes:
     if not isinstance(mesh, Mesh):
         raise TypeError(f"export_mesh needs a Mesh (e.g. FaceReconstruction.mesh()), got {type(mesh).__name__}")
+    if not isinstance(fmt, str):
+        raise TypeError(f"fmt must be a format name ({', '.join(MESH_FORMATS)}), got {type(fmt).__name__}")
     try:
         exporter = MESH_FORMATS[fmt.lower().lstrip(".")]
     except KeyError:

@@ -26,6 +26,8 @@ def coefficients_to_mat(coeffs: Coefficients, **extras: np.ndarray) -> bytes:
     """One face's coefficients (batch of 1) and extra arrays -> .mat bytes (MAT v5)."""
     from scipy.io import savemat
 
+    if not isinstance(coeffs, Coefficients):
+        raise TypeError(f"coefficients_to_mat needs Coefficients (a face's .coefficients), got {type(coeffs).__name__}")
     if coeffs.batch_size != 1:
         raise ValueError(f"a .mat file holds one face; got a batch of {coeffs.batch_size}")
     arrays = {"coeff": coeffs.to_vector().detach().cpu().numpy().astype(np.float32)}
