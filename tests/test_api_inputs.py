@@ -201,6 +201,11 @@ def test_api_type_errors_name_the_argument(tmp_path, fitted):
     with pytest.raises(TypeError, match=r"needs Coefficients \(a face's .coefficients\), got FaceReconstruction"):
         coefficients_to_mat(fitted[1])
     assert fitted[1].texture(fitted[0], size=np.int64(64)).albedo.shape[-1] == 64  # numpy's integers are sizes
+    with pytest.raises(TypeError, match="posed must be True or False, got 'yes'"):
+        fitted[1].mesh(posed="yes")
+    from deep3dface.io import ImageReadError
+    with pytest.raises(ImageReadError, match="a URL: deep3dface reads local files only"):
+        read_image("https://example.com/face.jpg")
     (tmp_path / "afile").write_text("mine")
     with pytest.raises(NotADirectoryError, match=r"afile is a file, not a folder"):
         write_output(tmp_path / "afile" / "face.obj", b"x")

@@ -98,6 +98,8 @@ class FaceReconstruction:
         the reference saves it; ``posed=True``: R·shape + t in model space (camera at z = 10
         looking down −z).  ``colour``: one of ``COLOURS`` (``face_colours``).  ``geometry``:
         ``self.geometry()`` when the caller has it (here and below: it costs ~20 ms a call)."""
+        if not isinstance(posed, (bool, np.bool_)):  # "no" or None would pick a pose silently
+            raise TypeError(f"posed must be True or False, got {posed!r}")
         g = self.geometry() if geometry is None else geometry
         vertices = (g.vertices if posed else g.shape)[0]
         normals = (g.normals if posed else g.normals_model)[0]

@@ -74,6 +74,8 @@ def _stream(source: ImageSource, name: str) -> ContextManager[BinaryIO]:
     (left open)."""
     if isinstance(source, (str, os.PathLike)):
         path = Path(source).expanduser()  # "~/photo.jpg" from Python: the shell expands it on the command line
+        if "://" in str(source) and not path.exists():  # nothing is fetched from the network
+            raise ImageReadError(name, "a URL: deep3dface reads local files only; download the photo first")
         if not path.exists():
             raise ImageReadError(name, "no such file")
         if path.is_dir():
