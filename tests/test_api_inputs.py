@@ -201,6 +201,8 @@ def test_api_type_errors_name_the_argument(tmp_path, fitted):
     with pytest.raises(TypeError, match=r"needs Coefficients \(a face's .coefficients\), got FaceReconstruction"):
         coefficients_to_mat(fitted[1])
     assert fitted[1].texture(fitted[0], size=np.int64(64)).albedo.shape[-1] == 64  # numpy's integers are sizes
+    with pytest.raises(ValueError, match="'meta' tensor: it has a shape but no pixels"):
+        Reconstructor().reconstruct(torch.empty(3, 8, 8, device="meta"))
     with pytest.raises(TypeError, match="posed must be True or False, got 'yes'"):
         fitted[1].mesh(posed="yes")
     from deep3dface.io import ImageReadError

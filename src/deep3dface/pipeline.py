@@ -257,6 +257,8 @@ def checked_photo(photo: torch.Tensor) -> torch.Tensor:
     Detached: nothing here is differentiable through the photo, and a photo that required grad
     failed deep in the landmarker (``Tensor.numpy()``)."""
     photo = photo.detach()
+    if photo.is_meta:
+        raise ValueError("the photo is a 'meta' tensor: it has a shape but no pixels")
     if photo.ndim != 3 or photo.shape[0] != 3 or not photo.is_floating_point():
         raise ValueError(f"expected a float (3, H, W) RGB photo in [0, 1], got {photo.dtype} {tuple(photo.shape)}"
                          + _photo_recipe(photo))
