@@ -325,7 +325,8 @@ class Reconstructor:
             self.rnet = prepare_for_inference(rnet, precision=config.rnet_precision)
 
     def reconstruct(self, image: str | Path | torch.Tensor) -> list[FaceReconstruction]:
-        """All faces of one photo (a path or a (3, H, W) float tensor), most prominent (largest,
+        """All faces of one photo (a path, a (3, H, W) float tensor in [0, 1], or what ``io.read_image``
+        reads: a PIL image, bytes, a uint8 array), most prominent (largest,
         most central) first (``MTCNNConfig.rank_by``)."""
         with self._threads():
             return self._reconstruct(image)
