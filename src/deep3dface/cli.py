@@ -182,7 +182,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         if not args.overwrite and (out_dir / f"{stem}.json").exists():
             skipped += 1
             record = out_dir / f"{stem}.json"
-            missing = missing_outputs(_json_or_none(record), kinds, args.mesh_format)
+            missing = missing_outputs(record, kinds, args.mesh_format)
             written = f", written without {', '.join(missing)}" if missing else ""  # a rerun asking for more
             progress.message(f"deep3dface: skip {path}: {record} exists{written} (--overwrite replaces)")
             continue
@@ -212,16 +212,6 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
         print(f"{len(photos) - failures - skipped + len(problems)} photo(s) done, {faces_total} face(s), "
               f"{skipped} skipped, {failures} failed -> {out_dir}")
     return min(failures, 100)
-
-
-def _json_or_none(path: Path):
-    """A file's JSON, or None where it is not JSON (someone else's file)."""
-    import json
-
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def demo_photo() -> Path:

@@ -299,11 +299,15 @@ def listed_files(json_path: Path) -> list[str]:
     return [name for name in names if isinstance(name, str) and name and Path(name).name == name]
 
 
-def missing_outputs(record, kinds: frozenset[str], mesh_format: str = "obj") -> list[str]:
-    """What a photo's existing JSON ``record`` says an earlier run did not write of ``kinds`` (e.g.
+def missing_outputs(json_path: Path, kinds: frozenset[str], mesh_format: str = "obj") -> list[str]:
+    """What a photo's existing JSON says an earlier run did not write of ``kinds`` (e.g.
     ``["mesh", "mat"]`` after ``--outputs none``, ``["ply meshes"]`` after OBJ ones), so that a skip
     can say what ``--overwrite`` would add; [] for a record with no faces or not of ours.  Textured
     files are not asked for: a model without a UV chart never writes them."""
+    try:
+        record = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
     faces = record.get("faces") if isinstance(record, dict) else None
     if not isinstance(faces, list) or not faces or not all(isinstance(f, dict) for f in faces):
         return []
