@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from .io.images import ImageReadError, read_image
 
@@ -47,28 +48,23 @@ def photo_list(photos) -> list:
     """``photos`` as a list, or a TypeError/ValueError before any work: a str was taken one
     character a photo (each "dropped", no error), a Path failed as "not iterable", a generator was
     used up by the names, and an empty list gave an empty result without a word."""
-    if isinstance(photos, (str, bytes, os.PathLike)) or (isinstance(photos, torch.Tensor) and photos.ndim < 4) or (
-            hasattr(photos, "getpixel")):  # one PIL image
+    if isinstance(photos, (str, bytes, os.PathLike, Image.Image)) or (isinstance(photos, torch.Tensor) and photos.ndim < 4):
         raise TypeError(f"photos must be a list of photos (paths or (3, H, W) tensors), got one "
                         f"{type(photos).__name__}; pass [photo]")
-    from .pipeline import checked_photo
+    from .pipeline import photo_tensor
 
     photos = list(photos)
     if not photos:
         raise ValueError("photos is empty: a set needs at least one photo")
     for index, photo in enumerate(photos):  # named by position, before the first photo is read
-        if isinstance(photo, torch.Tensor):
-            try:
-                photos[index] = checked_photo(photo)  # checked here once: the caller reads only paths
-            except ValueError as exc:
-                raise ValueError(f"photos[{index}]: {exc}") from None
-        elif not isinstance(photo, (str, os.PathLike)):  # a PIL image, an array, bytes: read now, as reconstruct would
-            try:
-                photos[index] = read_image(photo)
-            except TypeError as exc:
-                raise TypeError(f"photos[{index}]: {exc}") from None
-            except ImageReadError as exc:
-                raise ValueError(f"photos[{index}]: {exc}") from None
+        if isinstance(photo, (str, os.PathLike)):
+            continue  # read in turn by read_photos: one photo in memory at a time
+        try:  # a tensor checked, a PIL image, array or bytes read: here once, as reconstruct would
+            photos[index] = photo_tensor(photo)
+        except TypeError as exc:
+            raise TypeError(f"photos[{index}]: {exc}") from None
+        except ValueError as exc:  # ImageReadError too
+            raise ValueError(f"photos[{index}]: {exc}") from None
     return photos
 
 
