@@ -205,10 +205,9 @@ def edit_coefficients(coefficients: Coefficients, pose_deg: tuple[float, float, 
         pose = tuple(float(a) for a in pose_deg)
         if len(pose) != 3 or not all(math.isfinite(a) for a in pose):  # NaN drew nothing, without an error
             raise ValueError(f"pose_deg must be three finite angles (pitch, yaw, roll) in degrees, got {pose_deg!r}")
+        groups["angle"] = torch.tensor([[math.radians(a) for a in pose]], dtype=coefficients.angle.dtype)
     if isinstance(gamma, str):  # a preset's name, as --light takes it
         gamma = light_gamma(gamma)
-    if pose_deg is not None:
-        groups["angle"] = torch.tensor([[math.radians(a) for a in pose]], dtype=coefficients.angle.dtype)
     if gamma is not None:
         check_light(gamma)
         groups["gamma"] = torch.as_tensor(gamma, dtype=coefficients.gamma.dtype).reshape(1, -1)

@@ -118,8 +118,8 @@ def stage_output(path: str | Path, data: bytes) -> Path:
 
 
 def write_mesh(mesh: Mesh, path: str | Path, overwrite: bool = False) -> Path:
-    """Export by the path's suffix and write atomically."""
-    path = Path(path).expanduser()
+    """Export by the path's suffix and write atomically (``write_output`` expands a leading ``~``)."""
+    path = Path(path)
     return write_output(path, export_mesh(mesh, path.suffix), overwrite)
 
 
