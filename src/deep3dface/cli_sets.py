@@ -258,12 +258,12 @@ def _stale_person_files(out: Path, previous: dict | None, written) -> list[Path]
     """The person files of an earlier run of ours that this run does not write: those its summary
     listed (textured files after a model without a UV chart) and neutral meshes of ours in another
     format (neutral.obj after a rerun with --mesh-format ply, finished or interrupted)."""
-    from .export.meshes import is_our_mesh
+    from .export import our_meshes
     from .image_set_outputs import NEUTRAL, PERSON_FILES
 
     listed = previous.get("files") if previous else None
     names = {v for v in listed.values() if isinstance(v, str)} if isinstance(listed, dict) else set()
-    names |= {name for name in PERSON_FILES if name.startswith(f"{NEUTRAL}.") and is_our_mesh(out / name)}
+    names |= {path.name for path in our_meshes(out, NEUTRAL)}
     return [out / name for name in sorted((names & set(PERSON_FILES)) - set(written))]
 
 

@@ -261,8 +261,7 @@ OVERLAY_TAG = "deep3dface video overlay"  # the overlay's container comment: mar
 def earlier_outputs(out_dir: str | Path) -> list[Path]:
     """The files of ``write_video_outputs`` in a folder, recognised by name and content (a frame
     record, our mesh header, our overlay's tag), so that nothing of anyone else's is taken."""
-    from .export import MESH_FORMATS
-    from .export.meshes import is_our_mesh
+    from .export import our_meshes
 
     out = Path(out_dir)
     found = []
@@ -274,7 +273,7 @@ def earlier_outputs(out_dir: str | Path) -> list[Path]:
                 continue
             if isinstance(record, dict) and record.get("frame") == int(path.stem) and "landmark_score" in record:
                 found.append(path)
-    found += [out / f"neutral.{fmt}" for fmt in MESH_FORMATS if is_our_mesh(out / f"neutral.{fmt}")]
+    found += our_meshes(out, "neutral")
     if (out / "overlay.mp4").is_file():
         try:
             with open_video(out / "overlay.mp4") as container:

@@ -117,6 +117,14 @@ def stage_output(path: str | Path, data: bytes) -> Path:
     return temporary
 
 
+def our_meshes(folder: str | Path, stem: str) -> list[Path]:
+    """``folder/<stem>.<format>`` for every mesh format where that file is a mesh deep3dface wrote
+    (``meshes.is_our_mesh``): what a rerun in another format may replace, and nothing else."""
+    from .meshes import is_our_mesh
+
+    return [Path(folder) / f"{stem}.{fmt}" for fmt in MESH_FORMATS if is_our_mesh(Path(folder) / f"{stem}.{fmt}")]
+
+
 def write_mesh(mesh: Mesh, path: str | Path, overwrite: bool = False) -> Path:
     """Export by the path's suffix and write atomically (``write_output`` expands a leading ``~``)."""
     path = Path(path)
@@ -124,5 +132,5 @@ def write_mesh(mesh: Mesh, path: str | Path, overwrite: bool = False) -> Path:
 
 
 __all__ = ["MESH_FORMATS", "TEXTURED_FORMATS", "OutputExistsError", "TexturedMesh", "coefficients_to_mat", "export_mesh",
-           "export_textured", "give_default_mode", "read_coefficients_mat", "refuse_existing", "refuse_file_above", "stage_output", "to_reference_pixels", "write_mesh", "write_output",
+           "export_textured", "give_default_mode", "our_meshes", "read_coefficients_mat", "refuse_existing", "refuse_file_above", "stage_output", "to_reference_pixels", "write_mesh", "write_output",
            "write_textured"]
