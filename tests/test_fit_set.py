@@ -26,7 +26,8 @@ def test_quiet_hides_progress_but_not_the_inputs_left_out(listing, faces, tmp_pa
     could exit 1 without a word; now only the progress lines go."""
     args = ["fit-set", str(listing), "-o", str(tmp_path / "out"), "--no-overlay", "--no-appearance", "-q"]
     assert main(args) == 1  # nobody
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert out == ""  # -q: no summary line either
     assert f"deep3dface: warning: {listing} line 2: {faces.joinpath(*PHOTO)} is given already for eric" in err
     assert "deep3dface: warning: eric: dropped broken: cannot read the photo (not an image Pillow can identify)" in err
     assert "deep3dface: warning: nobody: dropped blank: cannot read the photo (empty file (0 bytes))" in err
@@ -37,8 +38,10 @@ def test_quiet_hides_progress_but_not_the_inputs_left_out(listing, faces, tmp_pa
     assert len(lines) == 2 and "is given already for eric" in lines[0]
     assert lines[1].startswith(f"deep3dface: error: nobody: done already ({tmp_path / 'out' / 'nobody' / 'summary.json'}), "
                                "no usable photo in it")
-    assert main(args[:-1]) == 1  # without -q the progress is back
-    assert "eric: done already" in capsys.readouterr().err
+    assert main(args[:-1]) == 1  # without -q the progress is back, and the run's summary on stdout
+    out, err = capsys.readouterr()
+    assert "eric: done already" in err
+    assert out == f"0 person(s) done (0 photo(s) used, 0 dropped), 1 skipped, 1 failed -> {tmp_path / 'out'}\n"
 
 
 def test_a_summary_json_fit_set_did_not_write_is_refused_not_taken_for_done(faces, tmp_path, capsys):

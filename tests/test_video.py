@@ -55,6 +55,7 @@ def test_video_command_tracks_fits_and_writes(tmp_path, frames, capsys):
     _encode(clip, frames, rate=4)  # the frames are 7 apart in a 25 fps clip
     out = tmp_path / "out"
     assert main(["video", str(clip), "-o", str(out), "-q"]) == 0
+    assert capsys.readouterr().out == ""  # -q: no summary line either
     summary = json.loads((out / "summary.json").read_text())
     assert summary["frames"] == len(frames) and summary["tracked"] == len(frames)
     assert summary["redetections"] == 1  # the detector ran on the first frame only
@@ -183,9 +184,12 @@ def test_video_overwrite_replaces_the_whole_result_and_keeps_other_files(tmp_pat
     (out / "frames" / "notes.json").write_text('{"mine": 1}')
     (out / "frames" / "000042.json").write_text('{"frame": 7}')  # our name, not our record
     (out / "mine.txt").write_text("MINE")
-    args = ["video", str(clip), "-o", str(out), "--overwrite", "--max-frames", "3", "--no-overlay", "-q",
+    args = ["video", str(clip), "-o", str(out), "--overwrite", "--max-frames", "3", "--no-overlay",
             "--mesh-format", "glb"]
+    capsys.readouterr()
     assert main(args) == 0
+    # not quiet: the run's summary on stdout, as reconstruct's
+    assert capsys.readouterr().out == f"{clip}: 3/3 frame(s) with a face, 1 detection(s) -> {out}\n"
     assert json.loads((out / "summary.json").read_text())["files"] == {"neutral": "neutral.glb"}
     assert (out / "neutral.glb").read_bytes()[:4] == b"glTF" and not (out / "neutral.obj").exists()
     assert (out / "neutral.ply").read_text() == "MINE"

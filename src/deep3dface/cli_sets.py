@@ -127,6 +127,7 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
         print(f"deep3dface: error: {problem}", file=sys.stderr)
     recon = Reconstructor(model=args.model, checkpoint=args.checkpoint, device=args.device) if sets else None
     failed = len(problems)
+    done, skipped, used_total, dropped_total = 0, 0, 0, 0
 
     def photo_blobs(face, fit, path) -> dict[str, bytes]:
         return photo_outputs(str(path), fit.name, read_image(path), [face], recon.model_name, kinds=kinds,
@@ -156,6 +157,7 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
                       "(--overwrite redoes it)", file=sys.stderr)
             else:
                 _say(args, f"{person}: done already ({summary_path}, {used} photo(s) used), skipped")
+                skipped += 1
             continue
         stems = output_stems(photos, out)
         try:
@@ -186,6 +188,8 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
         summary = {"person": person, "photos": [str(p) for p in photos], "files": files, **result.summary()}
         write_output(summary_path, json.dumps(summary, indent=1).encode(), overwrite=True)
         failed += not result.photos
+        done += bool(result.photos)
+        used_total, dropped_total = used_total + len(result.photos), dropped_total + len(result.dropped)
         _say(args, f"{person}: {len(result.photos)} photo(s) used, {len(result.dropped)} dropped")
         for dropped in result.dropped:  # photos left out: said even with --quiet
             print(f"deep3dface: warning: {person}: dropped {dropped.name}: {dropped.reason}", file=sys.stderr)
@@ -194,6 +198,9 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
         if not result.photos:
             print(f"deep3dface: error: {person}: no usable photo, so no neutral mesh ({summary_path} says why)",
                   file=sys.stderr)
+    if not args.quiet:  # the run's summary on stdout, as reconstruct's; progress and problems went to stderr
+        print(f"{done} person(s) done ({used_total} photo(s) used, {dropped_total} dropped), {skipped} skipped, "
+              f"{failed} failed -> {out_root}")
     return min(failed, 100)
 
 
@@ -328,8 +335,9 @@ def cmd_video(args: argparse.Namespace) -> int:
         print(f"deep3dface: error: {args.input}: no face found in any of its {len(result.frames)} frame(s) "
               f"(so no neutral mesh; {out / 'summary.json'} says so)", file=sys.stderr)
         return 1
-    _say(args, f"{args.input}: {len(result.fitted)}/{len(result.frames)} frame(s) with a face, "
-               f"{sum(f.redetected for f in result.frames)} detection(s) -> {out}")
+    if not args.quiet:  # the run's summary on stdout, as reconstruct's and fit-set's
+        print(f"{args.input}: {len(result.fitted)}/{len(result.frames)} frame(s) with a face, "
+              f"{sum(f.redetected for f in result.frames)} detection(s) -> {out}")
     return 0
 
 
