@@ -100,7 +100,6 @@ def main() -> None:
     parser.add_argument("--start", type=int, default=0, help="from the photo at this index (--every 2 --start 1: the odd half)")
     parser.add_argument("--photometric", type=int, default=None, help="photometric iterations (default: config)")
     parser.add_argument("--photometric-lr", type=float, default=None, help="the photometric stage's Adam learning rate")
-    parser.add_argument("--march", action="store_true", help="let visible jaw keypoints march to the silhouette")
     parser.add_argument("--no-dense", action="store_true", help="fit the 68 points only (not the 468)")
     parser.add_argument("--yaw-gain", type=float, default=None, help="LandmarkStage.yaw_gain (default: config)")
     parser.add_argument("--lambda-symmetry", type=float, default=None,
@@ -116,7 +115,7 @@ def main() -> None:
     torch.manual_seed(0)
     faces_dir = shared_faces()
     images = dev_photos(args)
-    stage = LandmarkStage(march_contour=args.march)
+    stage = LandmarkStage()
     if args.lambda_symmetry is not None:
         stage = replace(stage, lambda_symmetry=args.lambda_symmetry)
     for setting in args.stage:
@@ -163,7 +162,7 @@ def main() -> None:
          other_face=[images_found[i] for i in other_face],
          nme_fit_annotated_face_found=summarise(np.delete(fit_nme, other_face), np.delete(yaws, other_face)),
          seconds_per_face_median=round(float(np.median(seconds)), 3), photometric=fit.photometric.iterations,
-         march_contour=fit.landmarks.march_contour, yaw_gain=fit.landmarks.yaw_gain,
+         yaw_gain=fit.landmarks.yaw_gain,
          lambda_symmetry=fit.landmarks.lambda_symmetry, dense=recon.dense is not None and recon.config.dense,
          stage=args.stage)
 

@@ -11,7 +11,7 @@ This reproduces ``align_img`` of Deep3DFaceRecon_pytorch (util/preprocess.py: ``
 
 Conventions.  The public API uses the project's pixels (origin at the top-left corner of the top-
 left pixel, y down) for photo and crop alike.  The reference measures y *up* with pixel centres at
-integers (``y_up = H - 1 - row``); ``_to_reference`` / ``_from_reference`` convert, here only.
+integers (``y_up = H - 1 - row``); ``_to_reference`` converts, here only.
 
 Two maps from photo to crop, and why ``Alignment.matrix`` is the first:
 
@@ -58,10 +58,6 @@ LM3D_STD = np.array([
 def _to_reference(points: np.ndarray, height: int) -> np.ndarray:
     """Corner-origin, y-down pixels -> the reference's centre-origin, y-up pixels."""
     return np.stack([points[..., 0] - 0.5, height - 0.5 - points[..., 1]], axis=-1)
-
-
-def _from_reference(points: np.ndarray, height: int) -> np.ndarray:
-    return np.stack([points[..., 0] + 0.5, height - 0.5 - points[..., 1]], axis=-1)
 
 
 def pos(points_ref: np.ndarray, template: np.ndarray = LM3D_STD) -> tuple[np.ndarray, float]:

