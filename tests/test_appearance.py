@@ -9,6 +9,7 @@ from deep3dface.fit.appearance import estimate_albedo, estimate_lighting, sample
 from deep3dface.morphable import load_model
 from deep3dface.morphable.shading import irradiance
 from deep3dface.morphable.topology import graph_laplacian, mirror_vertex_map
+from deep3dface.types import Coefficients
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +137,135 @@ def test_float32_albedo_solver_meets_its_tolerance_in_float64():
         assert np.linalg.norm(rhs[:, j] - system @ x[:, j]) <= 1e-4 * np.linalg.norm(rhs[:, j])
         exact = spla.spsolve(system.tocsc(), rhs[:, j])
         np.testing.assert_allclose(x[:, j], exact, atol=2e-3 * np.abs(exact).max())
+
+
+@pytest.fixture(scope="module")
+def basis_photos(conformance):
+    """The tiny conformance BFM (it has an albedo basis, as the paper's model) rendered under two
+    plausible lights and poses: crops, the true coefficients, and the renders' masks."""
+    from deep3dface.camera import Camera
+    from deep3dface.render.shaded import render_colours
+
+    model = load_model(conformance / "tiny_bfm")
+    vector = torch.as_tensor(np.load(conformance / "bfm_vectors.npz")["coeffs_f64"][6:7]).float()
+    truth = Coefficients.from_vector(vector.expand(2, -1), model.layout)
+    gamma = torch.zeros(2, 27)
+    gamma[0, [0, 9, 18]], gamma[0, [3, 12, 21]] = 0.1, 0.2    # brighter, lit from the side
+    gamma[1, [0, 9, 18]], gamma[1, [1, 10, 19]] = -0.1, 0.25  # dimmer, lit from above
+    truth = truth.replace(gamma=gamma, angle=torch.tensor([[0.05, 0.3, 0.0], [0.0, -0.4, 0.05]]), trans=torch.zeros(2, 3))
+    geometry = model(truth)
+    images, masks = render_colours(geometry.vertices, geometry.colour, model.triangles, Camera.crop())
+    return model, truth, images * masks + 0.3 * (1 - masks), images, masks
+
+
+def _render_error(model, coeffs, images, masks) -> torch.Tensor:
+    """(B,) mean absolute colour error where both the truth and the estimate cover the pixel."""
+    from deep3dface.camera import Camera
+    from deep3dface.render.shaded import render_colours
+
+    geometry = model(coeffs)
+    render, covered = render_colours(geometry.vertices, geometry.colour, model.triangles, Camera.crop())
+    both = masks * covered
+    return ((render - images).abs() * both).sum((1, 2, 3)) / (3 * both.sum((1, 2, 3)))
+
+
+def test_a_model_with_an_albedo_basis_gets_tex_coefficients(basis_photos):
+    """The paper's model path (no per-vertex albedo): the appearance stage solves the basis
+    coefficients, and the photo is explained far better than by the mean albedo under its light."""
+    from deep3dface.fit.fitter import FitConfig, FitTargets, fit_faces
+
+    model, truth, photos, images, masks = basis_photos
+    start = truth.replace(tex=torch.zeros_like(truth.tex), gamma=torch.zeros_like(truth.gamma))
+    result = fit_faces(model, FitTargets(photos, torch.zeros(2, 68, 2)), FitConfig(landmarks=None), start)
+    fitted = result.coefficients
+    assert result.albedo is None and result.flags == ((), ())  # the albedo is model.albedo(tex)
+    error = _render_error(model, fitted, images, masks)
+    mean_albedo = _render_error(model, fitted.replace(tex=torch.zeros_like(fitted.tex)), images, masks)
+    assert (error < 0.6 * mean_albedo).all() and (error < 0.02).all()
+    assert (torch.nn.functional.cosine_similarity(fitted.tex, truth.tex) > 0.3).all()
+
+
+def test_one_person_s_photos_share_basis_tex_under_their_own_lights(basis_photos):
+    """fit_shared_appearance with an albedo basis: one tex for both photos, each its own light,
+    started (as reconstruct_set starts it) from the single-photo fits' lights."""
+    from deep3dface.fit.fitter import AppearanceStage, FitConfig, FitTargets, fit_faces
+    from deep3dface.fit.shared_albedo import fit_shared_appearance
+
+    model, truth, photos, images, masks = basis_photos
+    start = truth.replace(tex=torch.zeros_like(truth.tex), gamma=torch.zeros_like(truth.gamma))
+    single = fit_faces(model, FitTargets(photos, torch.zeros(2, 68, 2)), FitConfig(landmarks=None), start).coefficients
+    shared = fit_shared_appearance(model, photos, single, torch.ones(2), AppearanceStage(rounds=3))
+    assert shared.tex.shape == (model.layout.tex,) and shared.gamma.shape == (2, 27)
+    torch.testing.assert_close(shared.albedo, model.albedo(shared.tex[None])[0])
+    coeffs = single.replace(tex=shared.tex.expand(2, -1).to(single.tex), gamma=shared.gamma.to(single.gamma))
+    error = _render_error(model, coeffs, images, masks)
+    mean_albedo = _render_error(model, coeffs.replace(tex=torch.zeros_like(coeffs.tex)), images, masks)
+    assert (error < 0.6 * mean_albedo).all() and (error < 0.02).all()
+    # two photos under two lights pin the albedo better than either alone
+    alone = torch.nn.functional.cosine_similarity(single.tex, truth.tex)
+    assert float(torch.nn.functional.cosine_similarity(shared.tex[None], truth.tex[:1])) > float(alone.max())
+
+
+def test_a_broken_photo_is_flagged_alone_and_its_fit_stays_finite(basis_photos):
+    """NaN pixels in one crop of a batch: that face's light falls back and is flagged; the other
+    face's fit is untouched and unflagged (every face of the batch was flagged before)."""
+    from deep3dface.camera import Camera
+    from deep3dface.fit.fitter import FitConfig, FitTargets, fit_faces
+
+    model, truth, photos, _, _ = basis_photos
+    start = truth.replace(tex=torch.zeros_like(truth.tex), gamma=torch.zeros_like(truth.gamma))
+    broken = photos.clone()
+    broken[1, :, 100:120, 100:120] = float("nan")
+    landmarks = Camera.crop().project(model(truth).landmarks)
+    clean = fit_faces(model, FitTargets(photos, landmarks), FitConfig(landmarks=None), start)
+    result = fit_faces(model, FitTargets(broken, landmarks), FitConfig(landmarks=None), start)
+    assert result.flags == ((), ("lighting estimate diverged",))
+    assert torch.isfinite(result.coefficients.to_vector()).all()
+    torch.testing.assert_close(result.coefficients[0].to_vector(), clean.coefficients[0].to_vector())
+    torch.testing.assert_close(result.coefficients[1].to_vector(), start[1].to_vector())  # the start kept
+    # a per-vertex albedo (the default model): the clean face is unflagged, the broken face's albedo finite
+    default = load_model("default")
+    coeffs = default.zero_coefficients(2)
+    geometry = default(coeffs)
+    from deep3dface.render.shaded import render_colours
+
+    images, masks = render_colours(geometry.vertices, geometry.colour, default.front_triangles, Camera.crop())
+    crops = images * masks + 0.3 * (1 - masks)
+    clean = fit_faces(default, FitTargets(crops, Camera.crop().project(geometry.landmarks)), FitConfig(landmarks=None),
+                      coeffs)
+    crops[1] = float("nan")
+    result = fit_faces(default, FitTargets(crops, Camera.crop().project(geometry.landmarks)), FitConfig(landmarks=None),
+                       coeffs)
+    assert result.flags == ((), ("lighting estimate diverged",))
+    assert torch.isfinite(result.albedo).all()
+    torch.testing.assert_close(result.albedo[0], clean.albedo[0])
+
+
+def test_fit_faces_runs_the_photometric_stage_then_the_appearance_again(basis_photos):
+    """With PhotometricStage.iterations > 0, fit_faces refines through the renderer and then
+    re-estimates light and albedo on the moved geometry: its answer's appearance is exactly what the
+    appearance stage alone gives on that geometry."""
+    from deep3dface.camera import Camera
+    from deep3dface.fit.fitter import FitConfig, FitTargets, PhotometricStage, fit_faces
+
+    import deep3dface.fit.fitter as fitter
+
+    model, truth, photos, images, masks = basis_photos
+    start = truth.replace(tex=torch.zeros_like(truth.tex), gamma=torch.zeros_like(truth.gamma))
+    targets = FitTargets(photos, Camera.crop().project(model(truth).landmarks))
+    seen, appearance_stage = [], fitter._appearance_stage
+
+    def spy(model, targets, stage, camera, coeffs, flags):
+        seen.append(coeffs)
+        return appearance_stage(model, targets, stage, camera, coeffs, flags)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fitter, "_appearance_stage", spy)
+        refined = fit_faces(model, targets, FitConfig(landmarks=None, photometric=PhotometricStage(iterations=5)), start)
+    assert refined.flags == ((), ()) and len(seen) == 2
+    before, after = seen
+    assert not torch.equal(after.angle, before.angle)  # the photometric stage moved the pose ...
+    for name in ("id", "exp", "angle", "trans"):        # ... and the second appearance fit kept its geometry
+        assert torch.equal(getattr(refined.coefficients, name), getattr(after, name))
+    assert not torch.equal(refined.coefficients.gamma, after.gamma)  # with a new light
+    assert (_render_error(model, refined.coefficients, images, masks) < 0.02).all()

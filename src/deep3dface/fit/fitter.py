@@ -306,11 +306,13 @@ def _appearance_stage(model, targets, stage, camera, coeffs, flags):
                                          stage.prior_weight).clamp(0.0, 1.0)
         fitted = coeffs.replace(gamma=gamma.to(coeffs.gamma), tex=tex.to(coeffs.tex))
         fitted = _keep_finite(fitted, coeffs, flags, "lighting estimate diverged")
-        if not bool(torch.isfinite(albedo).all()):
-            albedo = torch.where(torch.isfinite(albedo), albedo, model.mean_albedo)
-            for f in flags:
-                f.append("albedo estimate not finite; mean albedo used")
-    return fitted, (None if model.has_albedo_basis else albedo)
+        if model.has_albedo_basis:  # the albedo is model.albedo(tex), kept finite with tex above
+            return fitted, None
+        broken = ~torch.isfinite(albedo).flatten(1).all(1)
+        albedo = torch.where(torch.isfinite(albedo), albedo, model.mean_albedo)
+        for b in torch.nonzero(broken)[:, 0].tolist():  # that face's flag only
+            flags[b].append("albedo estimate not finite; mean albedo used")
+    return fitted, albedo
 
 
 def landmark_error(model, coeffs, landmarks, weights, camera) -> torch.Tensor:
