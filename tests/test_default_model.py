@@ -343,3 +343,47 @@ def test_the_model_takes_a_coefficient_vector_and_any_float_dtype():
         model(torch.zeros(1, 5))
     with pytest.raises(TypeError, match="coeffs must be Coefficients"):
         model("coefficients.mat")
+
+
+def test_models_and_meshes_own_their_arrays():
+    """A float64 model's buffers were views of the cached ModelData (and its meshes views of the
+    buffers): editing one in place changed every model loaded after it."""
+    import numpy as np
+    import torch
+
+    from deep3dface.morphable import load_model
+    from deep3dface.types import Mesh
+
+    first = load_model("default", dtype=torch.float64)
+    triangle, vertex = int(first.triangles[0, 0]), float(first.mean_shape[0, 0])
+    first.triangles[0, 0] = 12345
+    first.mean_shape[0, 0] = 99.0
+    first.mean_albedo[0] = 0.0
+    second = load_model("default", dtype=torch.float64)
+    assert int(second.triangles[0, 0]) == triangle and float(second.mean_shape[0, 0]) == vertex
+    assert bool((second.mean_albedo[0] > 0).all())
+    # a Mesh (what FaceReconstruction.mesh() and the exporters use) copies what it is given
+    triangles, colours = second.triangles.numpy(), second.mean_albedo.numpy()
+    made = Mesh(second.mean_shape.numpy(), triangles, colours)
+    made.triangles[0, 0] = 7
+    made.colours[0] = 1.0
+    assert int(second.triangles[0, 0]) == triangle and not np.shares_memory(made.colours, colours)
+
+
+def test_coefficients_select_faces_by_any_integer_and_refuse_0d_groups():
+    import numpy as np
+    import torch
+
+    from deep3dface.morphable import load_model
+    from deep3dface.types import Coefficients
+
+    model = load_model("default")
+    coeffs = model.zero_coefficients(3).replace(trans=torch.arange(9.0).view(3, 3))
+    for index in (1, np.int64(1), torch.tensor(1)):
+        assert coeffs[index].batch_size == 1 and coeffs[index].trans.tolist() == [[3.0, 4.0, 5.0]]
+    assert coeffs[-1].trans.tolist() == [[6.0, 7.0, 8.0]]
+    with pytest.raises(ValueError, match=r"must be \(B, K\) with one B"):
+        Coefficients(*[torch.tensor(0.0)] * 6)  # an IndexError before
+    # posed_vertices casts as forward does (float64 coefficients failed in a matmul)
+    vertices = model.posed_vertices(coeffs.to(torch.float64), model.keypoints)
+    torch.testing.assert_close(vertices, model(coeffs).landmarks)

@@ -57,7 +57,7 @@ class Coefficients:
     trans: torch.Tensor
 
     def __post_init__(self) -> None:
-        batch = {getattr(self, g).shape[0] for g in GROUPS}
+        batch = {getattr(self, g).shape[0] for g in GROUPS if getattr(self, g).ndim}
         if len(batch) != 1 or any(getattr(self, g).ndim != 2 for g in GROUPS):
             shapes = {g: tuple(getattr(self, g).shape) for g in GROUPS}
             raise ValueError(f"coefficient groups must be (B, K) with one B, got {shapes}")
@@ -101,7 +101,10 @@ class Coefficients:
 
     def __getitem__(self, index) -> "Coefficients":
         """Select faces along the batch axis (keeps the batch dimension for an int)."""
-        if isinstance(index, int):
+        if isinstance(index, torch.Tensor) and index.ndim == 0 and not index.is_floating_point():
+            index = int(index)  # a 0-d integer tensor selects a face as an int does
+        if isinstance(index, (int, np.integer)):
+            index = int(index)
             index = slice(index, index + 1 if index != -1 else None)
         return Coefficients(**{g: getattr(self, g)[index] for g in GROUPS})
 
@@ -143,7 +146,11 @@ class Mesh:
     unit: str = "decimetre"
 
     def __post_init__(self) -> None:
-        n = len(self.vertices)
+        for name in ("vertices", "triangles", "colours", "normals"):  # its own copies: never a model's memory
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, np.array(value))
+        n = len(self.vertices) if self.vertices.ndim else 0
         if self.vertices.ndim != 2 or self.vertices.shape[1] != 3:
             raise ValueError(f"mesh vertices must be (N, 3), got {self.vertices.shape}")
         if self.triangles.ndim != 2 or self.triangles.shape[1] != 3:

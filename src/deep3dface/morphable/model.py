@@ -29,11 +29,12 @@ class MorphableModel(nn.Module):
             "mean_albedo": data.mean_albedo,
             "albedo_basis": data.albedo_basis,
         }
+        # copies (torch.tensor), never views: the data may be a cached ModelData every later model shares
         for name, array in arrays.items():
-            self.register_buffer(name, torch.as_tensor(array).to(dtype))
+            self.register_buffer(name, torch.tensor(array, dtype=dtype))
         for name in ("triangles", "keypoints", "front_vertices", "front_triangles", "point_buf"):
-            self.register_buffer(name, torch.as_tensor(getattr(data, name), dtype=torch.int64))
-        self.register_buffer("skin_mask", torch.as_tensor(data.skin_mask).to(dtype))
+            self.register_buffer(name, torch.tensor(getattr(data, name), dtype=torch.int64))
+        self.register_buffer("skin_mask", torch.tensor(data.skin_mask, dtype=dtype))
 
     @property
     def num_vertices(self) -> int:
@@ -69,6 +70,7 @@ class MorphableModel(nn.Module):
         """(B, K, 3) ``forward(coeffs).vertices[:, vertex_ids]`` from those K rows (``shape_at``)."""
         if coeffs.layout != self.layout:
             raise ValueError(f"coefficients of layout {coeffs.layout} do not fit model {self.name!r} ({self.layout})")
+        coeffs = coeffs.to(self.mean_shape)  # the model's dtype and device, as forward
         shape = self.shape_at(coeffs.id, coeffs.exp, vertex_ids)
         return shape @ geometry.rotation_matrix(coeffs.angle).transpose(1, 2) + coeffs.trans[:, None, :]
 
@@ -87,13 +89,13 @@ class MorphableModel(nn.Module):
             raise TypeError(f"coeffs must be Coefficients or a (B, {self.layout.total}) tensor, got {type(coeffs).__name__}")
         if coeffs.layout != self.layout:
             raise ValueError(f"coefficients of layout {coeffs.layout} do not fit model {self.name!r} ({self.layout})")
-        coeffs = coeffs.to(self.mean_shape.dtype)  # float64 coefficients on a float32 model failed in a matmul
+        coeffs = coeffs.to(self.mean_shape)  # float64 coefficients on a float32 model failed in a matmul
         shape = self.shape(coeffs.id, coeffs.exp)
         rotation = geometry.rotation_matrix(coeffs.angle)
         vertices = shape @ rotation.transpose(1, 2) + coeffs.trans[:, None, :]
         normals_model = self.normals(shape)
         normals = normals_model @ rotation.transpose(1, 2)
-        albedo = self.albedo(coeffs.tex) if albedo is None else albedo.to(self.mean_shape.dtype)
+        albedo = self.albedo(coeffs.tex) if albedo is None else albedo.to(self.mean_shape)
         colour = shading.shade(albedo, normals, coeffs.gamma)
         return FaceGeometry(
             shape=shape,
