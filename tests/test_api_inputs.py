@@ -313,3 +313,18 @@ def test_results_print_in_a_few_lines(reconstructor, fitted, faces):
     result = reconstructor.reconstruct_set([faces / "identity_face_recognition" / "obama" / "obama1.jpg"], appearance=False)
     assert len(repr(result)) < 300 and "used=('obama1',)" in repr(result)
     assert len(repr(result.photos[0])) < 200 and repr(result.photos[0]).startswith("PhotoFit(name='obama1'")
+
+
+def test_a_model_off_the_cpu_and_mps_are_refused_up_front(monkeypatch):
+    """The fit runs on the CPU: a MorphableModel on another device failed deep inside it, and on
+    MPS the detector's float64 tables cannot run. Both are clear errors before any work."""
+    import deep3dface.pipeline as pipeline
+    from deep3dface.morphable import load_model
+    from deep3dface.pipeline import Reconstructor
+
+    with pytest.raises(ValueError, match=r"the fit runs on the CPU, and this model is on meta: pass model.cpu\(\)"):
+        Reconstructor(model=load_model("default").to("meta"))
+    monkeypatch.setattr(pipeline, "resolve_device", lambda name: torch.device("mps"))  # no Mac here
+    with pytest.raises(ValueError, match="mps: MTCNN's float64 summed-area tables cannot run on MPS"):
+        Reconstructor(device="mps")
+

@@ -255,7 +255,9 @@ def checked_photo(photo: torch.Tensor) -> torch.Tensor:
     """A (3, H, W) float RGB tensor in [0, 1], as given; a clear error for anything else (a 0-255
     float image otherwise failed deep inside the detector, and NaN pixels silently hid faces).
     Detached: nothing here is differentiable through the photo, and a photo that required grad
-    failed deep in the landmarker (``Tensor.numpy()``)."""
+    failed deep in the landmarker (``Tensor.numpy()``).  On the CPU: the landmarks, the alignment
+    and the fit run there (the networks get their own copy on their device); a CUDA photo failed
+    in the landmarker's crop."""
     photo = photo.detach()
     if photo.is_meta:
         raise ValueError("the photo is a 'meta' tensor: it has a shape but no pixels")
@@ -270,7 +272,7 @@ def checked_photo(photo: torch.Tensor) -> torch.Tensor:
     if low < -1e-3 or high > 1 + 1e-3:
         raise ValueError(f"expected photo values in [0, 1], got {low:g} to {high:g}"
                          + (" (divide 0-255 values by 255)" if high <= 255.5 else ""))
-    return photo
+    return photo.cpu()
 
 
 def _photo_recipe(photo: torch.Tensor) -> str:
@@ -297,7 +299,8 @@ def photo_tensor(source) -> torch.Tensor:
 class Reconstructor:
     """Detect, align, fit.  ``model``: "default" (embedded), a path to ``BFM_model_front.mat`` (or
     its folder), or a MorphableModel; ``checkpoint``: an R-Net checkpoint (either published format),
-    whose answer the fitter then refines; ``device``: where networks and the fit run."""
+    whose answer the fitter then refines; ``device``: where the networks run (MTCNN, R-Net); the
+    landmarker, the alignment and the fit run on the CPU, so a given MorphableModel must be there."""
 
     def __init__(self, model: str | Path | MorphableModel = "default", checkpoint: str | Path | None = None,
                  device: str | torch.device = "cpu", config: ReconstructorConfig = ReconstructorConfig()):
@@ -307,6 +310,12 @@ class Reconstructor:
             raise TypeError(f"model must be 'default', a path to a face model or a MorphableModel, got "
                             f"{type(model).__name__}")
         self.device = resolve_device(device)
+        if self.device.type == "mps":
+            raise ValueError(f"{device}: MTCNN's float64 summed-area tables cannot run on MPS (it has no float64); "
+                             "use cpu")
+        if isinstance(model, MorphableModel) and model.mean_shape.device.type != "cpu":
+            raise ValueError(f"the fit runs on the CPU, and this model is on {model.mean_shape.device}: pass model.cpu() "
+                             "(device= places the networks)")
         self.config = config
         self.model = model if isinstance(model, MorphableModel) else load_model(model)
         self.model_name = model.name if isinstance(model, MorphableModel) else str(model)
