@@ -234,3 +234,39 @@ def test_deep3d_companions_that_do_not_fit_are_ignored_with_a_warning(tiny_folde
 
 def _has_uv(model) -> bool:
     return FaceReconstruction.uv_chart(model) is not None
+
+
+def test_an_overwrite_never_mixes_new_files_with_an_old_json(tmp_path, monkeypatch):
+    """With overwrite=True a folder where one file goes made the rename phase fail after other
+    files were already replaced, beside the old JSON that marked the photo done. Now a folder in
+    the way is refused before any rename, and a rename that fails anyway leaves no JSON (a rerun
+    redoes the photo) and no temporary file."""
+    import json
+    import os
+
+    import deep3dface.outputs as outputs
+    from deep3dface.export import OutputExistsError
+
+    old = {"p.json": json.dumps({"faces": [{"files": {"mesh": "p_face0.obj"}}]}).encode(), "p_face0.obj": b"old mesh",
+           "p_face0.mat": b"old mat"}
+    write_photo_outputs(tmp_path, old)
+    new = {"p.json": b'{"faces": []}', "p_face0.obj": b"new mesh", "p_face0.mat": b"new mat"}
+    (tmp_path / "p_face0.mat").unlink()
+    (tmp_path / "p_face0.mat").mkdir()
+    with pytest.raises(OutputExistsError, match="p_face0.mat is a folder where this photo's file goes"):
+        write_photo_outputs(tmp_path, new, overwrite=True)
+    assert (tmp_path / "p_face0.obj").read_bytes() == b"old mesh" and (tmp_path / "p.json").exists()
+    (tmp_path / "p_face0.mat").rmdir()
+    real, renames = os.replace, []
+
+    def failing(source, target):
+        renames.append(target)
+        if len(renames) == 2:
+            raise OSError(5, "Input/output error")
+        return real(source, target)
+
+    monkeypatch.setattr(outputs.os, "replace", failing)
+    with pytest.raises(OSError, match="Input/output error"):
+        write_photo_outputs(tmp_path, new, overwrite=True)
+    assert not (tmp_path / "p.json").exists()  # not done: a rerun redoes it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p_face0.obj"]  # renamed before the failure; no temporaries

@@ -263,7 +263,8 @@ def write_photo_outputs(out_dir: Path, blobs: dict[str, bytes], overwrite: bool 
     """Write all files of one photo, all or none: every file goes to a temporary file first and
     is renamed into place only when all were written (a full disk or any other failure leaves
     nothing new behind, and nothing that blocks a rerun); the JSON is renamed last (its presence
-    marks the photo as done).  Overwriting, the files the photo's previous JSON listed and this
+    marks the photo as done; an old one is removed before the renames, so a rename that fails
+    leaves the photo to redo).  Overwriting, the files the photo's previous JSON listed and this
     set lacks (a face fewer, a kind not asked for again) are removed: they would describe another run."""
     out_dir.mkdir(parents=True, exist_ok=True)
     targets = [out_dir / name for name in blobs]
@@ -271,13 +272,18 @@ def write_photo_outputs(out_dir: Path, blobs: dict[str, bytes], overwrite: bool 
         existing = [p for p in targets if p.exists()]
         if existing:
             raise OutputExistsError(f"{existing[0]} exists (use --overwrite to replace it)")
-    stale = {name for json_name in blobs if json_name.endswith(".json")
-             for name in listed_files(out_dir / json_name)} - set(blobs)
+    folders = [p for p in targets if p.is_dir()]
+    if folders:  # found before any rename: os.replace onto a folder failed with some files already replaced
+        raise OutputExistsError(f"{folders[0]} is a folder where this photo's file goes; move it away")
+    json_names = [name for name in blobs if name.endswith(".json")]
+    stale = {name for json_name in json_names for name in listed_files(out_dir / json_name)} - set(blobs)
     ordered = sorted(blobs, key=lambda name: name.endswith(".json"))
     staged: list[tuple[Path, Path]] = []
     try:
         for name in ordered:
             staged.append((stage_output(out_dir / name, blobs[name]), out_dir / name))
+        for name in json_names:  # an overwrite that fails while renaming must not look done
+            (out_dir / name).unlink(missing_ok=True)
         for temporary, target in staged:
             os.replace(temporary, target)
     except BaseException:
