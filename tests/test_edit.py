@@ -68,6 +68,19 @@ def test_unedited_render_is_the_fit_in_its_crop(saved):
     assert np.abs(image[mask] - crop.permute(1, 2, 0).numpy()[mask]).mean() < 0.08
 
 
+def test_a_larger_render_is_the_crop_scaled_up(saved):
+    """At size S the face sits where the 224 crop puts it, times S/224: the crop camera's
+    off-centre principal point (112.5, 111.5) scales too (it was kept at +-0.5 px of the centre,
+    1.5 px off at 896)."""
+    _, _, face = saved
+    def centroid(size):
+        _, mask = render_face(face.model, face.coefficients, face.albedo, size)
+        rows, cols = np.nonzero(mask[0].numpy() > 0)
+        return np.array([cols.mean() + 0.5, rows.mean() + 0.5])  # pixel centres, corner-origin pixels
+
+    np.testing.assert_allclose(centroid(896), 4 * centroid(224), atol=0.3)
+
+
 def test_pose_turns_the_face(saved):
     root, _, face = saved
     right, right_mask = run(root, "right.png", "--pose", "0,30,0")

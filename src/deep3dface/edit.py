@@ -6,9 +6,10 @@
 ``FACE.mat`` is what ``deep3dface reconstruct`` writes per face (``outputs.face_mat``) or a Deep3D
 coefficient file.  Conventions:
 
-* **Camera**: Deep3D's crop camera scaled to the output size (focal 1015·S/224, principal point at
-  the centre, camera at z = 10 of model space), so an unedited face is drawn as it sat in the
-  aligned 224 crop it was fitted in (the .mat's coefficients are in that camera).
+* **Camera**: Deep3D's crop camera scaled to the output size (its intrinsics times S/224: focal
+  1015·S/224, principal point (112.5, 111.5)·S/224; camera at z = 10 of model space), so an
+  unedited face is drawn exactly as it sat in the aligned 224 crop it was fitted in (the .mat's
+  coefficients are in that camera).
 * **Pose**: ``--pose`` replaces the rotation: (pitch, yaw, roll) in degrees, R = Rz·Ry·Rx as in
   ``morphable.geometry`` (0, 0, 0 looks into the camera; +yaw turns the face towards image right).
   The translation is kept, so the face turns about its own centre.
@@ -38,7 +39,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from .camera import CROP_FOCAL, CROP_SIZE, Camera
+from .camera import CROP_SIZE, Camera, crop_intrinsics
 from .edit_limits import MAX_LIGHT, MAX_SIZE, MIN_SIZE
 from .io.mat import read_mat
 from .morphable.model import MorphableModel
@@ -245,7 +246,9 @@ def render_face(model: MorphableModel, coefficients: Coefficients, albedo: torch
             colours = shade(torch.full_like(g.albedo, 0.75), g.normals, GEOMETRY_LIGHT.to(g.normals))
         else:
             colours = {"shaded": g.colour, "albedo": g.albedo}[colour]
-        camera = Camera.crop(size=size, focal=CROP_FOCAL * size / CROP_SIZE, dtype=dtype)
+        K = crop_intrinsics(dtype=dtype)
+        K[:2] *= size / CROP_SIZE  # the 224 crop scaled: its off-centre principal point too
+        camera = Camera(K, size, size)
         image, mask = render_colours(g.vertices, colours, model.triangles, camera)
     return image[0], mask[0]
 
