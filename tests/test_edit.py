@@ -81,6 +81,15 @@ def test_a_larger_render_is_the_crop_scaled_up(saved):
     np.testing.assert_allclose(centroid(896), 4 * centroid(224), atol=0.3)
 
 
+def test_geometry_colour_is_a_grey_render_of_the_same_face(saved):
+    root, _, face = saved
+    grey, grey_mask = run(root, "geometry.png", "--colour", "geometry")
+    _, mask = run(root, "shaded.png")
+    np.testing.assert_array_equal(grey_mask, mask)
+    assert np.abs(grey[mask] - grey[mask].mean(1, keepdims=True)).max() < 1.5 / 255  # R = G = B
+    assert grey[mask].std() > 0.05  # shaded by the normals, not flat
+
+
 def test_pose_turns_the_face(saved):
     root, _, face = saved
     right, right_mask = run(root, "right.png", "--pose", "0,30,0")

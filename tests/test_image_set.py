@@ -513,3 +513,44 @@ def test_reconstruct_set_keeps_one_identity_under_a_photometric_stage(faces, app
         points = output_keypoints(model, face.coefficients.to(torch.float64), annotation_vertices(model))[0]
         torch.testing.assert_close(photo.landmarks68, photo.camera.project(points[None])[0].float(), atol=1e-3, rtol=0)
         torch.testing.assert_close(face.landmarks68, photo.landmarks68)
+
+
+def test_fit_set_list_file_skips_blank_and_comment_lines(tmp_path, faces):
+    from deep3dface.cli_sets import read_sets
+
+    photo = faces / "identity_openface_cmu" / "clapton-1.jpg"
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# the people\n\n   \neric\t{photo}\n  # eric\tnothere.jpg\n")
+    problems, notes = [], []
+    sets = read_sets(listing, problems, notes)
+    assert {person: [p.name for p in photos] for person, photos in sets.items()} == {"eric": ["clapton-1.jpg"]}
+    assert problems == [] and notes == []
+
+
+def test_photos_without_a_face_or_sure_landmarks_are_dropped_by_name(model, observed):
+    """reconstruct_identity's first checks: a photo with no face and one whose every face the
+    landmarker lost are dropped with their reasons; with none left, no identity (the mean face's zeros)."""
+    from dataclasses import replace
+
+    good = observed[OBAMA[0]]
+    lost = PhotoObservation("lost", good.image_size, (replace(good.faces[0], landmark_score=0.01),))
+    empty = PhotoObservation("empty", good.image_size, ())
+    result = reconstruct_identity(model, [empty, good, lost])
+    assert [(d.name, d.reason.split(" (")[0]) for d in result.dropped] == [("empty", "no face found"),
+                                                                           ("lost", "landmarks failed")]
+    assert result.used == (good.name,)
+    nobody = reconstruct_identity(model, [empty, lost])
+    assert nobody.photos == () and not bool(nobody.identity.any()) and len(nobody.dropped) == 2
+
+
+def test_selection_keeps_a_first_face_and_names_what_the_set_cannot_explain():
+    """select_faces where the person is a photo's first face (the other test has them second), and
+    outlier_reasons' second rule: a photo far worse under the shared identity than alone."""
+    from deep3dface.set_selection import outlier_reasons
+
+    person, stranger = np.zeros(128), np.full(128, 0.1)  # descriptors 1.13 apart
+    chosen, rejected = select_faces([[person, stranger], [person + 0.01], [person - 0.01]], [[1.0, 2.0], [1.0], [1.0]],
+                                    0.6)
+    assert chosen == {0: 0, 1: 0, 2: 0} and rejected == {}
+    reasons = outlier_reasons(torch.tensor([1.0, 1.1, 0.9, 1.2]), torch.tensor([0.10, 0.12, 0.11, 3.0]), 4.0, 1.0)
+    assert list(reasons) == [3] and reasons[3].startswith("inconsistent with the shared identity: 3.0 crop px worse")
