@@ -179,7 +179,7 @@ def fit_identity(model: MorphableModel, pixels: torch.Tensor, camera: Camera, sc
         return fit_landmarks_set(model, targets, camera, w, g, config.iterations, config.lambda_id, config.lambda_exp,
                                  start, vertex_ids, angle_prior=prior, id_precision=precision)
 
-    def point_robustness(coeffs, photo):
+    def point_robustness(coeffs, photo, visible):
         """Cauchy weights of each point from how far its residual departs from the same point's
         mean residual over the person's photos (a landmark definition that differs from the
         model's vertex is shared by all photos and stays; an occluded or misplaced point in one
@@ -211,7 +211,7 @@ def fit_identity(model: MorphableModel, pixels: torch.Tensor, camera: Camera, sc
         visible = visible_points(model, coeffs, config.visible_cosine)
         rms = landmark_rms(model, coeffs, pixels, camera, base * visible)
         weights = photo_confidence(scores, coeffs.angle[:, 1], rms, config)
-        robust = point_robustness(coeffs, weights)
+        robust = point_robustness(coeffs, weights, visible)  # this round's hidden points (the closure saw last round's)
         return coeffs, visible, rms, weights
 
     for _ in range(config.rounds):
