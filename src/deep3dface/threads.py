@@ -9,19 +9,43 @@ changing it.
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 import torch
 
+# torch's thread count is one per process: scopes entered from several threads at once (a server
+# reconstructing two requests) share it.  Each thread's nested scopes restore their own outer
+# count; the process's count from before the first scope comes back when the last scope of any
+# thread ends (restoring per scope left the process at 1 thread after two overlapping fits).
+_lock = threading.Lock()
+_scopes = threading.local()
+_active_threads = 0
+_process_count = 0
+
 
 @contextmanager
 def torch_threads(count: int):
-    previous = torch.get_num_threads()
-    torch.set_num_threads(count)
+    global _active_threads, _process_count
+    with _lock:
+        stack = _scopes.__dict__.setdefault("stack", [])
+        if not stack:
+            if _active_threads == 0:
+                _process_count = torch.get_num_threads()
+            _active_threads += 1
+        stack.append(count)
+        torch.set_num_threads(count)
     try:
         yield
     finally:
-        torch.set_num_threads(previous)
+        with _lock:
+            stack.pop()
+            if stack:
+                torch.set_num_threads(stack[-1])
+            else:
+                _active_threads -= 1
+                if _active_threads == 0:
+                    torch.set_num_threads(_process_count)
 
 
 @contextmanager
