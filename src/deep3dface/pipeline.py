@@ -13,7 +13,6 @@ renders lie on the uncropped photo.  Points are photo pixels, corner origin, y d
 """
 from __future__ import annotations
 
-import functools
 import contextlib
 import os
 import math
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .caching import per_object
 from .align import Alignment, align
 from .camera import Camera
 from .detect import MTCNN, Detection, MTCNNConfig
@@ -168,7 +168,7 @@ class FaceReconstruction:
                             texels=self.chart_texels(self.model, size))
 
     @staticmethod
-    @functools.lru_cache(maxsize=2)
+    @per_object(maxsize=2)
     def chart_texels(model: MorphableModel, size: int):
         """``texture.uv_texels`` of the model's chart at ``size``² (~25 MB at 1024²), kept for the
         next face: the chart's rasterisation cost ~50 ms a bake."""
@@ -178,7 +178,7 @@ class FaceReconstruction:
         return uv_texels(uv.to(torch.float32), model.triangles, size)
 
     @staticmethod
-    @functools.lru_cache(maxsize=4)
+    @per_object(maxsize=1)
     def uv_chart(model: MorphableModel) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(uv (N, 2), mirror vertex map (N,)) of a model, or None; cached per model object (the
         mirror map's k-d tree query costs ~0.1 s)."""

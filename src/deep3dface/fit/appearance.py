@@ -9,6 +9,7 @@ the half of a profile the camera cannot see) and closeness to a prior albedo.
 """
 from __future__ import annotations
 
+import threading
 import warnings
 
 import numpy as np
@@ -118,6 +119,7 @@ class _SharedOperator:
 
 
 _OPERATORS: dict = {}
+_OPERATORS_LOCK = threading.Lock()  # several threads may fit at once
 
 
 def _shared_operator(laplacian: sp.spmatrix, mirror: np.ndarray, smoothness: float, symmetry: float,
@@ -126,16 +128,18 @@ def _shared_operator(laplacian: sp.spmatrix, mirror: np.ndarray, smoothness: flo
     mirror) objects seen: the fitter passes the same ones for every face of a model (from the
     cached ``albedo_operators``; like them, they are treated as immutable)."""
     key = (id(laplacian), id(mirror), smoothness, symmetry, prior_weight)
-    held = _OPERATORS.get(key)
+    with _OPERATORS_LOCK:
+        held = _OPERATORS.get(key)
     if held is not None and held[0] is laplacian and held[1] is mirror:  # the ids are not reused: held here
         return held[2]
     n = laplacian.shape[0]
     m = sp.csr_matrix((np.ones(n), (np.arange(n), mirror)), shape=(n, n))
     symmetric = (sp.identity(n) - m).T @ (sp.identity(n) - m)
     operator = _SharedOperator((smoothness * laplacian + symmetry * symmetric + prior_weight * sp.identity(n)).tocsr())
-    if len(_OPERATORS) >= 4:
-        _OPERATORS.pop(next(iter(_OPERATORS)))
-    _OPERATORS[key] = (laplacian, mirror, operator)
+    with _OPERATORS_LOCK:
+        while len(_OPERATORS) >= 4:
+            _OPERATORS.pop(next(iter(_OPERATORS)))
+        _OPERATORS[key] = (laplacian, mirror, operator)
     return operator
 
 

@@ -8,11 +8,11 @@ Points are crop pixels (corner origin, y down; DESIGN.md §2), coefficients in D
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
 
+from ..caching import per_object
 from ..camera import Camera
 from ..morphable.data import ModelData
 from ..morphable.geometry import rotation_matrix, vertex_normals
@@ -92,7 +92,7 @@ class _Ring:
     keypoints: torch.Tensor  # (68,) the keypoints, indexing ``vertices``
 
 
-@lru_cache(maxsize=4)
+@per_object()
 def _keypoint_ring(data: ModelData) -> _Ring:
     faces = data.point_buf[data.keypoints]
     faces = np.unique(faces[faces < len(data.triangles)])

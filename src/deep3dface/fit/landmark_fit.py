@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
 
+from ..caching import per_object
 from ..camera import Camera, project_with_jacobian
 from ..morphable.geometry import rotation_derivatives, rotation_matrix
 from ..morphable.data import ModelData
@@ -74,7 +74,7 @@ def yaw_prior(yaw: torch.Tensor, gain: float = YAW_GAIN, knee: float = YAW_KNEE,
     return target, weights
 
 
-@lru_cache(maxsize=4)
+@per_object()
 def _identity_asymmetry(data: ModelData) -> torch.Tensor:
     mirror, _ = mirror_vertex_map(data.mean_shape)
     n, k = len(data.mean_shape), data.id_basis.shape[1]

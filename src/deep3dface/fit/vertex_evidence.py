@@ -4,11 +4,11 @@ and the image set's shared albedo (``shared_albedo``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
 
+from ..caching import per_object
 from ..camera import Camera
 from ..morphable.data import ModelData
 from ..morphable.topology import graph_laplacian, mirror_vertex_map
@@ -64,7 +64,7 @@ def inside_polygon(points: np.ndarray, polygon: np.ndarray) -> np.ndarray:
     return inside
 
 
-@lru_cache(maxsize=4)
+@per_object()
 def eye_vertices(data: ModelData) -> torch.Tensor:
     """(N,) bool: the vertices inside the eye openings (the two eye contours of the 68 keypoints,
     seen from the front on the mean shape).  The skin attention leaves out the iris and much of
@@ -89,7 +89,7 @@ class AlbedoOperators:
     mirror: np.ndarray       # (N,) each vertex's mirror image across the face's x = 0 plane
 
 
-@lru_cache(maxsize=4)
+@per_object()
 def albedo_operators(data: ModelData) -> AlbedoOperators:
     """Per-model sparse operators for the per-vertex albedo (built once per model)."""
     laplacian = graph_laplacian(data.triangles, data.mean_shape.shape[0])
