@@ -456,8 +456,14 @@ def test_reconstruct_set_gives_one_albedo_and_one_fused_texture(faces):
     from deep3dface import Reconstructor
     from deep3dface.image_set_outputs import set_texture
 
+    import deep3dface.fit.fitter as fitter
+
     photos = [_small(faces / "identity_face_recognition" / n) for n in OBAMA[2:]]
-    result = Reconstructor().reconstruct_set(photos, names=["obama2", "obama1"])
+    per_photo, stage = [], fitter._appearance_stage
+    with pytest.MonkeyPatch.context() as patch:  # the albedo is the person's: no per-photo albedo fitted and thrown away
+        patch.setattr(fitter, "_appearance_stage", lambda *args: per_photo.append(args) or stage(*args))
+        result = Reconstructor().reconstruct_set(photos, names=["obama2", "obama1"])
+    assert per_photo == []
     assert result.used == ("obama2", "obama1")
     yaws = [p.angles_deg[1] for p in result.photos]
     assert yaws[0] < -5 < 5 < yaws[1]  # the photos show opposite sides of the face

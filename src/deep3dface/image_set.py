@@ -275,7 +275,7 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
     and much faster (the per-vertex albedo solve dominates a set's time on CPU)."""
 
     from .align import align
-    from .fit.fitter import FitTargets, fit_faces, landmark_error
+    from .fit.fitter import FitConfig, FitTargets, fit_faces, landmark_error
     from .fit.photometric import refine_photometric
     from .pipeline import FaceReconstruction
 
@@ -300,27 +300,24 @@ def reconstruct_set(reconstructor, photos: list, names: list[str] | None = None,
     targets = FitTargets(crops=torch.stack(chosen),
                          landmarks=torch.stack([p.face.crop_landmarks for p in result.photos]).float())
     coeffs = result.fit.coefficients.to(torch.float32)
-    # the photometric stage runs below with the identity held, after the person's one albedo
-    # (fit_faces would refine each photo's identity on its own)
+    # the appearance is the person's (one albedo, a light per photo), not each photo's: fit_faces
+    # runs no stage here (it would fit an albedo per photo, thrown away), and the photometric stage
+    # runs below with the identity held (fit_faces would refine each photo's identity on its own)
+    stage = reconstructor.config.fit.appearance if appearance else None
     photometric = reconstructor.config.fit.photometric if appearance else None
-    stages = replace(reconstructor.config.fit, landmarks=None, photometric=None)
-    if not appearance:
-        stages = replace(stages, appearance=None)
     model = reconstructor.model
-    fitted = fit_faces(model, targets, stages, coeffs)
-    coeffs, albedo, shared = fitted.coefficients, fitted.albedo, None
-    if stages.appearance is not None:  # one albedo for the person, one light per photo
-        coeffs, albedo, shared = _shared_appearance(model, targets, coeffs, albedo, result.fit.photo_weights,
-                                                    stages.appearance)
+    fitted = fit_faces(model, targets, FitConfig(landmarks=None, appearance=None, photometric=None), coeffs)
+    coeffs, albedo, shared = fitted.coefficients, None, None
+    if stage is not None:
+        coeffs, albedo, shared = _shared_appearance(model, targets, coeffs, result.fit.photo_weights, stage)
     if photometric is not None and photometric.iterations > 0:
         flags, camera = [list(f) for f in fitted.flags], Camera.crop()
         coeffs, _ = refine_photometric(model, targets, photometric, camera, coeffs, albedo, fitted.landmark_weights,
                                        flags, fixed=("id", "tex"))
         error = landmark_error(model, coeffs, targets.landmarks, fitted.landmark_weights, camera)
         fitted = replace(fitted, landmark_error=error, flags=tuple(tuple(f) for f in flags))
-        if stages.appearance is not None:  # the geometry moved: each photo's light and the albedo again
-            coeffs, albedo, shared = _shared_appearance(model, targets, coeffs, albedo, result.fit.photo_weights,
-                                                        stages.appearance)
+        if stage is not None:  # the geometry moved: each photo's light and the albedo again
+            coeffs, albedo, shared = _shared_appearance(model, targets, coeffs, result.fit.photo_weights, stage)
         # each photo's pose and expression moved: its reported angles and 68 points follow
         refined = coeffs.to(result.fit.coefficients.id)
         points = _points68(model, refined, [p.camera for p in result.photos], config.annotation_keypoints)
@@ -344,14 +341,15 @@ def _stacked(rows: list[Coefficients]) -> Coefficients:
     return Coefficients.from_vector(torch.cat([r.to_vector() for r in rows]), rows[0].layout)
 
 
-def _shared_appearance(model, targets, coeffs, albedo, photo_weights, stage):
-    """(coefficients with each photo's light and the shared tex, per-photo albedo rows or None, the
-    ``SharedAppearance``): one albedo for the person, one light per photo."""
+def _shared_appearance(model, targets, coeffs, photo_weights, stage):
+    """(coefficients with each photo's light and the shared tex, per-photo albedo rows (None for a
+    model with an albedo basis: tex is the albedo), the ``SharedAppearance``): one albedo for the
+    person, one light per photo."""
     from .fit.shared_albedo import fit_shared_appearance
 
     shared = fit_shared_appearance(model, targets.crops, coeffs, photo_weights, stage)
     coeffs = coeffs.replace(gamma=shared.gamma.to(coeffs.gamma), tex=shared.tex.to(coeffs.tex).expand_as(coeffs.tex))
-    albedo = None if albedo is None else shared.albedo.expand(len(coeffs.id), -1, -1)
+    albedo = None if model.has_albedo_basis else shared.albedo.to(coeffs.gamma).expand(len(coeffs.id), -1, -1)
     return coeffs, albedo, shared
 
 

@@ -45,8 +45,9 @@ def fit_shared_appearance(model: MorphableModel, crops: torch.Tensor, coeffs: Co
                           photo_weights: torch.Tensor | None = None, stage: AppearanceStage = AppearanceStage(),
                           ) -> SharedAppearance:
     """(P, 3, 224, 224) crops of one person's photos, their fitted coefficients (P rows, crop
-    camera; ``gamma`` starts the alternation) and (P,) photo confidences -> the shared albedo and
-    per-photo lights (``stage.rounds`` alternations, as the single-photo stage)."""
+    camera: the geometry; their ``gamma`` and ``tex`` are not used) and (P,) photo confidences ->
+    the shared albedo and per-photo lights: from the mean albedo, ``stage.rounds`` alternations of
+    the lights and the albedo, as the single-photo stage, and the lights once more for the result."""
     dtype = model.mean_shape.dtype
     count = crops.shape[0]
     confidence = torch.ones(count, dtype=dtype) if photo_weights is None else torch.as_tensor(photo_weights).to(dtype)
@@ -60,15 +61,17 @@ def fit_shared_appearance(model: MorphableModel, crops: torch.Tensor, coeffs: Co
         albedo_data = albedo_weights(model, visibility, skin) * confidence[:, None]       # the albedo
         observed = sample_photo(crops.to(dtype), screen[..., :2])
         normals = geometry.normals
-        gamma, tex, albedo = coeffs.gamma.to(dtype), torch.zeros(coeffs.tex.shape[1], dtype=dtype), None
+        tex = torch.zeros(coeffs.tex.shape[1], dtype=dtype)
+        albedo = model.albedo(tex[None])[0]  # the mean albedo: each round lights it, then solves it anew
         for _ in range(max(stage.rounds, 1)):
+            gamma = estimate_lighting(observed, albedo.expand(count, -1, -1), normals, weights)
             light = irradiance(normals, gamma)
             if model.has_albedo_basis:
                 tex = shared_basis_fit(model, observed, light, albedo_data)
                 albedo = model.albedo(tex[None])[0]
             else:
                 albedo = shared_vertex_albedo(model, observed, light, albedo_data, stage)
-            gamma = estimate_lighting(observed, albedo.expand(count, -1, -1), normals, weights)
+        gamma = estimate_lighting(observed, albedo.expand(count, -1, -1), normals, weights)  # for the final albedo
     return SharedAppearance(gamma, tex, albedo, weights)
 
 
