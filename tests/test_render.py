@@ -69,6 +69,22 @@ def test_torch_backend_in_many_small_chunks(monkeypatch):
     assert torch.equal(rasterize(screen, triangles, (20, 28), backend="torch").triangle_id, ids)
 
 
+def test_numba_scratch_beyond_the_cap_is_not_kept(monkeypatch):
+    """Scratch buffers are kept per thread up to SCRATCH_KEEP_BYTES; larger ones are per call (a
+    4096² render held 128 MiB for the thread's life), with the same result."""
+    from deep3dface.render import _numba
+
+    screen, triangles = random_scene(1)
+    ids = rasterize_reference(screen, triangles, 20, 28)[0]
+    _numba._SCRATCH.__dict__.pop("buffers", None)
+    monkeypatch.setattr(_numba, "SCRATCH_KEEP_BYTES", 20 * 28 * 8 - 1)  # the z-buffer is just over it
+    assert torch.equal(_numba.rasterize_shaded(screen, triangles, 20, 28, 1e-3, False)[0], ids)
+    held = _numba._SCRATCH.buffers
+    assert ("zbuf", torch.float64) not in held and ("counts", torch.int64) in held
+    assert all(b.numel() * b.element_size() <= _numba.SCRATCH_KEEP_BYTES for b in held.values())
+    _numba._SCRATCH.__dict__.pop("buffers", None)  # the next test starts with the default's buffers
+
+
 @pytest.mark.parametrize("split", [(1, 1), (3, 1), (7, 1), (1, 3), (2, 5), (1, 40)])
 def test_numba_backend_in_parallel_chunks_and_bands(split):
     """Per-chunk z-buffers merged afterwards (the merge must keep the lower id on ties) and bands

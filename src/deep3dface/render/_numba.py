@@ -293,18 +293,25 @@ def _raster(screen, tris, near, cull, bands, v, out, block_list, single_id, sing
 
 
 _SCRATCH = threading.local()
+#: scratch buffers up to this size are kept per thread; larger ones (renders of several megapixels)
+#: are allocated per call, where a page fault per page costs little against the render, and a
+#: 4096² render no longer holds 128 MiB for the thread's life
+SCRATCH_KEEP_BYTES = 32 << 20
 
 
 def _scratch(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> np.ndarray:
-    """A per-thread scratch array ``name`` of ``shape``, kept between calls.
+    """A per-thread scratch array ``name`` of ``shape``, kept between calls (up to
+    ``SCRATCH_KEEP_BYTES``).
 
     Freeing and re-allocating megabytes on every call lets glibc hand the pages back to the system
     and fault them in again: ~500 page faults, about 1 ms, per 224² call on a VM (much more when
     the machine is loaded).  Each buffer holds the largest size seen so far."""
+    size = math.prod(shape)
+    if size * torch.empty((), dtype=dtype).element_size() > SCRATCH_KEEP_BYTES:
+        return torch.empty(shape, dtype=dtype).numpy()
     held = getattr(_SCRATCH, "buffers", None)
     if held is None:
         held = _SCRATCH.buffers = {}
-    size = math.prod(shape)
     buffer = held.get((name, dtype))
     if buffer is None or buffer.numel() < size:
         buffer = held[name, dtype] = torch.empty(size, dtype=dtype)
