@@ -38,11 +38,9 @@ from ..types import Coefficients
 from .appearance import albedo_normal_equations, estimate_albedo, estimate_lighting, sample_photo, solve_with_prior
 from .landmark_fit import (DENSE_WEIGHT, LAMBDA_EXP, LAMBDA_ID, LAMBDA_SYMMETRY, YAW_GAIN, YAW_KNEE, YAW_PRIOR_WEIGHT,
                            fit_landmarks, identity_precision, yaw_prior)
-from .keypoint_residuals import facing_camera
+from .keypoint_residuals import JAW, facing_camera
 from .losses import LANDMARK_WEIGHTS
 from .vertex_evidence import albedo_operators, albedo_weights, skin_weights, vertex_weights
-
-JAW = tuple(range(17))
 
 
 @dataclass(frozen=True)
@@ -253,9 +251,8 @@ def _landmark_round(model, targets, weights68, ids68, stage, camera, coeffs, fla
                           "landmark fit diverged")
     visible = facing_camera(model, fitted, stage.visible_cosine)
     weights68 = _base_weights(targets)
-    jaw = torch.tensor(JAW)
-    weights68[:, jaw] = torch.where(visible[:, jaw], weights68[:, jaw],
-                                    torch.full_like(weights68[:, jaw], stage.hidden_contour_weight))
+    weights68[:, JAW] = torch.where(visible[:, JAW], weights68[:, JAW],
+                                    torch.full_like(weights68[:, JAW], stage.hidden_contour_weight))
     return fitted, weights68
 
 

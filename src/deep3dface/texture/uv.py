@@ -39,11 +39,11 @@ import torch
 
 from ..io.mat import read_mat
 from ..morphable.data import ModelData
+# the full BFM 2009 (BFM_UV.mat's rows) and the trimmed topology BFM_front_idx.mat indexes
+from ..morphable.formats.deep3d import BFM_FULL_VERTICES, BFM_TRIMMED_VERTICES, SOURCE_PREFIX
 from ..threads import numba_follows_torch
 
 DEFAULT_UV_FILE = "default_face_uv.npz"
-BFM_FULL_VERTICES = 53490     # rows of BFM_UV.mat: the full BFM 2009
-BFM_TRIMMED_VERTICES = 53215  # the topology BFM_front_idx.mat indexes
 
 
 def uv_coordinates(model_or_data, *, bfm_uv=None, bfm_vertex_ids=None) -> np.ndarray:
@@ -68,7 +68,7 @@ def uv_coordinates(model_or_data, *, bfm_uv=None, bfm_vertex_ids=None) -> np.nda
 def model_kind(data: ModelData) -> str:
     if data.name == "default":
         return "default"
-    if data.source.startswith("Deep3D"):
+    if data.source.startswith(SOURCE_PREFIX):
         return "deep3d"
     return data.name
 
