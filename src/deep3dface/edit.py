@@ -43,7 +43,8 @@ from .camera import CROP_SIZE, Camera, crop_intrinsics
 from .edit_limits import MAX_LIGHT, MAX_SIZE, MIN_SIZE
 from .io.mat import read_mat
 from .morphable.model import MorphableModel
-from .morphable.shading import DEFAULT_AMBIENT, NUM_BANDS, sh_basis, shade
+from .morphable.shading import DEFAULT_AMBIENT, NUM_BANDS, sh_basis
+from .pipeline import COLOURS, face_colours  # a face's colours: defined once, with the overlays'
 from .render.shaded import render_colours
 from .types import Coefficients
 
@@ -56,7 +57,6 @@ LIGHT_PRESETS: dict[str, tuple[float, float, tuple[float, float, float]]] = {
     "above": (0.3, 0.7, (0.0, 1.0, 0.6)),
     "below": (0.3, 0.7, (0.0, -1.0, 0.6)),
 }
-COLOURS = ("shaded", "albedo", "geometry")
 T = TypeVar("T")
 
 
@@ -224,8 +224,6 @@ def edit_coefficients(coefficients: Coefficients, pose_deg: tuple[float, float, 
 def render_face(model: MorphableModel, coefficients: Coefficients, albedo: torch.Tensor | None = None,
                 size: int = 512, colour: str = "shaded") -> tuple[torch.Tensor, torch.Tensor]:
     """Image (3, S, S) and mask (1, S, S) of a face drawn by the scaled crop camera (module doc)."""
-    from .pipeline import GEOMETRY_LIGHT
-
     if colour not in COLOURS:
         raise ValueError(f"colour must be one of {', '.join(COLOURS)}, got {colour!r}")
     if isinstance(size, bool) or not isinstance(size, numbers.Integral) or not MIN_SIZE <= size <= MAX_SIZE:
@@ -242,10 +240,7 @@ def render_face(model: MorphableModel, coefficients: Coefficients, albedo: torch
     dtype = model.mean_shape.dtype
     with torch.no_grad():
         g = model(coefficients.to(dtype), albedo=None if albedo is None else albedo.to(dtype)[None])
-        if colour == "geometry":
-            colours = shade(torch.full_like(g.albedo, 0.75), g.normals, GEOMETRY_LIGHT.to(g.normals))
-        else:
-            colours = {"shaded": g.colour, "albedo": g.albedo}[colour]
+        colours = face_colours(g, colour)  # the overlay's and the mesh's colours, one definition
         K = crop_intrinsics(dtype=dtype)
         K[:2] *= size / CROP_SIZE  # the 224 crop scaled: its off-centre principal point too
         camera = Camera(K, size, size)
