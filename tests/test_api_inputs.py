@@ -328,3 +328,18 @@ def test_a_model_off_the_cpu_and_mps_are_refused_up_front(monkeypatch):
     with pytest.raises(ValueError, match="mps: MTCNN's float64 summed-area tables cannot run on MPS"):
         Reconstructor(device="mps")
 
+
+
+def test_an_unreadable_dense_correspondence_is_warned_about(monkeypatch):
+    """A broken data file silently turned the dense points off (a less accurate fit); now it warns."""
+    import deep3dface.detect.correspondence as correspondence
+    from deep3dface.pipeline import Reconstructor
+
+    def broken(model):
+        raise ValueError("mediapipe_to_default.json: not JSON")
+
+    monkeypatch.setattr(correspondence, "dense_correspondence", broken)
+    with pytest.warns(UserWarning, match=r"dense MediaPipe correspondence is unavailable \(ValueError: "
+                                         r"mediapipe_to_default.json: not JSON\); fitting the 68 points only"):
+        recon = Reconstructor()
+    assert recon.dense is None

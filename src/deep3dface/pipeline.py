@@ -17,6 +17,7 @@ import contextlib
 import os
 import math
 import numbers
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -449,9 +450,12 @@ def _landmark_flags(mark: LandmarkResult, lost: bool, both_detectors: bool = Fal
 
 
 def _dense_correspondence(model):
-    """The MediaPipe-468 correspondence for ``model``, or None where its data file is unavailable."""
+    """The MediaPipe-468 correspondence for ``model``, or None (with a warning: the fit is less
+    accurate without it) where its packaged data file cannot be read."""
     try:
         from .detect.correspondence import dense_correspondence
         return dense_correspondence(model)
-    except (FileNotFoundError, OSError, ValueError, KeyError):
+    except (FileNotFoundError, OSError, ValueError, KeyError) as exc:
+        warnings.warn(f"the dense MediaPipe correspondence is unavailable ({type(exc).__name__}: {exc}); fitting "
+                      "the 68 points only, less accurately (reinstall deep3dface)", stacklevel=3)
         return None
