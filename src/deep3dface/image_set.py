@@ -201,7 +201,7 @@ class SetObserver:
     def observe(self, image: str | Path | torch.Tensor, name: str | None = None) -> PhotoObservation:
         if name is None:
             name = Path(image).stem if not isinstance(image, torch.Tensor) else "photo"
-        from .pipeline import photo_tensor  # a tensor checked as reconstruct checks it
+        from .io.photos import photo_tensor  # a tensor checked as reconstruct checks it
 
         photo = photo_tensor(image)
         return self.observe_detections(name, photo, self.detector.detect(photo))

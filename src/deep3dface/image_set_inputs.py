@@ -51,7 +51,7 @@ def photo_list(photos) -> list:
     if isinstance(photos, (str, bytes, os.PathLike, Image.Image)) or (isinstance(photos, torch.Tensor) and photos.ndim < 4):
         raise TypeError(f"photos must be a list of photos (paths or (3, H, W) tensors), got one "
                         f"{type(photos).__name__}; pass [photo]")
-    from .pipeline import photo_tensor
+    from .io.photos import photo_tensor
 
     photos = list(photos)
     if not photos:
