@@ -343,3 +343,9 @@ def test_an_unreadable_dense_correspondence_is_warned_about(monkeypatch):
                                          r"mediapipe_to_default.json: not JSON\); fitting the 68 points only"):
         recon = Reconstructor()
     assert recon.dense is None
+
+
+def test_photos_smaller_than_the_detector_s_window_have_no_faces(reconstructor):
+    """MTCNN's smallest window is 12 px: an 8x8 photo, or one 11 px high, has no face (not an error)."""
+    for height, width in ((8, 8), (11, 300)):
+        assert reconstructor.reconstruct(torch.full((3, height, width), 0.5)) == []

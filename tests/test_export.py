@@ -51,6 +51,41 @@ def test_obj_without_colours_and_normals(face_mesh):
     np.testing.assert_allclose(_load(text.encode(), "obj").vertices, bare.vertices, atol=1e-6)
 
 
+@pytest.mark.parametrize("fmt", ["ply", "glb"])
+def test_ply_and_glb_without_colours_or_normals(face_mesh, fmt):
+    from dataclasses import replace
+
+    scale = 10.0 if fmt == "glb" else 1.0
+    for mesh in (Mesh(vertices=face_mesh.vertices, triangles=face_mesh.triangles), replace(face_mesh, normals=None)):
+        loaded = _load(export_mesh(mesh, fmt), fmt)
+        np.testing.assert_allclose(loaded.vertices * scale, mesh.vertices, atol=1e-5)
+        np.testing.assert_array_equal(loaded.faces, mesh.triangles)
+
+
+def test_a_write_that_fails_names_the_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import os
+
+    import deep3dface.export as export
+
+    class FullDisk:
+        def __init__(self, fd, mode):
+            os.close(fd)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, data):
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export.os, "fdopen", FullDisk)
+    with pytest.raises(OSError, match=f"cannot write {tmp_path / 'face.obj'}: No space left on device"):
+        export.stage_output(tmp_path / "face.obj", b"v 0 0 0\n")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_unknown_format_and_bad_mesh():
     with pytest.raises(ValueError, match="unknown mesh format 'stl'"):
         export_mesh(Mesh(np.zeros((3, 3)), np.array([[0, 1, 2]])), "stl")
