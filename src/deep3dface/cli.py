@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -377,12 +378,12 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (AssetMissingError, FileNotFoundError, ValueError) as exc:
+    except (AssetMissingError, FileNotFoundError, ValueError, OutputExistsError, OSError) as exc:
+        if os.environ.get("DEEP3DFACE_DEBUG"):  # the whole traceback, for a bug report
+            raise
         print(f"deep3dface: error: {exc}", file=sys.stderr)
-        return 2
-    except (OutputExistsError, OSError) as exc:  # an output that exists, a full disk, a read-only folder...
-        print(f"deep3dface: error: {exc}", file=sys.stderr)
-        return 1
+        # an output that exists, a full disk, a read-only folder: 1; a bad argument or input: 2
+        return 1 if isinstance(exc, (OutputExistsError, OSError)) and not isinstance(exc, FileNotFoundError) else 2
 
 
 if __name__ == "__main__":
