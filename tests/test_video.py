@@ -48,6 +48,17 @@ def test_one_euro_is_still_on_a_still_signal_and_follows_a_step():
     assert abs(one_euro(step, times, beta=5.0)[-1, 0] - 1) < 1e-3
 
 
+def test_short_clips_are_smoothed_and_measured_without_error():
+    """A one-frame clip is its own smoothed value; jitter needs three frames (0 below), and a
+    uniformly moving point has none."""
+    one = np.array([[3.0, 4.0]])
+    assert np.array_equal(one_euro(one, np.zeros(1)), one) and one_euro(one, np.zeros(1)) is not one
+    assert one_euro(np.zeros((0, 2)), np.zeros(0)).shape == (0, 2)
+    assert landmark_jitter(np.zeros((2, 68, 2))) == 0.0
+    moving = np.arange(5)[:, None, None] * np.ones((5, 68, 2))
+    assert landmark_jitter(moving) == 0.0 and landmark_jitter(moving ** 2) == pytest.approx(np.sqrt(8))
+
+
 def test_video_command_tracks_fits_and_writes(tmp_path, frames, capsys):
     from deep3dface.cli import main
 
