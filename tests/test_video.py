@@ -92,6 +92,28 @@ def test_video_command_tracks_fits_and_writes(tmp_path, frames, capsys):
     assert "neutral.obj exists (an interrupted run?): --overwrite replaces it" in capsys.readouterr().err
 
 
+def test_a_frame_without_the_face_is_recorded_and_left_unmarked(tmp_path, frames):
+    """A blank frame in the middle of a clip: the track is lost there and found again after it
+    (the detector runs again), its record says no face, and its overlay frame carries no points."""
+    from deep3dface.cli import main
+
+    blank = Image.new("RGB", SIZE, (128, 128, 128))
+    clip = tmp_path / "cut.mp4"
+    _encode(clip, [*frames[:2], blank, *frames[2:4]], rate=4)
+    out = tmp_path / "out"
+    assert main(["video", str(clip), "-o", str(out), "-q"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["frames"] == 5 and summary["tracked"] == 4 and summary["redetections"] >= 2
+    record = json.loads((out / "frames" / "000002.json").read_text())
+    assert record["face"] is False and "landmarks68" not in record
+    with av.open(str(out / "overlay.mp4")) as container:
+        decoded = [np.asarray(f.to_image(), np.float64) for f in container.decode(video=0)]
+    assert len(decoded) == 5
+    green = [int(((f[..., 1] > 200) & (f[..., 0] < 130) & (f[..., 2] < 130)).sum()) for f in decoded]  # fitted points
+    assert green[2] == 0 and min(green[:2] + green[3:]) > 20
+    assert float(np.abs(decoded[2] - 128).max()) < 40  # the blank frame as it was
+
+
 def test_a_file_that_is_no_video_is_a_clear_error(tmp_path, capsys):
     from deep3dface.cli import main
 
