@@ -269,3 +269,24 @@ def test_fit_faces_runs_the_photometric_stage_then_the_appearance_again(basis_ph
         assert torch.equal(getattr(refined.coefficients, name), getattr(after, name))
     assert not torch.equal(refined.coefficients.gamma, after.gamma)  # with a new light
     assert (_render_error(model, refined.coefficients, images, masks) < 0.02).all()
+
+
+def test_the_photometric_stage_has_the_paper_s_reflectance_term(basis_photos):
+    """The reference's fifth loss (weight 5): with the other terms off, the stage flattens a basis
+    albedo over the model's skin mask; at weight 0 it leaves tex where it was."""
+    from deep3dface.camera import Camera
+    from deep3dface.fit.fitter import FitTargets, PhotometricStage
+    from deep3dface.fit.losses import reflectance_loss
+    from deep3dface.fit.photometric import refine_photometric
+
+    model, truth, photos, _, _ = basis_photos
+    targets = FitTargets(photos, torch.zeros(2, 68, 2))
+    only = dict(photometric=0.0, landmark=0.0, regularisation=0.0, gamma=0.0, iterations=8, learning_rate=0.05)
+    flat, _ = refine_photometric(model, targets, PhotometricStage(**only), Camera.crop(), truth, None,
+                                 torch.zeros(2, 68), [[], []])
+    before, after = (float(reflectance_loss(model.albedo(c.tex), model.skin_mask)) for c in (truth, flat))
+    assert after < 0.8 * before
+    held, _ = refine_photometric(model, targets, PhotometricStage(**only, reflectance=0.0), Camera.crop(), truth,
+                                 None, torch.zeros(2, 68), [[], []])
+    torch.testing.assert_close(held.tex, truth.tex)
+    assert PhotometricStage().reflectance == 5.0

@@ -89,6 +89,7 @@ class PhotometricStage:
     landmark: float = 1.6e-3
     regularisation: float = 3e-4
     gamma: float = 10.0
+    reflectance: float = 5.0   # flattens a basis albedo over the skin (a per-vertex albedo is held here)
 
 
 @dataclass(frozen=True)

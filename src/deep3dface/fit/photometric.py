@@ -3,10 +3,12 @@
 Loss per face (Deng et al. 2019, reference weights):
 
     1.92·photometric + 1.6e-3·Σ w_i d_i² / 68 + 3e-4·(‖id‖² + 0.8‖exp‖² + 0.017‖tex‖²) + 10·gamma
+        + 5·reflectance
 
 photometric: skin-weighted L2,1 colour error over the rendered face region of the 224 crop
 (``losses.photometric_loss``); d_i: crop-pixel distance of landmark i with the landmark stage's
-weights (hidden contour points 0).  Adam over id, exp, tex, angle, trans and gamma.  A per-vertex
+weights (hidden contour points 0); reflectance: the albedo's squared deviation from its mean over
+the model's skin mask (``losses.reflectance_loss``).  Adam over id, exp, tex, angle, trans and gamma.  A per-vertex
 albedo (models without a basis) is held fixed here and re-estimated by the caller afterwards:
 re-painting it every step would let colour absorb what the geometry should explain.
 """
@@ -17,7 +19,7 @@ import torch
 from ..camera import Camera
 from ..render import interpolate, rasterize
 from ..types import GROUPS, Coefficients
-from .losses import REG_WEIGHTS, coefficient_regularisation, gamma_loss, photometric_loss
+from .losses import REG_WEIGHTS, coefficient_regularisation, gamma_loss, photometric_loss, reflectance_loss
 from .skin import skin_probability
 
 
@@ -49,7 +51,8 @@ def refine_photometric(model, targets, stage, camera: Camera, coeffs: Coefficien
         per_face = (stage.photometric * _per_face_photometric(rendered, crops, mask * skin)
                     + stage.landmark * _landmark_term(camera.project(geometry.landmarks), landmarks, w68)
                     + stage.regularisation * _per_face_regularisation(current)
-                    + stage.gamma * _per_face_gamma(current.gamma))
+                    + stage.gamma * _per_face_gamma(current.gamma)
+                    + stage.reflectance * _per_face_reflectance(geometry.albedo, model.skin_mask))
         with torch.no_grad():
             improved = torch.isfinite(per_face) if best_loss is None else torch.isfinite(per_face) & (per_face < best_loss)
             best_loss = per_face.detach().clone() if best_loss is None else torch.where(improved, per_face.detach(), best_loss)
@@ -81,3 +84,7 @@ def _per_face_regularisation(coeffs):
 
 def _per_face_gamma(gamma):
     return torch.stack([gamma_loss(gamma[b:b + 1]) for b in range(len(gamma))])
+
+
+def _per_face_reflectance(albedo, skin_mask):
+    return torch.stack([reflectance_loss(albedo[b:b + 1], skin_mask) for b in range(len(albedo))])
