@@ -28,17 +28,18 @@ def photometric_loss(rendered: torch.Tensor, photo: torch.Tensor, weight: torch.
 
 def landmark_loss(predicted: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None = None,
                   visibility: torch.Tensor | None = None) -> torch.Tensor:
-    """Weighted mean squared distance in pixels², (B, K, 2) each.
+    """The reference's landmark loss: Σ_k w_k·d_k² / K in pixels², (B, K, 2) each, averaged over
+    the batch (divided by the number of points, not by the weights' sum, as Deep3D does).
 
     ``weights`` (K,) default to Deep3D's for K = 68; ``visibility`` (B, K) in [0, 1] drops points the
-    landmarker could not see (a missing point contributes nothing and does not dilute the mean)."""
+    landmarker could not see (a missing point contributes nothing)."""
     squared = ((predicted - target) ** 2).sum(-1)
     if weights is None:
         weights = LANDMARK_WEIGHTS if predicted.shape[1] == 68 else torch.ones(predicted.shape[1])
     w = weights.to(squared)[None].expand_as(squared)
     if visibility is not None:
         w = w * visibility.to(squared)
-    return ((squared * w).sum(1) / w.sum(1).clamp_min(1e-8)).mean()
+    return ((squared * w).sum(1) / squared.shape[1]).mean()
 
 
 def coefficient_regularisation(coeffs, weights: dict[str, float] = REG_WEIGHTS) -> torch.Tensor:

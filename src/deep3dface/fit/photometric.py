@@ -19,7 +19,8 @@ import torch
 from ..camera import Camera
 from ..render import interpolate, rasterize
 from ..types import GROUPS, Coefficients
-from .losses import REG_WEIGHTS, coefficient_regularisation, gamma_loss, photometric_loss, reflectance_loss
+from .losses import (REG_WEIGHTS, coefficient_regularisation, gamma_loss, landmark_loss, photometric_loss,
+                     reflectance_loss)
 from .skin import skin_probability
 
 
@@ -75,7 +76,7 @@ def _per_face_photometric(rendered, photo, weight):
 
 
 def _landmark_term(predicted, target, weights):
-    return (((predicted - target) ** 2).sum(-1) * weights).sum(1) / 68.0
+    return torch.stack([landmark_loss(predicted[b:b + 1], target[b:b + 1], weights[b]) for b in range(len(predicted))])
 
 
 def _per_face_regularisation(coeffs):
