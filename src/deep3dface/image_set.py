@@ -172,13 +172,10 @@ class FaceDescriber:
 
     def __call__(self, rgb: np.ndarray, box: torch.Tensor) -> np.ndarray:
         """(H, W, 3) uint8 photo, MTCNN box -> (128,) float64 descriptor."""
-        # dlib's 5-point predictor expects its HOG detector's box: a square 0.81 × the MTCNN box's
-        # long side, 0.054 of it lower (measured for the 68-point predictor, detect/dlib68.py)
-        x0, y0, x1, y1 = (float(v) for v in box)
-        side = 0.81 * max(x1 - x0, y1 - y0)
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2 + 0.067 * side
-        rect = self._rectangle(round(cx - side / 2), round(cy - side / 2), round(cx + side / 2), round(cy + side / 2))
-        shape = self._predictor(rgb, rect)
+        from .detect.dlib68 import dlib_box
+
+        # dlib's 5-point predictor expects its HOG detector's box, as the 68-point one does
+        shape = self._predictor(rgb, self._rectangle(*dlib_box(box)))
         return np.asarray(self._recogniser.compute_face_descriptor(rgb, shape), dtype=np.float64)
 
 

@@ -69,10 +69,20 @@ class DlibLandmarker:
 
     def _predict(self, image: torch.Tensor, cx: float, cy: float, size: float) -> torch.Tensor:
         """68 points (corner convention) for an upright square box of side ``size`` centred at (cx, cy)."""
-        half = size / 2
-        # inclusive integer corners: the pixel whose centre is nearest each continuous corner
-        left, top = round(cx - half - 0.5), round(cy - half - 0.5)
-        right, bottom = round(cx + half - 0.5), round(cy + half - 0.5)
         rgb = np.ascontiguousarray((image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy())
-        shape = self._predictor(rgb, self._rectangle(left, top, right, bottom))
+        shape = self._predictor(rgb, self._rectangle(*dlib_corners(cx, cy, size)))
         return torch.tensor([[p.x + 0.5, p.y + 0.5] for p in shape.parts()], dtype=torch.float32)
+
+
+def dlib_corners(cx: float, cy: float, size: float) -> tuple[int, int, int, int]:
+    """dlib's inclusive integer box (left, top, right, bottom) for an upright square of side
+    ``size`` centred at (cx, cy) in corner-origin pixels: the pixel whose centre is nearest each
+    continuous corner."""
+    half = size / 2
+    return round(cx - half - 0.5), round(cy - half - 0.5), round(cx + half - 0.5), round(cy + half - 0.5)
+
+
+def dlib_box(box: torch.Tensor, config: DlibConfig = DlibConfig()) -> tuple[int, int, int, int]:
+    """The box dlib's predictors were trained on (its HOG detector's) for a detector (MTCNN) box."""
+    roi = roi_from_box(box, config.box_scale, config.box_shift_y)
+    return dlib_corners(roi.cx, roi.cy, roi.size)
