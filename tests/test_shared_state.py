@@ -1,42 +1,58 @@
 """Process-wide state: torch_threads (scoped thread counts, nested and from several threads at
-once) and the per-object caches of what is derived from a model.
-
-The overlap test comes first on purpose: once the main thread has set counts in scopes of its
-own, libgomp's shared count no longer showed the old code's fault in that process."""
+once) and the per-object caches of what is derived from a model."""
 from __future__ import annotations
 
 import threading
 
+import pytest
 import torch
 
 from deep3dface.threads import torch_threads
 
 
-def test_overlapping_scopes_of_two_threads_give_the_process_its_count_back():
-    """Thread A enters (saves N, sets 1), B enters (saved 1), A leaves (restored N), B leaves and
-    restored 1: the process ran at 1 thread ever after. Now the last scope out restores N."""
-    torch.set_num_threads(2)  # (set before any read: libgomp's threads outside a team share one count)
-    try:
-        a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+def _overlap(first_out_is_main: bool) -> dict[str, int]:
+    """Two scopes of torch_threads(1) in two threads, overlapping: the first in leaves first.
+    Returns each thread's count after its own scope and the main thread's at the end."""
+    first_in, second_in, first_out, counts = threading.Event(), threading.Event(), threading.Event(), {}
 
-        def first():
-            with torch_threads(1):
-                a_in.set()
-                b_in.wait(5)
-            a_out.set()
+    def first():
+        torch.get_num_threads()  # a worker that has read its count before (a pool's thread)
+        with torch_threads(1):
+            first_in.set()
+            second_in.wait(5)
+        counts["first"] = torch.get_num_threads()
+        first_out.set()
 
-        def second():
-            a_in.wait(5)
-            with torch_threads(1):
-                b_in.set()
-                a_out.wait(5)
+    def second():
+        torch.get_num_threads()
+        first_in.wait(5)
+        with torch_threads(1):
+            second_in.set()
+            first_out.wait(5)
+        counts["second"] = torch.get_num_threads()
 
-        threads = [threading.Thread(target=first), threading.Thread(target=second)]
-        for t in threads:
+    worker = threading.Thread(target=second if first_out_is_main else first)
+    other = None if first_out_is_main else threading.Thread(target=second)
+    for t in (worker, other):
+        if t is not None:
             t.start()
-        for t in threads:
+    if first_out_is_main:
+        first()
+    for t in (worker, other):
+        if t is not None:
             t.join(10)
-        assert a_out.is_set() and torch.get_num_threads() == 2
+    counts["main"] = torch.get_num_threads()
+    return counts
+
+
+@pytest.mark.parametrize("first_out_is_main", [False, True], ids=["two-workers", "main-and-a-worker"])
+def test_overlapping_scopes_of_two_threads_leave_every_thread_its_count(first_out_is_main):
+    """OpenMP's count is per thread, and a thread's first read copies the last count set by any
+    thread: the second scope in saved 1 (the first's) and restored it, leaving its thread at 1 ever
+    after (the networks then ran single-threaded). Now every thread ends where it began."""
+    torch.set_num_threads(2)
+    try:
+        assert _overlap(first_out_is_main) == {"first": 2, "second": 2, "main": 2}
     finally:
         torch.set_num_threads(2)
 

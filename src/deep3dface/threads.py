@@ -14,38 +14,31 @@ from contextlib import contextmanager
 
 import torch
 
-# torch's thread count is one per process: scopes entered from several threads at once (a server
-# reconstructing two requests) share it.  Each thread's nested scopes restore their own outer
-# count; the process's count from before the first scope comes back when the last scope of any
-# thread ends (restoring per scope left the process at 1 thread after two overlapping fits).
+# torch's thread count is per thread (OpenMP's), and a thread's first read copies the count most
+# recently set by any thread; scopes entered from several threads at once (a server reconstructing
+# two requests) therefore leak counts into each other.  Each scope restores its own thread's count,
+# except the last scope of the process to end, which restores the count from before the first one
+# began (two overlapping fits left threads at 1; measured with torch 2.13's libgomp build).
 _lock = threading.Lock()
-_scopes = threading.local()
-_active_threads = 0
+_active_scopes = 0
 _process_count = 0
 
 
 @contextmanager
 def torch_threads(count: int):
-    global _active_threads, _process_count
+    global _active_scopes, _process_count
     with _lock:
-        stack = _scopes.__dict__.setdefault("stack", [])
-        if not stack:
-            if _active_threads == 0:
-                _process_count = torch.get_num_threads()
-            _active_threads += 1
-        stack.append(count)
+        previous = torch.get_num_threads()  # this thread's own count
+        if _active_scopes == 0:
+            _process_count = previous
+        _active_scopes += 1
         torch.set_num_threads(count)
     try:
         yield
     finally:
         with _lock:
-            stack.pop()
-            if stack:
-                torch.set_num_threads(stack[-1])
-            else:
-                _active_threads -= 1
-                if _active_threads == 0:
-                    torch.set_num_threads(_process_count)
+            _active_scopes -= 1
+            torch.set_num_threads(_process_count if _active_scopes == 0 else previous)
 
 
 @contextmanager
@@ -64,3 +57,6 @@ def numba_follows_torch():
     finally:
         if torch.get_num_threads() != count:
             torch.set_num_threads(count)
+
+
+torch.get_num_threads()  # the importing thread settles its own count now, not at a later first read
