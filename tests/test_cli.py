@@ -420,14 +420,22 @@ def test_bad_arguments_and_file_system_errors_are_one_line(batch, tmp_path, caps
     (tmp_path / "afile").write_text("")
     assert main(["reconstruct", face, "-o", str(tmp_path / "afile"), "-q"]) == 2
     assert "exists and is not a folder" in capsys.readouterr().err
-    # DEEP3DFACE_DEBUG: the whole traceback instead, for a bug report
-    monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setenv("DEEP3DFACE_DEBUG", "1")
-    try:
+    # DEEP3DFACE_DEBUG: the whole traceback instead, for a bug report; also for one photo's error
+    import deep3dface.pipeline
+
+    def bug(self, image):
+        raise ValueError("an internal bug")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DEEP3DFACE_DEBUG", "1")
         with pytest.raises(ValueError, match="exists and is not a folder"):
             main(["reconstruct", face, "-o", str(tmp_path / "afile"), "-q"])
-    finally:
-        monkeypatch.undo()
+        patch.setattr(deep3dface.pipeline.Reconstructor, "reconstruct", bug)
+        with pytest.raises(ValueError, match="an internal bug"):
+            main(["reconstruct", face, "-o", str(tmp_path / "debug"), "-q"])
+        patch.setenv("DEEP3DFACE_DEBUG", "0")  # off
+        assert main(["reconstruct", face, "-o", str(tmp_path / "debug"), "-q"]) == 1
+        assert f"deep3dface: error: {face}: an internal bug" in capsys.readouterr().err
 
 
 def test_output_under_a_file_is_a_bad_argument_found_before_any_work(batch, tmp_path, capsys, monkeypatch):

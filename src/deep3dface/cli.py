@@ -202,6 +202,8 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             progress.message(f"deep3dface: error: {path}: {exc.reason}")
             continue
         except (OutputExistsError, ValueError, OSError) as exc:
+            if debugging():  # the traceback, for a bug report (an unreadable photo above stays one line)
+                raise
             failures += 1
             progress.message(f"deep3dface: error: {path}: {exc}")
             continue
@@ -379,11 +381,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (AssetMissingError, FileNotFoundError, ValueError, OutputExistsError, OSError) as exc:
-        if os.environ.get("DEEP3DFACE_DEBUG"):  # the whole traceback, for a bug report
+        if debugging():  # the whole traceback, for a bug report
             raise
         print(f"deep3dface: error: {exc}", file=sys.stderr)
         # an output that exists, a full disk, a read-only folder: 1; a bad argument or input: 2
         return 1 if isinstance(exc, (OutputExistsError, OSError)) and not isinstance(exc, FileNotFoundError) else 2
+
+
+def debugging() -> bool:
+    """DEEP3DFACE_DEBUG set (and not 0): errors raise with their traceback instead of one line."""
+    return os.environ.get("DEEP3DFACE_DEBUG", "").strip() not in ("", "0")
 
 
 if __name__ == "__main__":
