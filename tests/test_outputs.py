@@ -247,8 +247,8 @@ def test_an_overwrite_never_mixes_new_files_with_an_old_json(tmp_path, monkeypat
     import deep3dface.outputs as outputs
     from deep3dface.export import OutputExistsError
 
-    old = {"p.json": json.dumps({"faces": [{"files": {"mesh": "p_face0.obj"}}]}).encode(), "p_face0.obj": b"old mesh",
-           "p_face0.mat": b"old mat"}
+    old = {"p.json": json.dumps({"faces": [{"files": {"mesh": "p_face0.obj"}}, {"files": {"mesh": "p_face1.obj"}}]}).encode(),
+           "p_face0.obj": b"old mesh", "p_face0.mat": b"old mat", "p_face1.obj": b"old second face"}
     write_photo_outputs(tmp_path, old)
     new = {"p.json": b'{"faces": []}', "p_face0.obj": b"new mesh", "p_face0.mat": b"new mat"}
     (tmp_path / "p_face0.mat").unlink()
@@ -269,4 +269,8 @@ def test_an_overwrite_never_mixes_new_files_with_an_old_json(tmp_path, monkeypat
     with pytest.raises(OSError, match="Input/output error"):
         write_photo_outputs(tmp_path, new, overwrite=True)
     assert not (tmp_path / "p.json").exists()  # not done: a rerun redoes it
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p_face0.obj"]  # renamed before the failure; no temporaries
+    # renamed before the failure; no temporaries; the old second face (listed only by the old JSON) gone
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p_face0.obj"]
+    monkeypatch.setattr(outputs.os, "replace", real)
+    write_photo_outputs(tmp_path, new, overwrite=True)  # the same command again
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.json", "p_face0.mat", "p_face0.obj"]

@@ -282,7 +282,9 @@ def write_photo_outputs(out_dir: Path, blobs: dict[str, bytes], overwrite: bool 
     try:
         for name in ordered:
             staged.append((stage_output(out_dir / name, blobs[name]), out_dir / name))
-        for name in json_names:  # an overwrite that fails while renaming must not look done
+        # an overwrite that fails while renaming must not look done, and the old JSON's list of
+        # files is gone with it: the files it lists that this set lacks go first
+        for name in [*sorted(stale), *json_names]:
             (out_dir / name).unlink(missing_ok=True)
         for temporary, target in staged:
             os.replace(temporary, target)
@@ -290,8 +292,6 @@ def write_photo_outputs(out_dir: Path, blobs: dict[str, bytes], overwrite: bool 
         for temporary, _ in staged:
             temporary.unlink(missing_ok=True)
         raise
-    for name in sorted(stale):
-        (out_dir / name).unlink(missing_ok=True)
     return [target for _, target in staged]
 
 
