@@ -393,7 +393,9 @@ def test_fit_set_list_file_lines_are_read_as_written(tmp_path, faces, capsys):
     out = tmp_path / "out"
     args = ["fit-set", str(listing), "-o", str(out), "--no-overlay", "--no-appearance"]
     assert main(args) == 1
-    err = capsys.readouterr().err
+    stdout, err = capsys.readouterr()
+    # the summary counts the missing photo apart from the people (the exit code counts both)
+    assert stdout == f"1 person(s) done (1 photo(s) used, 0 dropped), 0 skipped, 0 failed, 1 listed photo(s) missing -> {out}\n"
     assert f"list.txt line 2: {photo} is given already for eric (" in err and "used once" in err
     assert f"list.txt line 3: {tmp_path / 'nothere.jpg'}: no such file" in err
     summary = json.loads((out / "eric" / "summary.json").read_text())

@@ -199,8 +199,9 @@ def cmd_fit_set(args: argparse.Namespace) -> int:
             print(f"deep3dface: error: {person}: no usable photo, so no neutral mesh ({summary_path} says why)",
                   file=sys.stderr)
     if not args.quiet:  # the run's summary on stdout, as reconstruct's; progress and problems went to stderr
+        missing = f", {len(problems)} listed photo(s) missing" if problems else ""  # also in the exit code
         print(f"{done} person(s) done ({used_total} photo(s) used, {dropped_total} dropped), {skipped} skipped, "
-              f"{failed} failed -> {out_root}")
+              f"{failed - len(problems)} failed{missing} -> {out_root}")
     return min(failed, 100)
 
 
