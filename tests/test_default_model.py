@@ -382,6 +382,10 @@ def test_coefficients_select_faces_by_any_integer_and_refuse_0d_groups():
     for index in (1, np.int64(1), torch.tensor(1)):
         assert coeffs[index].batch_size == 1 and coeffs[index].trans.tolist() == [[3.0, 4.0, 5.0]]
     assert coeffs[-1].trans.tolist() == [[6.0, 7.0, 8.0]]
+    for flag in (True, np.bool_(False), torch.tensor(True)):  # not the face at 1 or 0
+        with pytest.raises(TypeError, match="not a single bool"):
+            coeffs[flag]
+    assert coeffs[torch.tensor([True, False, True])].batch_size == 2  # a mask still selects
     with pytest.raises(ValueError, match=r"must be \(B, K\) with one B"):
         Coefficients(*[torch.tensor(0.0)] * 6)  # an IndexError before
     # posed_vertices casts as forward does (float64 coefficients failed in a matmul)

@@ -101,6 +101,9 @@ class Coefficients:
 
     def __getitem__(self, index) -> "Coefficients":
         """Select faces along the batch axis (keeps the batch dimension for an int)."""
+        if isinstance(index, (bool, np.bool_)) or (isinstance(index, torch.Tensor) and index.dtype == torch.bool
+                                                   and index.ndim == 0):
+            raise TypeError("select faces with an integer, a slice or indices, not a single bool")
         if isinstance(index, torch.Tensor) and index.ndim == 0 and not index.is_floating_point():
             index = int(index)  # a 0-d integer tensor selects a face as an int does
         if isinstance(index, (int, np.integer)):
