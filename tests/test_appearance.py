@@ -233,11 +233,30 @@ def test_a_broken_photo_is_flagged_alone_and_its_fit_stays_finite(basis_photos):
     crops = images * masks + 0.3 * (1 - masks)
     clean = fit_faces(default, FitTargets(crops, Camera.crop().project(geometry.landmarks)), FitConfig(landmarks=None),
                       coeffs)
+    clean_crop = crops[1].clone()
     crops[1] = float("nan")
     result = fit_faces(default, FitTargets(crops, Camera.crop().project(geometry.landmarks)), FitConfig(landmarks=None),
                        coeffs)
     assert result.flags == ((), ("lighting estimate diverged",))
     assert torch.isfinite(result.albedo).all()
+    torch.testing.assert_close(result.albedo[0], clean.albedo[0])
+    # an albedo solve that comes back non-finite for one face: that face gets the mean albedo and the flag
+    import deep3dface.fit.fitter as fitter
+
+    solve = fitter.estimate_albedo
+
+    def half_broken(*args, **kwargs):
+        albedo = solve(*args, **kwargs).clone()
+        albedo[1, :10] = float("nan")
+        return albedo
+
+    crops[1] = clean_crop
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fitter, "estimate_albedo", half_broken)
+        result = fit_faces(default, FitTargets(crops, Camera.crop().project(geometry.landmarks)),
+                           FitConfig(landmarks=None), coeffs)
+    assert result.flags[0] == () and "albedo estimate not finite; mean albedo used" in result.flags[1]
+    torch.testing.assert_close(result.albedo[1, :10], default.mean_albedo[:10])
     torch.testing.assert_close(result.albedo[0], clean.albedo[0])
 
 
