@@ -43,6 +43,13 @@ def test_json_contract(batch):
     face = record["faces"][0]
     assert len(face["bbox"]) == 4 and 0 < face["score"] <= 1
     assert np.asarray(face["landmarks5"]).shape == (5, 2)
+    # the detector's own box and points, in [x0, y0, x1, y1] and [x, y] order (photo pixels)
+    from deep3dface.detect import MTCNN
+    from deep3dface.io.images import read_image
+
+    detection = MTCNN.pretrained().detect(read_image(inputs / "face.jpg"))[0]
+    np.testing.assert_allclose(face["bbox"], detection.box.double().numpy(), atol=0.01)
+    np.testing.assert_allclose(face["landmarks5"], detection.landmarks5.double().numpy(), atol=0.01)
     landmarks = np.asarray(face["landmarks68"])
     assert landmarks.shape == (68, 2)
     size = np.sqrt(np.prod(gt.max(0) - gt.min(0)))

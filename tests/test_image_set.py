@@ -562,3 +562,18 @@ def test_selection_keeps_a_first_face_and_names_what_the_set_cannot_explain():
     assert chosen == {0: 0, 1: 0, 2: 0} and rejected == {}
     reasons = outlier_reasons(torch.tensor([1.0, 1.1, 0.9, 1.2]), torch.tensor([0.10, 0.12, 0.11, 3.0]), 4.0, 1.0)
     assert list(reasons) == [3] and reasons[3].startswith("inconsistent with the shared identity: 3.0 crop px worse")
+
+
+def test_photo_confidence_weighs_score_yaw_and_residual():
+    """A photo's weight in the joint fit: landmark score × (0.3 + 0.7·cos yaw, yaw in radians) ×
+    Cauchy weight of its RMS residual (scale 2 crop px): a frontal, sure, well-fitted photo weighs
+    1; a profile 0.3; a photo whose own fit misses by 2 px half as much."""
+    import math
+
+    from deep3dface.fit.image_set import photo_confidence
+
+    config = SetFitConfig()
+    weights = photo_confidence(torch.tensor([1.0, 1.0, 1.0, 0.5, 1.0]),
+                               torch.tensor([0.0, math.pi / 2, math.pi / 3, 0.0, 0.0]),
+                               torch.tensor([0.0, 0.0, 0.0, 0.0, 2.0]), config)
+    torch.testing.assert_close(weights, torch.tensor([1.0, 0.3, 0.65, 0.5, 0.5], dtype=torch.float64))

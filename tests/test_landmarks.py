@@ -66,6 +66,12 @@ def test_roi_helpers():
     assert back.min() >= -1e-9 and back.max() <= 1 + 1e-9
     with pytest.raises(ValueError):
         roi_from_box([5, 5, 5, 9])
+    # a face rolled a quarter turn clockwise has its chin to the left: the shift down the face moves
+    # the centre left, and the crop's own down direction (its bottom centre) lies there too
+    turned = roi_from_box([0, 0, 100, 100], scale=1.0, shift_y=0.1, angle=math.pi / 2)
+    assert (turned.cx, turned.cy) == (pytest.approx(40.0), pytest.approx(50.0))
+    bottom = apply(crop_to_photo(turned, 100), torch.tensor([[50.0, 100.0]], dtype=torch.float64))[0]
+    torch.testing.assert_close(bottom, torch.tensor([-10.0, 50.0], dtype=torch.float64))
 
 
 def test_small_helpers():

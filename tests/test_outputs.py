@@ -184,6 +184,11 @@ def test_mat_lm68_is_deep3ds_keypoint_projection_and_ours_is_beside_it(real):
     mat = loadmat(io.BytesIO(blobs[record["files"]["coefficients"]]))
     crop = Camera.crop(dtype=torch.float64).project(output_keypoints(face.model, face.coefficients, None).double())[0]
     np.testing.assert_allclose(mat["lm68"][0], to_reference_pixels(crop.numpy()), atol=1e-3)
+    # and written out as Deep3DFaceRecon's save_coeff does: its y-up projection (1015·p/(10 − z) + 112,
+    # pixel centres at integers) turned to image rows, 223 − y, straight from the posed keypoints
+    x, y, z = output_keypoints(face.model, face.coefficients, None).double()[0].numpy().T
+    deep3d = np.stack([1015 * x / (10 - z) + 112, 223 - (1015 * y / (10 - z) + 112)], 1)
+    np.testing.assert_allclose(mat["lm68"][0], deep3d, atol=1e-3)
     np.testing.assert_allclose(mat["landmarks68_photo"][0], face.landmarks68.double().numpy(), atol=1e-6)
 
 
