@@ -167,6 +167,15 @@ def test_shaded_texture_shows_the_photo(real, seen):
     row, col = seen["row"][seen["facing"]], seen["col"][seen["facing"]]
     from_photo = photo[:, row, col].T
     assert float((from_texture - from_photo).abs().mean()) < 0.04
+    # read as a viewer reads it: the exported OBJ's vt, the image row at (1 - v)·S (OBJ's convention),
+    # sampled by hand, not by our sampler (a bake flipped upside down passed the check above)
+    vt = np.array([line.split()[1:3] for line in blobs[record["files"]["textured_obj"]].decode().splitlines()
+                   if line.startswith("vt ")], np.float64)
+    size = shaded.shape[-1]
+    texel_col = np.clip((vt[seen["facing"], 0] * size).astype(int), 0, size - 1)
+    texel_row = np.clip(((1 - vt[seen["facing"], 1]) * size).astype(int), 0, size - 1)
+    by_hand = shaded[:, texel_row, texel_col].T
+    assert float((by_hand - from_photo).abs().mean()) < 0.05
 
 
 def test_mat_holds_the_fitted_albedo(real):
