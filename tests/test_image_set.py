@@ -577,3 +577,13 @@ def test_photo_confidence_weighs_score_yaw_and_residual():
                                torch.tensor([0.0, math.pi / 2, math.pi / 3, 0.0, 0.0]),
                                torch.tensor([0.0, 0.0, 0.0, 0.0, 2.0]), config)
     torch.testing.assert_close(weights, torch.tensor([1.0, 0.3, 0.65, 0.5, 0.5], dtype=torch.float64))
+
+
+def test_group_means_are_weighted_by_photo_confidence():
+    """A person's starting identity is the confidence-weighted mean of the photos' (a profile
+    counts less than a frontal photo), per person when several are solved at once."""
+    from deep3dface.fit.image_set import _group_mean
+
+    values = torch.tensor([[0.0], [10.0], [4.0], [8.0]], dtype=torch.float64)
+    means = _group_mean(values, torch.tensor([1.0, 3.0, 1.0, 1.0]), torch.tensor([0, 0, 1, 1]))
+    torch.testing.assert_close(means, torch.tensor([[7.5], [6.0]], dtype=torch.float64))

@@ -21,6 +21,9 @@ def test_photometric_loss_ignores_zero_weight_pixels():
     render[:, 0, 3, 3] += 0.5  # one weighted pixel off by 0.5 in red
     expected = (0.5 + 15 * 1e-4) / 16  # sqrt(eps) floor on the other 15 pixels
     assert photometric_loss(render, photo, weight).item() == pytest.approx(expected, rel=1e-3)
+    # as the reference: divided by max(Σ w, 1), so a faint mask (Σ w = 0.16) is not blown up 6x
+    expected = (0.5 * 0.01 + 15 * 1e-4 * 0.01) / 1.0
+    assert photometric_loss(render, photo, weight * 0.01).item() == pytest.approx(expected, rel=1e-3)
 
 
 def test_photometric_loss_gradcheck():
@@ -34,7 +37,9 @@ def test_landmark_loss_weights_and_visibility():
     target = torch.zeros(1, 68, 2)
     predicted = target.clone()
     predicted[0, 29, 0] = 1.0  # a nose point: weight 20
-    assert LANDMARK_WEIGHTS[29] == 20.0
+    heavy = torch.zeros(68, dtype=torch.bool)
+    heavy[28:31] = heavy[60:68] = True  # the nose (0-based 28-30) and the inner mouth (60-67), as Deep3D's
+    assert torch.equal(LANDMARK_WEIGHTS, torch.where(heavy, 20.0, 1.0))
     assert landmark_loss(predicted, target).item() == pytest.approx(20 / 68)  # the reference divides by the points
     visibility = torch.ones(1, 68)
     visibility[0, 29] = 0

@@ -48,6 +48,20 @@ def test_one_euro_is_still_on_a_still_signal_and_follows_a_step():
     assert abs(one_euro(step, times, beta=5.0)[-1, 0] - 1) < 1e-3
 
 
+def test_one_euro_speed_is_in_units_per_second(monkeypatch):
+    """The cutoff follows the speed per second, whatever the frame rate: a point moving 10 units/s,
+    its first step read at once (derivative cutoff huge), raises the cutoff by beta·10."""
+    import deep3dface.video as video
+
+    cutoffs, alpha = [], video._alpha
+    monkeypatch.setattr(video, "_alpha", lambda dt, cutoff: cutoffs.append(float(np.max(cutoff))) or alpha(dt, cutoff))
+    for rate in (25.0, 100.0):
+        cutoffs.clear()
+        times = np.arange(3) / rate
+        one_euro(10.0 * times[:, None], times, min_cutoff=1.0, beta=0.5, derivative_cutoff=1e9)
+        assert cutoffs[1] == pytest.approx(1.0 + 0.5 * 10.0, rel=1e-6)  # [0]: the derivative's own cutoff
+
+
 def test_short_clips_are_smoothed_and_measured_without_error():
     """A one-frame clip is its own smoothed value; jitter needs three frames (0 below), and a
     uniformly moving point has none."""
