@@ -211,11 +211,10 @@ def _fit_faces(model, targets, config, initial) -> FitResult:
 
 def _landmark_stage(model, targets, stage, camera, initial, flags):
     weights68 = _base_weights(targets)
-    ids68 = model.keypoints  # fixed vertices (the module note says why)
     coeffs = initial
     fitted = None
     for _ in range(max(stage.rounds, 1)):
-        fitted, weights68 = _landmark_round(model, targets, weights68, ids68, stage, camera, coeffs, flags)
+        fitted, weights68 = _landmark_round(model, targets, weights68, stage, camera, coeffs, flags)
         coeffs = fitted
     if stage.yaw_gain > 0 and stage.yaw_rounds > 0:
         # faces are independent: only the turned ones are refitted
@@ -225,8 +224,7 @@ def _landmark_stage(model, targets, stage, camera, initial, flags):
             sub_fit, sub_w68 = fitted[turned], weights68[turned]
             sub_prior = yaw_prior(sub_fit.angle[:, 1], stage.yaw_gain, stage.yaw_knee, stage.yaw_prior_weight)
             for _ in range(stage.yaw_rounds):
-                sub_fit, sub_w68 = _landmark_round(model, sub, sub_w68, ids68, stage, camera, sub_fit, sub_flags,
-                                                   sub_prior)
+                sub_fit, sub_w68 = _landmark_round(model, sub, sub_w68, stage, camera, sub_fit, sub_flags, sub_prior)
             vector = fitted.to_vector().index_copy(0, turned, sub_fit.to_vector().to(fitted.id))
             fitted = Coefficients.from_vector(vector, fitted.layout)
             weights68 = weights68.index_copy(0, turned, sub_w68.to(weights68))
@@ -240,11 +238,11 @@ def _select(targets: FitTargets, index: torch.Tensor) -> FitTargets:
                    dense_weights=pick(targets.dense_weights), landmark_weights=pick(targets.landmark_weights))
 
 
-def _landmark_round(model, targets, weights68, ids68, stage, camera, coeffs, flags, prior=None):
+def _landmark_round(model, targets, weights68, stage, camera, coeffs, flags, prior=None):
     """One LM fit from ``coeffs`` with the 68 points' ``weights68``, then those weights anew:
     the jaw keypoints the fit shows hidden get ``hidden_contour_weight``."""
     batch = targets.landmarks.shape[0]
-    pixels, vertex_ids, weights = _landmark_system(model, targets, weights68, ids68, stage, coeffs)
+    pixels, vertex_ids, weights = _landmark_system(model, targets, weights68, stage, coeffs)
     fitted = fit_landmarks(model, pixels, camera, weights, vertex_ids, stage.iterations,
                            stage.lambda_id, stage.lambda_exp, initial=coeffs, angle_prior=prior,
                            id_precision=identity_precision(model, stage.lambda_symmetry))
@@ -257,10 +255,10 @@ def _landmark_round(model, targets, weights68, ids68, stage, camera, coeffs, fla
     return fitted, weights68
 
 
-def _landmark_system(model, targets, weights68, ids68, stage, coeffs):
+def _landmark_system(model, targets, weights68, stage, coeffs):
     """Targets, vertex ids and weights of the 68 points plus the dense points, concatenated.
     Dense outline points are left out until a fit (``coeffs``) shows the face is near-frontal."""
-    pixels, ids, weights = targets.landmarks, ids68, weights68
+    pixels, ids, weights = targets.landmarks, model.keypoints, weights68  # fixed vertices: the module note says why
     if targets.dense is not None and stage.dense_weight > 0:
         dense_w = targets.dense_weights if targets.dense_weights is not None else torch.ones_like(targets.dense[..., 0])
         if targets.dense_contour is not None:
