@@ -380,12 +380,16 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (AssetMissingError, FileNotFoundError, ValueError, OutputExistsError, OSError) as exc:
+    except (AssetMissingError, FileNotFoundError, ValueError) as exc:  # a bad argument or input
         if debugging():  # the whole traceback, for a bug report
             raise
         print(f"deep3dface: error: {exc}", file=sys.stderr)
-        # an output that exists, a full disk, a read-only folder: 1; a bad argument or input: 2
-        return 1 if isinstance(exc, (OutputExistsError, OSError)) and not isinstance(exc, FileNotFoundError) else 2
+        return 2
+    except (OutputExistsError, OSError) as exc:  # an output that exists, a full disk, a read-only folder...
+        if debugging():
+            raise
+        print(f"deep3dface: error: {exc}", file=sys.stderr)
+        return 1
 
 
 def debugging() -> bool:

@@ -104,11 +104,10 @@ class Coefficients:
         if isinstance(index, (bool, np.bool_)) or (isinstance(index, torch.Tensor) and index.dtype == torch.bool
                                                    and index.ndim == 0):
             raise TypeError("select faces with an integer, a slice or indices, not a single bool")
-        if isinstance(index, torch.Tensor) and index.ndim == 0 and not index.is_floating_point():
-            index = int(index)  # a 0-d integer tensor selects a face as an int does
-        if isinstance(index, (int, np.integer)):
-            index = int(index)
-            index = slice(index, index + 1 if index != -1 else None)
+        if isinstance(index, (int, np.integer)) or (isinstance(index, torch.Tensor) and index.ndim == 0
+                                                    and not index.is_floating_point()):  # one face, as an int
+            face = int(index)
+            index = slice(face, face + 1 if face != -1 else None)
         return Coefficients(**{g: getattr(self, g)[index] for g in GROUPS})
 
 
@@ -153,9 +152,9 @@ class Mesh:
             value = getattr(self, name)
             if value is not None:
                 object.__setattr__(self, name, np.array(value))
-        n = len(self.vertices) if self.vertices.ndim else 0
         if self.vertices.ndim != 2 or self.vertices.shape[1] != 3:
             raise ValueError(f"mesh vertices must be (N, 3), got {self.vertices.shape}")
+        n = len(self.vertices)
         if self.triangles.ndim != 2 or self.triangles.shape[1] != 3:
             raise ValueError(f"mesh triangles must be (F, 3), got {self.triangles.shape}")
         if self.triangles.size and (self.triangles.min() < 0 or self.triangles.max() >= n):
